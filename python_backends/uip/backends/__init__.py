@@ -1,0 +1,1 @@
+"""TritonPythonModel classes, one module per served model; `model.py` shims import these."""

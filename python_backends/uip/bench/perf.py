@@ -1,0 +1,68 @@
+"""Drive perf_analyzer and read its CSV (pure apart from the subprocess)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class PerfRow:
+    concurrency: int
+    throughput: float  # inferences/s
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    avg_ms: float
+
+
+def perf_analyzer_path() -> str:
+    here = Path(sys.executable).parent / "perf_analyzer"
+    return str(here) if here.exists() else (shutil.which("perf_analyzer") or "perf_analyzer")
+
+
+def perf_command(model: str, url: str, concurrency: list[int], csv_path: Path,
+                 extra: list[str], protocol: str = "grpc",
+                 measurement_ms: int = 3000) -> list[str]:
+    lo, hi = min(concurrency), max(concurrency)
+    steps = sorted(set(concurrency))
+    step = steps[1] - steps[0] if len(steps) > 1 else 1
+    rng = f"{lo}:{hi}:{step}"
+    return [perf_analyzer_path(), "-m", model, "-i", protocol, "-u", url,
+            "--concurrency-range", rng, "--measurement-interval", str(measurement_ms),
+            "--max-trials", "10", "--stability-percentage", "50",
+            "-f", str(csv_path), *extra]
+
+
+def parse_csv(path: Path) -> list[PerfRow]:
+    rows = []
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            rows.append(PerfRow(
+                concurrency=int(r["Concurrency"]),
+                throughput=float(r["Inferences/Second"]),
+                p50_ms=float(r["p50 latency"]) / 1000,
+                p90_ms=float(r["p90 latency"]) / 1000,
+                p99_ms=float(r["p99 latency"]) / 1000,
+                avg_ms=float(r["Avg latency"]) / 1000,
+            ))
+    return rows
+
+
+def run_perf(model: str, url: str, concurrency: list[int], csv_path: Path, extra: list[str],
+             protocol: str = "grpc", measurement_ms: int = 3000) -> list[PerfRow]:
+    """Run one perf_analyzer per concurrency level (levels need not be evenly spaced)."""
+    rows: list[PerfRow] = []
+    for c in concurrency:
+        part = csv_path.with_suffix(f".c{c}.csv")
+        cmd = perf_command(model, url, [c], part, extra, protocol, measurement_ms)
+        print("+", " ".join(cmd), file=sys.stderr)
+        subprocess.run(cmd, check=True, env=dict(os.environ))
+        rows.extend(parse_csv(part))
+        part.unlink()
+    return rows

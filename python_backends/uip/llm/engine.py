@@ -1,0 +1,86 @@
+"""The in-flight batching engine interface every `llm_engine` runtime implements (pure).
+
+Shaped after TensorRT-LLM's executor (`enqueue_request` -> id, `await_responses(id)`,
+`cancel_request(id)`, iteration stats), so the `torch` runtime (transformers continuous
+batching) and the `tensorrt_llm` runtime sit behind one interface and one set of contract tests.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Absent values mean greedy decoding."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        if self.temperature is not None and self.temperature > 0:
+            return False
+        return self.top_k in (None, 1) and self.top_p is None and self.temperature is None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    input_ids: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    end_id: int | None = None
+    pad_id: int | None = None
+    stop_words: list[list[int]] = field(default_factory=list)  # token sequences that end output
+    bad_words: list[list[int]] = field(default_factory=list)  # token sequences never produced
+    streaming: bool = True
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One response of the engine for a request: new tokens since the last result when
+    streaming, all generated tokens in the final result otherwise."""
+
+    request_id: int
+    tokens: list[int]
+    is_final: bool
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    active_requests: int
+    queued_requests: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    tokens_generated: int
+
+
+class Engine(abc.ABC):
+    """An in-flight batching engine: requests join between decode steps and leave when done."""
+
+    @abc.abstractmethod
+    def enqueue(self, request: GenerationRequest) -> int:
+        """Queue a request; returns its id."""
+
+    @abc.abstractmethod
+    def await_responses(self, request_id: int, timeout: float | None = None
+                        ) -> list[GenerationResult]:
+        """Results ready for a request (may be empty on timeout); the last has is_final."""
+
+    @abc.abstractmethod
+    def cancel(self, request_id: int) -> None:
+        """Stop a request; it gets a final result with finish_reason 'cancelled'."""
+
+    @abc.abstractmethod
+    def stats(self) -> EngineStats: ...
+
+    @abc.abstractmethod
+    def shutdown(self) -> None: ...

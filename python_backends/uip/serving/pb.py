@@ -1,0 +1,148 @@
+"""Adapters to `triton_python_backend_utils`; imported only inside the Python backend stub."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from uip.serving.contract import InvalidInput
+
+log = logging.getLogger("uip")
+
+
+def inputs_of(request) -> dict[str, np.ndarray]:
+    """Every input of a request as numpy (CPU tensors)."""
+    return {t.name(): t.as_numpy() for t in request.inputs()}
+
+
+def tensor(name: str, value: np.ndarray) -> pb_utils.Tensor:
+    return pb_utils.Tensor(name, value)
+
+
+def error(exc: BaseException) -> pb_utils.TritonError:
+    """INVALID_ARG for bad input; INTERNAL (with the message, never a traceback) otherwise."""
+    if isinstance(exc, InvalidInput):
+        return pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+    log.exception("request failed")
+    return pb_utils.TritonError(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
+
+
+def response(outputs: Mapping[str, np.ndarray]) -> pb_utils.InferenceResponse:
+    return pb_utils.InferenceResponse(output_tensors=[tensor(k, v) for k, v in outputs.items()])
+
+
+def error_response(exc: BaseException) -> pb_utils.InferenceResponse:
+    return pb_utils.InferenceResponse(output_tensors=[], error=error(exc))
+
+
+def respond_each(requests, handle: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]):
+    """Run `handle` per request; a failing request gets its own error, the others go on."""
+    out = []
+    for request in requests:
+        try:
+            out.append(response(handle(inputs_of(request))))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes that request's error
+            out.append(error_response(exc))
+    return out
+
+
+def final_flag() -> int:
+    return pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+# --- torch tensors, DLPack (GPU stays on the device), BLS and dynamic batching ---------------
+
+
+def to_torch(t, device=None):
+    """A pb_utils.Tensor as a torch tensor: GPU memory through DLPack (no host copy), CPU
+    memory through numpy (zero copy); moved to `device` when given."""
+    import torch
+
+    if t.is_cpu():
+        arr = t.as_numpy()
+        out = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    else:
+        out = torch.from_dlpack(t.to_dlpack())
+    return out if device is None else out.to(device)
+
+
+def from_torch(name: str, value) -> pb_utils.Tensor:
+    """A torch tensor (or numpy array) as a pb_utils.Tensor; CUDA tensors go by DLPack."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        if value.is_cuda:
+            return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(
+                value.contiguous()))
+        value = value.detach().numpy()
+    return pb_utils.Tensor(name, np.ascontiguousarray(value))
+
+
+class ModelCallError(RuntimeError):
+    """A BLS call to another model failed."""
+
+
+def infer(model: str, inputs: Mapping[str, object], outputs: list[str], device=None) -> dict:
+    """BLS: call `model` with torch/numpy inputs; its outputs as torch tensors on `device`.
+
+    On a GPU device the outputs are asked for in that GPU's memory, so tensors pass between
+    models by DLPack without host copies.
+    """
+    kw = {}
+    if device is not None and str(device).startswith("cuda"):
+        index = int(str(device).partition(":")[2] or 0)
+        kw["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, index)
+    req = pb_utils.InferenceRequest(
+        model_name=model, requested_output_names=list(outputs),
+        inputs=[from_torch(k, v) for k, v in inputs.items()], **kw,
+    )
+    resp = req.exec()
+    if resp.has_error():
+        raise ModelCallError(f"model '{model}' failed: {resp.error().message()}")
+    return {n: to_torch(pb_utils.get_output_tensor_by_name(resp, n), device) for n in outputs}
+
+
+def cancelled_response(message: str = "request cancelled") -> pb_utils.InferenceResponse:
+    err = pb_utils.TritonError(message, pb_utils.TritonError.CANCELLED)
+    return pb_utils.InferenceResponse(output_tensors=[], error=err)
+
+
+def execute_batched(requests, input_names: list[str], fn: Callable[..., Mapping[str, object]],
+                    device=None) -> list:
+    """Dynamic batching for tensor models: the requests whose inputs have equal shapes and
+    dtypes are concatenated along the batch dimension, `fn(**inputs)` runs once per such group
+    and its outputs (a name -> tensor mapping) are split back per request. A failure fails
+    only its group's requests."""
+    import torch
+
+    responses: list = [None] * len(requests)
+    groups: dict[tuple, list[tuple[int, dict]]] = {}
+    for i, request in enumerate(requests):
+        try:
+            tensors = {}
+            for n in input_names:
+                t = pb_utils.get_input_tensor_by_name(request, n)
+                if t is None:
+                    raise InvalidInput(f"input '{n}' is required")
+                tensors[n] = to_torch(t, device)
+            key = tuple((n, tuple(v.shape[1:]), v.dtype) for n, v in tensors.items())
+            groups.setdefault(key, []).append((i, tensors))
+        except Exception as exc:  # noqa: BLE001 - becomes this request's error
+            responses[i] = error_response(exc)
+    for members in groups.values():
+        try:
+            sizes = [m[input_names[0]].shape[0] for _, m in members]
+            batch = {n: torch.cat([m[n] for _, m in members]) if len(members) > 1
+                     else members[0][1][n] for n in input_names}
+            outs = fn(**batch)
+            parts = {n: torch.split(v, sizes) for n, v in outs.items()}
+            for k, (i, _) in enumerate(members):
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[from_torch(n, p[k]) for n, p in parts.items()])
+        except Exception as exc:  # noqa: BLE001 - the group's requests get the error
+            for i, _ in members:
+                responses[i] = error_response(exc)
+    return responses
