@@ -75,7 +75,7 @@ case "$cmd" in
     python_env
     perf_analyzer_wrapper
     say "ruff"
-    "$VENV/bin/ruff" check python_backends tests build_scripts clients
+    "$VENV/bin/ruff" check .
     say "uip repo check"
     "$VENV/bin/uip" repo check
     say "pytest"

@@ -29,6 +29,9 @@ def serve(
     grpc_port: int = typer.Option(8001),
     metrics_port: int = typer.Option(8002),
     build_artifacts: bool = typer.Option(True, help="Build missing default artifacts first"),
+    world_size: int = typer.Option(None, help="GPU ranks of a TensorRT-LLM engine (tp x pp): "
+                                   "one tritonserver per rank under mpirun"),
+    dry_run: bool = typer.Option(False, help="Print the command(s) without running anything"),
 ) -> None:
     """Run tritonserver in the foreground on the repository. Unknown flags go to tritonserver."""
     from uip import artifacts
@@ -37,6 +40,16 @@ def serve(
     from uip.server import run_foreground
 
     check_repository(model_repository)
+    if world_size is not None or dry_run:  # multi-GPU launch and dry runs: uip.launch_mpi
+        from uip.launch_mpi import serve_multi_gpu, single_command_text
+
+        ports = Ports(http_port, grpc_port, metrics_port)
+        if world_size is None:
+            typer.echo(single_command_text(model_repository, ports, list(ctx.args)))
+            raise typer.Exit(0)
+        before = (lambda: artifacts.ensure(needed(model_repository))) if build_artifacts else None
+        raise typer.Exit(serve_multi_gpu(world_size, model_repository, ports, dry_run,
+                                         list(ctx.args), before_start=before))
     if build_artifacts:
         missing = needed(model_repository)
         for name in artifacts.ensure(missing):

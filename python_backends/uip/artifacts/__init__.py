@@ -13,6 +13,8 @@ from uip.paths import artifacts_root
 # artifact folder name -> "module:function" that builds it into a given (empty) folder
 BUILDERS: dict[str, str] = {
     "embedding": "uip.artifacts.embedding:build",
+    "llm-tiny": "uip.artifacts.llm_tiny:build",
+    "sd-tiny": "uip.artifacts.sd_tiny:build",
 }
 
 
