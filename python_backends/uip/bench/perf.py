@@ -18,7 +18,6 @@ class PerfRow:
     p50_ms: float
     p90_ms: float
     p99_ms: float
-    avg_ms: float
 
 
 def perf_analyzer_path() -> str:
@@ -49,7 +48,6 @@ def parse_csv(path: Path) -> list[PerfRow]:
                 p50_ms=float(r["p50 latency"]) / 1000,
                 p90_ms=float(r["p90 latency"]) / 1000,
                 p99_ms=float(r["p99 latency"]) / 1000,
-                avg_ms=float(r["Avg latency"]) / 1000,
             ))
     return rows
 

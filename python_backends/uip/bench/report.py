@@ -23,8 +23,11 @@ def markdown(rows: list[dict], floatfmt: str = "{:.2f}") -> str:
 
 
 def plot(path: Path, rows: list[dict], x: str, ys: list[str], title: str) -> None:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # the plot is optional (e.g. a GPU image without matplotlib)
+        print(f"matplotlib missing: no plot {path}")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

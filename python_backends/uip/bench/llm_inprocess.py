@@ -1,0 +1,145 @@
+"""In-process benchmark of the torch `llm_engine` runtime (no Triton): output tokens/s and
+time to first token at several concurrencies, to compare with perf_analyzer through Triton.
+
+    .venv/bin/python -m uip.bench.llm_inprocess [--model-dir DIR] [--concurrency 1 8 32]
+        [--prompt-tokens 32] [--max-new-tokens 128] [--requests-per-client 2] [--json OUT]
+
+Closed loop: `c` clients each send requests back to back (streaming, so the first token's
+arrival is seen); prompts are distinct seeded random token ids (no prefix sharing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from uip.llm.engine import Engine, GenerationRequest
+from uip.paths import artifacts_root
+
+
+@dataclass
+class BenchResult:
+    concurrency: int
+    requests: int
+    output_tokens: int
+    seconds: float
+    output_tokens_per_s: float
+    ttft_p50_ms: float
+    ttft_p90_ms: float
+    itl_mean_ms: float  # mean time between tokens of one request, after the first
+
+
+def _one(engine: Engine, prompt: list[int], n: int) -> tuple[float, int, float]:
+    """(time to first token, tokens, decode seconds after the first token) of one request."""
+    start = time.perf_counter()
+    rid = engine.enqueue(GenerationRequest(input_ids=prompt, max_new_tokens=n, streaming=True))
+    first = None
+    count = 0
+    while True:
+        results = engine.await_responses(rid, timeout=60)
+        if not results:
+            raise TimeoutError(f"request {rid}: no result in 60 s")
+        for r in results:
+            if r.error:
+                raise RuntimeError(r.error)
+            if r.tokens and first is None:
+                first = time.perf_counter()
+            count += len(r.tokens)
+        if results[-1].is_final:
+            end = time.perf_counter()
+            first = first or end
+            return first - start, count, end - first
+
+
+def run(engine: Engine, concurrency: int, prompt_tokens: int = 32, max_new_tokens: int = 128,
+        requests_per_client: int = 2, vocab: int = 4096, seed: int = 0) -> BenchResult:
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(8, vocab) for _ in range(prompt_tokens)]
+               for _ in range(concurrency * requests_per_client)]
+    samples: list[tuple[float, int, float]] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def client(i: int) -> None:
+        try:
+            for k in range(requests_per_client):
+                s = _one(engine, prompts[i * requests_per_client + k], max_new_tokens)
+                with lock:
+                    samples.append(s)
+        except BaseException as e:  # noqa: BLE001 - reported after the run
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    tokens = sum(s[1] for s in samples)
+    ttfts = sorted(s[0] * 1000 for s in samples)
+    itls = [s[2] * 1000 / (s[1] - 1) for s in samples if s[1] > 1]
+    return BenchResult(
+        concurrency=concurrency,
+        requests=len(samples),
+        output_tokens=tokens,
+        seconds=round(seconds, 3),
+        output_tokens_per_s=round(tokens / seconds, 1),
+        ttft_p50_ms=round(statistics.median(ttfts), 1),
+        ttft_p90_ms=round(ttfts[min(len(ttfts) - 1, int(0.9 * len(ttfts)))], 1),
+        itl_mean_ms=round(statistics.fmean(itls), 2) if itls else 0.0,
+    )
+
+
+def main(argv: list[str] | None = None) -> list[BenchResult]:
+    from uip.llm.torch_engine import TorchEngine, TorchEngineConfig
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-dir", type=Path, default=artifacts_root() / "llm-tiny")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--requests-per-client", type=int, default=2)
+    p.add_argument("--num-blocks", type=int, default=256)
+    p.add_argument("--page-size", type=int, default=64)
+    p.add_argument("--max-batch-tokens", type=int, default=512)
+    p.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    if args.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    if args.model_dir == artifacts_root() / "llm-tiny":
+        from uip import artifacts
+
+        artifacts.ensure(["llm-tiny"])
+    engine = TorchEngine(args.model_dir, TorchEngineConfig(
+        num_blocks=args.num_blocks, page_size=args.page_size,
+        max_batch_tokens=args.max_batch_tokens, device=args.device))
+    try:
+        results = []
+        for c in args.concurrency:
+            r = run(engine, c, args.prompt_tokens, args.max_new_tokens, args.requests_per_client,
+                    vocab=engine.vocab_size)
+            results.append(r)
+            print(json.dumps(asdict(r)), flush=True)
+    finally:
+        engine.shutdown()
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
