@@ -1,0 +1,22 @@
+"""`.venv/bin/perf_analyzer` runs against the served `embedding` model."""
+
+from __future__ import annotations
+
+import subprocess
+
+from uip.bench.embedding import PERF_ARGS
+from uip.bench.perf import parse_csv, perf_analyzer_path
+
+
+def test_perf_analyzer_runs_against_embedding(server, tmp_path):
+    out = tmp_path / "perf.csv"
+    cmd = [perf_analyzer_path(), "-m", "embedding", "-i", "grpc", "-u", server.grpc_url,
+           "--concurrency-range", "2", "--measurement-mode", "count_windows",
+           "--measurement-request-count", "20", "--stability-percentage", "100",
+           "--max-trials", "4", "-f", str(out), *PERF_ARGS]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (row,) = parse_csv(out)
+    assert row.concurrency == 2
+    assert row.throughput > 0
+    assert 0 < row.p50_ms <= row.p99_ms
