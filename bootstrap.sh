@@ -12,12 +12,18 @@ PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 
 system_packages() {
-  # perf_analyzer (from tritonclient's wheel) links libb64.so.0d.
-  if ! ldconfig -p | grep -q 'libb64.so.0d'; then
+  # libb64-0d: perf_analyzer (from tritonclient's wheel) links libb64.so.0d.
+  # openmpi-bin: `uip serve --world-size N` runs one tritonserver per rank under mpirun.
+  local missing=()
+  ldconfig -p | grep -q 'libb64.so.0d' || missing+=(libb64-0d)
+  command -v mpirun >/dev/null || missing+=(openmpi-bin)
+  if [ ${#missing[@]} -gt 0 ]; then
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    say "installing Debian package libb64-0d (perf_analyzer needs it)"
-    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libb64-0d >/dev/null
+    say "installing Debian packages: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null
   fi
 }
 

@@ -10,8 +10,13 @@ import typer
 
 from uip.paths import DEFAULT_REPOSITORY, PROJECT_ROOT
 
-# model -> module with PERF_ARGS and inprocess(concurrency) -> {c: items/s}
-PROFILES = {"embedding": "uip.bench.embedding"}
+# model -> module with perf_args(), inprocess(concurrency, device, ...) -> {c: items/s} and,
+# where one request yields many items (LLM tokens), calibrate(grpc_url, model) -> items/request
+PROFILES = {
+    "embedding": "uip.bench.embedding",
+    "llm": "uip.bench.llm",
+    "llm_bls": "uip.bench.llm",
+}
 
 
 def bench(
@@ -23,6 +28,9 @@ def bench(
     label: str = typer.Option("", help="name suffix for the result files (default: host kind)"),
     measurement_ms: int = typer.Option(3000, help="perf_analyzer measurement window"),
     device: str = typer.Option("cpu", help="device of the in-process reference"),
+    ref_model_dir: Path = typer.Option(None, help="in-process reference's model folder"),
+    ref_num_blocks: int = typer.Option(256, help="in-process LLM engine's KV blocks"),
+    ref_max_batch_tokens: int = typer.Option(512, help="in-process LLM engine's batch tokens"),
 ) -> None:
     """Benchmark MODEL through Triton with perf_analyzer and in-process, in the same run."""
     from uip import artifacts
@@ -44,17 +52,20 @@ def bench(
         server = TritonServer(model_repository, stem.with_suffix(".server.log")).start()
         url = server.grpc_url
     try:
-        perf = run_perf(model, url, levels, stem.with_suffix(".perf.csv"), profile.PERF_ARGS,
+        per_request = profile.calibrate(url, model) if hasattr(profile, "calibrate") else 1
+        perf = run_perf(model, url, levels, stem.with_suffix(".perf.csv"), profile.perf_args(),
                         measurement_ms=measurement_ms)
     finally:
         if server:
             server.stop()
-    ref = profile.inprocess(levels, device=device)
+    ref = profile.inprocess(levels, device=device, model_dir=ref_model_dir,
+                            num_blocks=ref_num_blocks, max_batch_tokens=ref_max_batch_tokens)
+    unit = "tok" if per_request > 1 else ""
     rows = [{
         "concurrency": p.concurrency,
-        "triton_per_s": p.throughput,
-        "inprocess_per_s": ref[p.concurrency],
-        "triton/inprocess": p.throughput / ref[p.concurrency],
+        f"triton_{unit}per_s": p.throughput * per_request,
+        f"inprocess_{unit}per_s": ref[p.concurrency],
+        "triton/inprocess": p.throughput * per_request / ref[p.concurrency],
         "p50_ms": p.p50_ms,
         "p90_ms": p.p90_ms,
         "p99_ms": p.p99_ms,
@@ -62,8 +73,7 @@ def bench(
     write_csv(stem.with_suffix(".csv"), rows)
     table = markdown(rows)
     stem.with_suffix(".md").write_text(table)
-    plot(stem.with_suffix(".png"), rows, "concurrency", ["triton_per_s", "inprocess_per_s"],
-         f"{model} ({label})")
+    plot(stem.with_suffix(".png"), rows, "concurrency", list(rows[0])[1:3], f"{model} ({label})")
     typer.echo(table)
     typer.echo(f"wrote {stem}.csv/.md/.png")
 

@@ -10,7 +10,11 @@ TEXT = "The quick brown fox jumps over the lazy dog while Triton batches request
 PERF_ARGS = ["--shape", "text_input:1", "--string-data", TEXT]
 
 
-def inprocess(concurrency: list[int], seconds: float = 3.0, device: str = "cpu"
+def perf_args() -> list[str]:
+    return PERF_ARGS
+
+
+def inprocess(concurrency: list[int], device: str = "cpu", seconds: float = 3.0, **_
               ) -> dict[int, float]:
     """Texts/s of the same encoder in-process, with batches as large as the concurrency."""
     from uip.embedding.encoder import SentenceEncoder

@@ -116,17 +116,14 @@ def main(argv: list[str] | None = None) -> list[BenchResult]:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
-    if args.torch_threads > 0:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
     if args.model_dir == artifacts_root() / "llm-tiny":
         from uip import artifacts
 
         artifacts.ensure(["llm-tiny"])
     engine = TorchEngine(args.model_dir, TorchEngineConfig(
         num_blocks=args.num_blocks, page_size=args.page_size,
-        max_batch_tokens=args.max_batch_tokens, device=args.device))
+        max_batch_tokens=args.max_batch_tokens, device=args.device,
+        torch_threads=args.torch_threads))
     try:
         results = []
         for c in args.concurrency:

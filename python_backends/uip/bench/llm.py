@@ -1,0 +1,83 @@
+"""The `llm` / `llm_bls` benchmark profile: perf_analyzer streaming and the in-process engine.
+
+perf_analyzer counts requests; every request here has the same prompt and greedy decoding, so
+each generates the same number of tokens, measured once over gRPC before the sweep
+(`calibrate`). Output tokens/s = requests/s x that number.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+PROMPT = "Write a long story about a lighthouse keeper who collects rare shells."
+MAX_TOKENS = 128
+
+
+def perf_args(max_tokens: int = MAX_TOKENS) -> list[str]:
+    data = {"data": [{
+        "text_input": {"content": [PROMPT], "shape": [1]},
+        "max_tokens": {"content": [max_tokens], "shape": [1]},
+        "stream": {"content": [True], "shape": [1]},
+    }]}
+    path = Path(tempfile.mkdtemp(prefix="uip-bench-")) / "llm_input.json"
+    path.write_text(json.dumps(data))
+    return ["--streaming", "--input-data", str(path)]
+
+
+def calibrate(grpc_url: str, model: str, max_tokens: int = MAX_TOKENS) -> int:
+    """Output tokens of one benchmark request (greedy, so every request makes the same)."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    values = {"text_input": (np.array([[PROMPT.encode()]], dtype=object), "BYTES"),
+              "max_tokens": (np.array([[max_tokens]], dtype=np.int32), "INT32"),
+              "return_num_output_tokens": (np.array([[True]]), "BOOL")}
+    inputs = []
+    for name, (arr, dtype) in values.items():
+        inp = grpcclient.InferInput(name, list(arr.shape), dtype)
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    results: list = []
+    client.start_stream(callback=lambda result, error: results.append((result, error)))
+    try:
+        client.async_stream_infer(model, inputs, enable_empty_final_response=True)
+        import time
+
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if any(e is not None for _, e in results):
+                raise RuntimeError(str(next(e for _, e in results if e is not None)))
+            done = [r for r, _ in results if r is not None
+                    and r.get_response().parameters.get("triton_final_response") is not None
+                    and r.get_response().parameters["triton_final_response"].bool_param]
+            if done:
+                break
+            time.sleep(0.05)
+    finally:
+        client.stop_stream()
+    counts = [r.as_numpy("num_output_tokens") for r, _ in results if r is not None]
+    counts = [int(c.reshape(-1)[0]) for c in counts if c is not None]
+    if not counts:
+        raise RuntimeError(f"{model} returned no num_output_tokens")
+    return max(counts)
+
+
+def inprocess(concurrency: list[int], device: str = "cpu", model_dir: Path | None = None,
+              num_blocks: int = 256, max_batch_tokens: int = 512,
+              max_tokens: int = MAX_TOKENS, **_) -> dict[int, float]:
+    """Output tokens/s of the same torch engine in-process (closed loop, `c` clients)."""
+    from uip.bench.llm_inprocess import run
+    from uip.llm.torch_engine import TorchEngine, TorchEngineConfig
+    from uip.paths import artifacts_root
+
+    engine = TorchEngine(model_dir or artifacts_root() / "llm-tiny", TorchEngineConfig(
+        num_blocks=num_blocks, page_size=64, max_batch_tokens=max_batch_tokens, device=device))
+    try:
+        run(engine, 1, max_new_tokens=8, requests_per_client=1, vocab=engine.vocab_size)
+        return {c: run(engine, c, max_new_tokens=max_tokens, requests_per_client=2,
+                       vocab=engine.vocab_size).output_tokens_per_s for c in concurrency}
+    finally:
+        engine.shutdown()

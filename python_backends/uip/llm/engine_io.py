@@ -1,0 +1,151 @@
+"""`llm_engine`'s tensor contract (TensorRT-LLM's `tensorrt_llm` model) <-> the Engine API (pure).
+
+Inputs (each with the batch dimension, batch size 1): `input_ids` INT32 [-1], `input_lengths`
+INT32 [1] (optional; default: all of input_ids), `request_output_len` INT32 [1], and optional
+`end_id`, `pad_id` INT32 [1], `streaming` BOOL [1], `temperature` FP32 [1], `runtime_top_k`
+INT32 [1], `runtime_top_p` FP32 [1], `random_seed` UINT64 [1], `stop_words_list` and
+`bad_words_list` INT32 [2, -1] (TensorRT-LLM's format: row 0 the words' ids concatenated,
+row 1 each word's end offset, -1 padded), `stop` BOOL [1].
+Outputs: `output_ids` INT32 [1, n] (beam dimension 1; only generated tokens: the new ones
+when streaming, all of them otherwise), `sequence_length` INT32 [1] (n) and `finish_reason`
+BYTES [1] (`stop`, `length`, `cancelled`; empty in a streaming response that is not the last).
+
+`pad_id` is accepted for compatibility and unused (outputs are never padded). Stop words and
+the end token are part of the output, as with TensorRT-LLM; the postprocessor may drop them.
+Sampling follows TensorRT-LLM's conventions: absent inputs, `runtime_top_k` 0 and
+`runtime_top_p` 0 mean "not set"; nothing set (or temperature 0, or top_k 1) is greedy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from uip.llm.engine import GenerationRequest, SamplingParams
+from uip.serving.contract import InvalidInput, Scalar
+
+INPUT_NAMES = (
+    "input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "streaming",
+    "temperature", "runtime_top_k", "runtime_top_p", "random_seed", "stop_words_list",
+    "bad_words_list", "stop",
+)
+_INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class EngineCall:
+    """A parsed request: a generation, or (stop=True) a request to stop another one."""
+
+    request: GenerationRequest | None
+    stop: bool = False
+
+
+def _ids(inputs: Mapping[str, np.ndarray]) -> list[int]:
+    arr = inputs.get("input_ids")
+    if arr is None:
+        raise InvalidInput("input 'input_ids' is required")
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2:
+        raise InvalidInput(f"'input_ids' must have shape [1, N], got {list(arr.shape)}")
+    if arr.shape[0] != 1:
+        raise InvalidInput(f"llm_engine takes one sequence per request (batch size 1), got "
+                           f"batch size {arr.shape[0]}; send one request per prompt")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidInput(f"'input_ids' must be INT32, got {arr.dtype}")
+    ids = arr[0]
+    length = Scalar("input_lengths", int, minimum=0).read(inputs)
+    if length is not None:
+        if length > ids.size:
+            raise InvalidInput(f"'input_lengths' is {length} but input_ids holds only "
+                               f"{ids.size} tokens")
+        ids = ids[:length]
+    if ids.size == 0:
+        raise InvalidInput("'input_ids' is empty: a prompt needs at least one token")
+    return [int(t) for t in ids]
+
+
+def word_list(inputs: Mapping[str, np.ndarray], name: str) -> list[list[int]]:
+    """TensorRT-LLM's flattened word list ([1, 2, L]: ids, end offsets padded with -1)."""
+    arr = inputs.get(name)
+    if arr is None:
+        return []
+    if arr.ndim == 2:
+        arr = arr.reshape(1, *arr.shape)
+    if arr.ndim != 3 or arr.shape[0] != 1 or arr.shape[1] != 2:
+        raise InvalidInput(f"'{name}' must have shape [1, 2, L] (ids and end offsets), got "
+                           f"{list(arr.shape)}")
+    ids, offsets = arr[0, 0], arr[0, 1]
+    words, start = [], 0
+    for end in offsets:
+        end = int(end)
+        if end < 0:
+            break
+        if end <= start or end > ids.size:
+            raise InvalidInput(f"'{name}' offsets must increase and stay within the ids, got "
+                               f"{[int(o) for o in offsets]}")
+        words.append([int(t) for t in ids[start:end]])
+        start = end
+    return words
+
+
+def to_word_list(words: list[list[int]]) -> np.ndarray:
+    """The inverse of `word_list` (for clients and tests): [1, 2, L] INT32."""
+    flat = [t for w in words for t in w]
+    offsets = np.cumsum([len(w) for w in words]).tolist()
+    width = max(len(flat), len(offsets), 1)
+    out = np.full((1, 2, width), -1, dtype=np.int32)
+    out[0, 0, :] = 0
+    out[0, 0, :len(flat)] = flat
+    out[0, 1, :len(offsets)] = offsets
+    return out
+
+
+def parse(inputs: Mapping[str, np.ndarray], max_tokens: int, max_context: int | None = None
+          ) -> EngineCall:
+    """Validate one request's inputs against the contract and the spec's limits."""
+    if Scalar("stop", bool, default=False).read(inputs):
+        return EngineCall(None, stop=True)
+    ids = _ids(inputs)
+    out_len = Scalar("request_output_len", int).read(inputs)
+    if out_len is None:
+        raise InvalidInput("input 'request_output_len' is required")
+    if out_len < 1:
+        raise InvalidInput(f"'request_output_len' must be >= 1, got {out_len}")
+    if out_len > max_tokens:
+        raise InvalidInput(f"'request_output_len' is {out_len}, above this deployment's cap of "
+                           f"{max_tokens} tokens (limits.max_tokens)")
+    if max_context is not None and len(ids) + out_len > max_context:
+        raise InvalidInput(
+            f"prompt ({len(ids)} tokens) + request_output_len ({out_len}) exceeds the context "
+            f"length of {max_context} tokens (limits.max_context); shorten the prompt or ask "
+            "for fewer tokens")
+    top_k = Scalar("runtime_top_k", int, minimum=0, maximum=_INT32_MAX).read(inputs)
+    top_p = Scalar("runtime_top_p", float, minimum=0.0, maximum=1.0).read(inputs)
+    sampling = SamplingParams(
+        temperature=Scalar("temperature", float, minimum=0.0).read(inputs),
+        top_k=top_k or None,
+        top_p=top_p or None,
+        seed=Scalar("random_seed", int, minimum=0, maximum=2**64 - 1).read(inputs),
+    )
+    return EngineCall(GenerationRequest(
+        input_ids=ids,
+        max_new_tokens=out_len,
+        sampling=sampling,
+        end_id=Scalar("end_id", int, minimum=0).read(inputs),
+        pad_id=Scalar("pad_id", int, minimum=0).read(inputs),
+        stop_words=word_list(inputs, "stop_words_list"),
+        bad_words=word_list(inputs, "bad_words_list"),
+        streaming=Scalar("streaming", bool, default=False).read(inputs),
+    ))
+
+
+def outputs(tokens: list[int], finish_reason: str | None = None) -> dict[str, np.ndarray]:
+    """One response's output tensors (batch 1, beam 1)."""
+    return {
+        "output_ids": np.asarray(tokens, dtype=np.int32).reshape(1, 1, -1),
+        "sequence_length": np.array([[len(tokens)]], dtype=np.int32),
+        "finish_reason": np.array([[(finish_reason or "").encode()]], dtype=object),
+    }

@@ -1,0 +1,452 @@
+"""The `tensorrt_llm` runtime of `llm_engine`: TensorRT-LLM's executor behind `Engine`.
+
+Targets TensorRT-LLM 1.2.x (`tensorrt_llm.bindings.executor`, the TensorRT engine flow) as
+shipped in nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3. The module is imported lazily,
+when an engine is created, so this file imports (and its pure parts are tested) anywhere.
+
+Pure parts, all taking the executor module as an argument so tests pass a stand-in
+(`uip.llm.fake_trtllm`):
+- `ExecutorSettings.from_parameters` (config.pbtxt parameters -> settings, checked);
+- `executor_config(settings, trtllm)` (-> `ExecutorConfig`: in-flight batching, paged KV cache
+  free-memory fraction and block reuse, capacity scheduler policy, leader/orchestrator MPI mode);
+- `to_executor_request(request, trtllm, info)` and `to_result(response)`.
+
+Multi-GPU (tp x pp ranks under mpirun, see `uip.launch_mpi`): every rank creates the executor
+in LEADER mode; only rank 0 can enqueue. On the other ranks the constructor blocks in
+`shutdown()` until rank 0 shuts down, as TensorRT-LLM's own Triton model does, so their
+tritonserver serves nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from datetime import timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from uip.llm.engine import (
+    Engine,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+)
+from uip.llm.torch_engine import effective_sampling
+from uip.serving.contract import InvalidInput
+from uip.trtllm.engine import EngineInfo
+
+TRTLLM_CONTAINER = "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
+EXECUTOR_MODULE = "tensorrt_llm.bindings.executor"
+
+
+class TrtllmUnavailable(RuntimeError):
+    """TensorRT-LLM cannot be imported here; the message names the container to use."""
+
+
+def import_executor_module() -> ModuleType:
+    try:
+        return importlib.import_module(EXECUTOR_MODULE)
+    except ImportError as e:
+        raise TrtllmUnavailable(
+            f"runtime 'tensorrt_llm' needs TensorRT-LLM 1.2.x, which this Python "
+            f"({sys.executable}) cannot import ({e}). TensorRT-LLM is not installable from PyPI "
+            f"here: run the server in {TRTLLM_CONTAINER} (docker/Dockerfile.gpu builds that "
+            "image with this project), or set the spec's runtime to 'torch'."
+        ) from None
+
+
+# --------------------------------------------------------------------------- settings
+
+BATCHING_TYPES = {"inflight": "INFLIGHT", "inflight_fused_batching": "INFLIGHT", "static": "STATIC"}
+SCHEDULER_POLICIES = {
+    "guaranteed_no_evict": "GUARANTEED_NO_EVICT",
+    "max_utilization": "MAX_UTILIZATION",
+}
+COMMUNICATION_MODES = {"leader": "LEADER", "orchestrator": "ORCHESTRATOR"}
+
+
+def _bool(v: str) -> bool:
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {v!r}")
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """The executor knobs a spec sets as `parameters` of llm_engine (names as in TensorRT-LLM's
+    own Triton model where one exists)."""
+
+    batching_type: str = "inflight"
+    batch_scheduler_policy: str = "guaranteed_no_evict"
+    kv_cache_free_gpu_mem_fraction: float = 0.9
+    max_tokens_in_paged_kv_cache: int | None = None
+    enable_kv_cache_reuse: bool = False
+    enable_chunked_context: bool = False
+    max_queue_size: int | None = None
+    gpu_device_ids: tuple[int, ...] | None = None
+    communication_mode: str = "leader"
+    executor_worker_path: str | None = None
+    iter_stats_max_iterations: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batching_type not in BATCHING_TYPES:
+            raise ValueError(f"batching_type must be one of {sorted(BATCHING_TYPES)}, "
+                             f"got {self.batching_type!r}")
+        if self.batch_scheduler_policy not in SCHEDULER_POLICIES:
+            raise ValueError(f"batch_scheduler_policy must be one of "
+                             f"{sorted(SCHEDULER_POLICIES)}, got {self.batch_scheduler_policy!r}")
+        if self.communication_mode not in COMMUNICATION_MODES:
+            raise ValueError(f"communication_mode must be one of {sorted(COMMUNICATION_MODES)}, "
+                             f"got {self.communication_mode!r}")
+        if not 0.0 < self.kv_cache_free_gpu_mem_fraction <= 1.0:
+            raise ValueError("kv_cache_free_gpu_mem_fraction must be in (0, 1], got "
+                             f"{self.kv_cache_free_gpu_mem_fraction}")
+        for name in ("max_tokens_in_paged_kv_cache", "max_queue_size",
+                     "iter_stats_max_iterations"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, str]) -> ExecutorSettings:
+        """From a model's config.pbtxt parameters; unrelated keys are ignored. A bad value is a
+        ValueError naming the parameter."""
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in params:
+                continue
+            raw = str(params[f.name]).strip()
+            try:
+                if f.name in ("enable_kv_cache_reuse", "enable_chunked_context"):
+                    kw[f.name] = _bool(raw)
+                elif f.name == "kv_cache_free_gpu_mem_fraction":
+                    kw[f.name] = float(raw)
+                elif f.name in ("max_tokens_in_paged_kv_cache", "max_queue_size",
+                                "iter_stats_max_iterations"):
+                    kw[f.name] = int(raw)
+                elif f.name == "gpu_device_ids":
+                    kw[f.name] = tuple(int(x) for x in raw.split(",") if x.strip())
+                else:
+                    kw[f.name] = raw.lower() if f.name != "executor_worker_path" else raw
+            except ValueError as e:
+                raise ValueError(f"parameter {f.name}={raw!r}: {e}") from None
+        try:
+            return cls(**kw)
+        except ValueError as e:
+            raise ValueError(f"llm_engine parameters: {e}") from None
+
+    def to_parameters(self) -> dict[str, str | int | float | bool]:
+        """The spec `parameters` that reproduce these settings (None fields are left out)."""
+        out: dict[str, str | int | float | bool] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            out[f.name] = ",".join(map(str, v)) if isinstance(v, tuple) else v
+        return out
+
+
+def executor_config(s: ExecutorSettings, trtllm: Any, max_beam_width: int = 1):
+    """`trtllm.ExecutorConfig` for these settings (in-flight batching, paged KV cache)."""
+    kv_kwargs: dict[str, Any] = {
+        "enable_block_reuse": s.enable_kv_cache_reuse,
+        "free_gpu_memory_fraction": s.kv_cache_free_gpu_mem_fraction,
+    }
+    if s.max_tokens_in_paged_kv_cache is not None:
+        kv_kwargs["max_tokens"] = s.max_tokens_in_paged_kv_cache
+    kwargs: dict[str, Any] = {
+        "max_beam_width": max_beam_width,
+        "batching_type": getattr(trtllm.BatchingType, BATCHING_TYPES[s.batching_type]),
+        "kv_cache_config": trtllm.KvCacheConfig(**kv_kwargs),
+        "scheduler_config": trtllm.SchedulerConfig(
+            capacity_scheduler_policy=getattr(
+                trtllm.CapacitySchedulerPolicy, SCHEDULER_POLICIES[s.batch_scheduler_policy])),
+        "enable_chunked_context": s.enable_chunked_context,
+    }
+    parallel = parallel_config(s, trtllm)
+    if parallel is not None:
+        kwargs["parallel_config"] = parallel
+    if s.max_queue_size is not None:
+        kwargs["max_queue_size"] = s.max_queue_size
+    if s.iter_stats_max_iterations is not None:
+        kwargs["iter_stats_max_iterations"] = s.iter_stats_max_iterations
+    return trtllm.ExecutorConfig(**kwargs)
+
+
+def parallel_config(s: ExecutorSettings, trtllm: Any):
+    """None (the executor's default: MPI, LEADER mode over the ranks mpirun started) unless
+    devices or orchestrator mode are asked for."""
+    if s.gpu_device_ids is None and s.communication_mode == "leader":
+        return None
+    kwargs: dict[str, Any] = {
+        "communication_type": trtllm.CommunicationType.MPI,
+        "communication_mode": getattr(trtllm.CommunicationMode,
+                                      COMMUNICATION_MODES[s.communication_mode]),
+    }
+    if s.gpu_device_ids is not None:
+        kwargs["device_ids"] = list(s.gpu_device_ids)
+    if s.communication_mode == "orchestrator":
+        kwargs["orchestrator_config"] = trtllm.OrchestratorConfig(
+            is_orchestrator=True, worker_executable_path=s.executor_worker_path or "")
+    return trtllm.ParallelConfig(**kwargs)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def sampling_config(p: SamplingParams | None, trtllm: Any):
+    """None (greedy) is top_k=1; otherwise only what the request set (temperature 0 and
+    top_k 1 were already folded into greedy by `effective_sampling`)."""
+    if p is None:
+        return trtllm.SamplingConfig(beam_width=1, top_k=1)
+    kwargs: dict[str, Any] = {}
+    if p.seed is not None:
+        kwargs["seed"] = int(p.seed)
+    if p.temperature is not None:
+        kwargs["temperature"] = float(p.temperature)
+    if p.top_k:
+        kwargs["top_k"] = int(p.top_k)
+    if p.top_p is not None:
+        kwargs["top_p"] = float(p.top_p)
+    return trtllm.SamplingConfig(beam_width=1, **kwargs)
+
+
+def check_request(req: GenerationRequest, info: EngineInfo | None) -> SamplingParams | None:
+    """Validate against the contract and the engine's build limits, as the torch runtime does
+    (same messages, `InvalidInput`); returns the effective sampling (None = greedy)."""
+    n = len(req.input_ids)
+    if n == 0:
+        raise InvalidInput("input_ids is empty: a prompt needs at least one token")
+    if req.max_new_tokens < 1:
+        raise InvalidInput(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
+    vocab = info.vocab_size if info is not None else None
+    if vocab is not None:
+        bad = [t for t in req.input_ids if not 0 <= t < vocab]
+        if bad:
+            raise InvalidInput(f"input_ids holds {bad[0]}, outside the vocabulary [0, {vocab})")
+        for name, words in (("stop_words", req.stop_words), ("bad_words", req.bad_words)):
+            if any(not 0 <= t < vocab for w in words for t in w):
+                raise InvalidInput(f"{name} holds a token outside the vocabulary")
+        if req.end_id is not None and not 0 <= req.end_id < vocab:
+            raise InvalidInput(f"end_id {req.end_id} is outside the vocabulary")
+    if info is not None and info.max_input_len is not None and n > info.max_input_len:
+        raise InvalidInput(
+            f"the prompt has {n} tokens, more than this engine's max_input_len "
+            f"{info.max_input_len} (set at build time with --max-input-len)")
+    if info is not None and info.max_seq_len is not None and n + req.max_new_tokens > \
+            info.max_seq_len:
+        raise InvalidInput(
+            f"prompt ({n} tokens) + max_new_tokens ({req.max_new_tokens}) exceeds the "
+            f"context length of {info.max_seq_len} tokens (the engine's max_seq_len)")
+    return effective_sampling(req.sampling)
+
+
+def with_default_eos(req: GenerationRequest, eos_token_ids: tuple[int, ...]) -> GenerationRequest:
+    """A request without end_id ends at the model's EOS, as with the torch runtime: the first
+    EOS id becomes end_id, further ones (e.g. Llama 3's <|eot_id|>) single-token stop words."""
+    if req.end_id is not None or not eos_token_ids:
+        return req
+    extra = [[e] for e in eos_token_ids[1:] if [e] not in req.stop_words]
+    return replace(req, end_id=eos_token_ids[0], stop_words=[*req.stop_words, *extra])
+
+
+def to_executor_request(req: GenerationRequest, trtllm: Any, info: EngineInfo | None = None):
+    """`trtllm.Request` for one generation request: only new tokens come back
+    (exclude_input_from_output), one response per step when streaming."""
+    sampling = check_request(req, info)
+    kwargs: dict[str, Any] = {
+        "streaming": bool(req.streaming),
+        "sampling_config": sampling_config(sampling, trtllm),
+        "output_config": trtllm.OutputConfig(exclude_input_from_output=True),
+    }
+    if req.end_id is not None:
+        kwargs["end_id"] = int(req.end_id)
+    pad = req.pad_id if req.pad_id is not None else req.end_id
+    if pad is not None:
+        kwargs["pad_id"] = int(pad)
+    if req.stop_words:
+        kwargs["stop_words"] = [[int(t) for t in w] for w in req.stop_words if w]
+    if req.bad_words:
+        kwargs["bad_words"] = [[int(t) for t in w] for w in req.bad_words if w]
+    return trtllm.Request([int(t) for t in req.input_ids], int(req.max_new_tokens),
+                          **kwargs)
+
+
+_FINISH = {
+    "END_ID": "stop",
+    "STOP_WORDS": "stop",
+    "LENGTH": "length",
+    "CANCELLED": "cancelled",
+    "TIMED_OUT": "cancelled",
+}
+
+
+def _name(reason: Any) -> str:
+    return (getattr(reason, "name", None) or str(reason).rsplit(".", 1)[-1]).upper()
+
+
+def finish_reason(reason: Any) -> FinishReason | None:
+    """TensorRT-LLM's FinishReason (pybind or nanobind enum) -> the contract's reason."""
+    if reason is None:
+        return None
+    return _FINISH.get(_name(reason))  # type: ignore[return-value]
+
+
+def reason_name(response: Any) -> str | None:
+    """The executor's finish reason of a final response, by name (END_ID, STOP_WORDS, ...)."""
+    if response.has_error() or not response.result.is_final:
+        return None
+    reasons = list(getattr(response.result, "finish_reasons", None) or [])
+    return _name(reasons[0]) if reasons else None
+
+
+def to_result(response: Any) -> GenerationResult:
+    """One executor response -> GenerationResult (beam 0)."""
+    rid = int(response.request_id)
+    if response.has_error():
+        return GenerationResult(rid, [], True, "error", str(response.error_msg))
+    result = response.result
+    beams = result.output_token_ids
+    tokens = [int(t) for t in beams[0]] if beams else []
+    if not result.is_final:
+        return GenerationResult(rid, tokens, False)
+    reasons = list(getattr(result, "finish_reasons", None) or [])
+    reason = finish_reason(reasons[0]) if reasons else None
+    return GenerationResult(rid, tokens, True, reason or "stop")
+
+
+# --------------------------------------------------------------------------- engine
+
+
+@dataclass
+class _Live:
+    end_id: int | None
+    last_token: int | None = None
+
+
+def parse_eos(value: str | None) -> tuple[int, ...]:
+    """The `eos_token_ids` parameter: comma-separated ids (the build script writes it)."""
+    if not value:
+        return ()
+    try:
+        return tuple(int(x) for x in str(value).split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"parameter eos_token_ids={value!r}: expected comma-separated token "
+                         "ids") from None
+
+
+class TrtllmEngine(Engine):
+    """TensorRT-LLM's executor (in-flight batching, paged KV cache) as an `Engine`.
+
+    Output semantics are the torch runtime's (one contract): a sequence that ends on its end id
+    carries that id as its last token (TensorRT-LLM leaves it out; it is added back here unless
+    already there), stop words stay in the output, and a request without end_id ends at the
+    model's EOS (`eos_token_ids`).
+    """
+
+    def __init__(self, engine_dir: Path | str, settings: ExecutorSettings | None = None, *,
+                 eos_token_ids: tuple[int, ...] = (), executor_module: Any = None,
+                 check_ranks: bool = True):
+        self.trtllm = executor_module if executor_module is not None else import_executor_module()
+        self.engine_dir = Path(engine_dir)
+        self.info = EngineInfo.read(self.engine_dir, check_ranks=check_ranks)
+        self.settings = settings or ExecutorSettings()
+        self.eos_token_ids = tuple(eos_token_ids)
+        config = executor_config(self.settings, self.trtllm)
+        self._executor = self.trtllm.Executor(
+            self.engine_dir, self.trtllm.ModelType.DECODER_ONLY, config)
+        self._lock = threading.Lock()
+        self._live: dict[int, _Live] = {}
+        self._tokens = 0
+        self._last_stats: Any = None
+        self._closed = False
+        self.is_leader = bool(self._executor.can_enqueue_requests())
+        if not self.is_leader:
+            # Worker rank (LEADER mode, rank > 0): it takes part in every step that rank 0
+            # schedules, from inside the executor, and waits here until rank 0 shuts down.
+            self._executor.shutdown()
+            self._closed = True
+
+    @classmethod
+    def from_settings(cls, settings, executor_module: Any = None) -> TrtllmEngine:
+        """From a `uip.serving.settings.ModelSettings` (artifact = the engine folder)."""
+        return cls(settings.artifact_dir(), ExecutorSettings.from_parameters(settings.parameters),
+                   eos_token_ids=parse_eos(settings.parameters.get("eos_token_ids")),
+                   executor_module=executor_module)
+
+    def enqueue(self, request: GenerationRequest) -> int:
+        request = with_default_eos(request, self.eos_token_ids)
+        req = to_executor_request(request, self.trtllm, self.info)
+        if not self.is_leader:
+            raise RuntimeError("this rank is a TensorRT-LLM worker (rank > 0): only rank 0 "
+                               "serves requests")
+        if self._closed:
+            raise RuntimeError("the engine is shut down")
+        with self._lock:
+            rid = int(self._executor.enqueue_request(req))
+            self._live[rid] = _Live(request.end_id)
+        return rid
+
+    def await_responses(self, request_id: int, timeout: float | None = None
+                        ) -> list[GenerationResult]:
+        with self._lock:
+            live = self._live.get(request_id)
+        if live is None:
+            raise KeyError(f"unknown or finished request {request_id}")
+        wait = None if timeout is None else timedelta(seconds=max(0.0, timeout))
+        responses = self._executor.await_responses(request_id, timeout=wait)
+        out = []
+        with self._lock:
+            for resp in responses:
+                r = to_result(resp)
+                if r.tokens:
+                    live.last_token = r.tokens[-1]
+                if r.is_final and live.end_id is not None and live.last_token != live.end_id \
+                        and reason_name(resp) == "END_ID":
+                    r = replace(r, tokens=[*r.tokens, live.end_id])
+                self._tokens += len(r.tokens)
+                if r.is_final:
+                    self._live.pop(request_id, None)
+                out.append(r)
+        return out
+
+    def cancel(self, request_id: int) -> None:
+        with self._lock:
+            live = request_id in self._live
+        if live and not self._closed:
+            self._executor.cancel_request(request_id)
+
+    def stats(self) -> EngineStats:
+        """From the executor's latest iteration stats. Between iterations (idle) those are the
+        last ones seen: with no request in flight, nothing is active, queued or held."""
+        if not self._closed:
+            latest = list(self._executor.get_latest_iteration_stats() or [])
+            if latest:
+                self._last_stats = latest[-1]
+        s = self._last_stats
+        kv = getattr(s, "kv_cache_stats", None) if s is not None else None
+        with self._lock:
+            live, tokens = len(self._live), self._tokens
+        active = min(int(s.num_active_requests), live) if s is not None else live
+        queued = min(int(s.num_queued_requests), live - active) if s is not None else 0
+        return EngineStats(
+            active_requests=active,
+            queued_requests=queued,
+            kv_blocks_used=int(kv.used_num_blocks) if kv is not None and live else 0,
+            kv_blocks_total=int(kv.max_num_blocks) if kv is not None else 0,
+            tokens_generated=tokens,
+        )
+
+    def shutdown(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._executor.shutdown()
