@@ -49,7 +49,10 @@ def bench(
     server = None
     if not url:
         artifacts.ensure(needed(model_repository))
-        server = TritonServer(model_repository, stem.with_suffix(".server.log")).start()
+        # Load only what this benchmark calls (the profile's LOAD list, or the model itself).
+        load = getattr(profile, "LOAD", {}).get(model, [model])
+        flags = ["--model-control-mode=explicit", *[f"--load-model={m}" for m in load]]
+        server = TritonServer(model_repository, stem.with_suffix(".server.log"), flags).start()
         url = server.grpc_url
     try:
         per_request = profile.calibrate(url, model) if hasattr(profile, "calibrate") else 1

@@ -11,6 +11,8 @@ import json
 import tempfile
 from pathlib import Path
 
+# models to load for each benchmarked model (an ensemble loads its steps itself; BLS does not)
+LOAD = {"llm": ["llm"], "llm_bls": ["llm_bls", "llm_engine"]}
 PROMPT = "Write a long story about a lighthouse keeper who collects rare shells."
 MAX_TOKENS = 128
 
