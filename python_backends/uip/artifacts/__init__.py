@@ -14,6 +14,7 @@ from uip.paths import artifacts_root
 BUILDERS: dict[str, str] = {
     "embedding": "uip.artifacts.embedding:build",
     "llm-tiny": "uip.artifacts.llm_tiny:build",
+    "sd-tiny": "uip.artifacts.sd_tiny:build",
 }
 
 

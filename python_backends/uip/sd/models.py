@@ -1,0 +1,105 @@
+"""The three networks of a diffusers SD folder as plain torch callables (pure, no Triton).
+
+`sd_text_encoder`, `sd_unet` and `sd_vae_decoder` wrap these; tests call them in-process.
+Each loads its own subfolder with the class named in the folder's model_index.json, so any
+SD 1.x/2.x pipeline folder works.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str | None) -> torch.dtype:
+    name = (name or "float32").lower()
+    aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+    name = aliases.get(name, name)
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def _component_class(folder: Path, part: str):
+    index = json.loads((Path(folder) / "model_index.json").read_text())
+    library, class_name = index[part]
+    module = __import__(library)
+    return getattr(module, class_name)
+
+
+def _load(folder: Path, part: str, device: str, dtype: torch.dtype):
+    cls = _component_class(folder, part)
+    kw = {"dtype": dtype} if part == "text_encoder" else {"torch_dtype": dtype}
+    model = cls.from_pretrained(Path(folder) / part, **kw)
+    return model.to(device).eval()
+
+
+class TextEncoder:
+    """Token ids [B, L] -> last hidden state [B, L, D] (`text_encoder(ids)[0]`)."""
+
+    def __init__(self, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 model=None):
+        self.model = model if model is not None else _load(folder, "text_encoder", device, dtype)
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    @torch.inference_mode()
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(ids.to(self.device, torch.long))[0]
+        return out.to(self.dtype)
+
+
+class UNet:
+    """(latents [B, C, h, w], timesteps [B], hidden [B, L, D]) -> noise prediction."""
+
+    def __init__(self, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 model=None):
+        self.model = model if model is not None else _load(folder, "unet", device, dtype)
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    @torch.inference_mode()
+    def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor,
+                 hidden: torch.Tensor) -> torch.Tensor:
+        return self.model(
+            latents.to(self.device, self.dtype), timesteps.to(self.device).reshape(-1),
+            encoder_hidden_states=hidden.to(self.device, self.dtype), return_dict=False,
+        )[0]
+
+
+class VaeDecoder:
+    """Final latents [B, C, h, w] -> uint8 images [B, H, W, 3], as the pipeline post-processes.
+
+    `vae.decode(latents / scaling_factor)`, then VaeImageProcessor's arithmetic on the device:
+    `(x * 0.5 + 0.5).clamp(0, 1)`, channels last, float32, `* 255`, round half to even.
+    """
+
+    def __init__(self, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 model=None):
+        self.model = model if model is not None else _load(folder, "vae", device, dtype)
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    @torch.inference_mode()
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents.to(self.device, self.dtype)
+        image = self.model.decode(latents / self.model.config.scaling_factor, return_dict=False)[0]
+        image = (image * 0.5 + 0.5).clamp(0, 1)
+        image = image.permute(0, 2, 3, 1).float()
+        return (image * 255).round().to(torch.uint8)
+
+
+def setup(args: dict[str, str]):
+    """Settings, device and dtype shared by the SD tensor models (spec parameters `dtype`,
+    `torch_threads`)."""
+    from uip.serving.settings import ModelSettings
+
+    settings = ModelSettings.from_args(args)
+    threads = settings.param("torch_threads", 0, int)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return settings, settings.device, torch_dtype(settings.param("dtype", "float32"))

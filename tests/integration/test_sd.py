@@ -1,0 +1,203 @@
+"""`stable_diffusion` through the real tritonserver vs diffusers' StableDiffusionPipeline.
+
+Tiny model, 64x64, a few steps: every image served alone must equal the pipeline's exactly;
+concurrent requests (whose UNet steps sd_unet batches) within 2/255 per pixel.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from uip.paths import PROJECT_ROOT, artifacts_root
+from uip.sd.client import infer_inputs
+from uip.sd.schedulers import SCHEDULERS
+
+PROMPT = "a photo of an astronaut riding a horse"
+NEGATIVE = "blurry, ugly"
+STEPS = 4
+MODELS = ("stable_diffusion", "sd_text_encoder", "sd_unet", "sd_vae_decoder")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from uip.sd.reference import DiffusersReference
+
+    return DiffusersReference(artifacts_root() / "sd-tiny")
+
+
+@pytest.fixture(scope="module")
+def grpc(server):
+    return grpcclient.InferenceServerClient(server.grpc_url)
+
+
+def _client(server, protocol):
+    if protocol == "http":
+        return httpclient, httpclient.InferenceServerClient(server.http_url)
+    return grpcclient, grpcclient.InferenceServerClient(server.grpc_url)
+
+
+def _generate(mod, client, prompt=PROMPT, **opts) -> np.ndarray:
+    out = client.infer("stable_diffusion", infer_inputs(mod, prompt, **opts)).as_numpy("image")
+    assert out.dtype == np.uint8 and out.ndim == 4 and out.shape[0] == 1 and out.shape[3] == 3
+    return out[0]
+
+
+def _unet_executions(grpc) -> tuple[int, int]:
+    s = grpc.get_inference_statistics("sd_unet").model_stats[0]
+    return s.execution_count, s.inference_count
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_image_equals_diffusers(server, reference, protocol, scheduler):
+    mod, client = _client(server, protocol)
+    opts = dict(negative_prompt=NEGATIVE, steps=STEPS, guidance_scale=7.5, seed=1234,
+                height=64, width=64, scheduler=scheduler)
+    got = _generate(mod, client, **opts)
+    want = reference(PROMPT, **opts)
+    assert got.shape == (64, 64, 3)
+    assert np.array_equal(got, want), f"max diff {np.abs(got.astype(int) - want).max()}"
+
+
+def test_defaults_equal_diffusers_defaults(server, reference):
+    """Only a prompt: 50 steps, CFG 7.5, seed 0, the artifact's scheduler and size."""
+    mod, client = _client(server, "http")
+    got = _generate(mod, client, "a red castle")
+    assert got.shape == (64, 64, 3)
+    assert np.array_equal(got, reference("a red castle", seed=0))
+
+
+def test_other_sizes_and_no_guidance(server, reference):
+    mod, client = _client(server, "grpc")
+    opts = dict(steps=3, guidance_scale=1.0, seed=5, height=48, width=96, scheduler="euler_a")
+    got = _generate(mod, client, **opts)
+    assert got.shape == (48, 96, 3)
+    assert np.array_equal(got, reference(PROMPT, **opts))
+
+
+def test_concurrent_requests_are_batched(server, reference, grpc):
+    n, steps = 4, 8
+    opts = [dict(negative_prompt=NEGATIVE, steps=steps, seed=100 + i, height=64, width=64,
+                 scheduler=("ddim", "dpm++", "euler_a", "pndm")[i]) for i in range(n)]
+    want = [reference(PROMPT, **o) for o in opts]
+    barrier = threading.Barrier(n)
+
+    def one(i):
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        inputs = infer_inputs(grpcclient, PROMPT, **opts[i])
+        barrier.wait()
+        return client.infer("stable_diffusion", inputs).as_numpy("image")[0]
+
+    before = _unet_executions(grpc)
+    with ThreadPoolExecutor(n) as pool:
+        got = list(pool.map(one, range(n)))
+    after = _unet_executions(grpc)
+    executions, inferences = after[0] - before[0], after[1] - before[1]
+    calls = 0  # UNet calls of the n loops (PNDM repeats one timestep: steps + 1)
+    for o in opts:
+        sched = reference.scheduler(o["scheduler"])
+        sched.set_timesteps(steps)
+        calls += len(sched.timesteps)
+    assert inferences == 2 * calls  # every step of every request: its [neg, pos] pair
+    assert executions < calls, f"{executions} UNet executions for {calls} loop steps"
+    assert executions < n * steps
+    for i in range(n):
+        diff = np.abs(got[i].astype(int) - want[i].astype(int)).max()
+        assert diff <= 2, f"request {i}: max diff {diff}/255"
+        for j in range(n):  # each got its own image, not a neighbour's
+            if j != i:
+                assert np.abs(got[i].astype(int) - want[j].astype(int)).max() > 2
+
+
+def test_grpc_cancel_stops_the_loop(server, grpc):
+    done = threading.Event()
+    outcome = {}
+
+    def callback(result, error):
+        outcome["error"] = error
+        done.set()
+
+    before = _unet_executions(grpc)[0]
+    ctx = grpc.async_infer("stable_diffusion",
+                           infer_inputs(grpcclient, PROMPT, steps=1000, scheduler="euler"),
+                           callback=callback)
+    deadline = time.monotonic() + 60
+    while _unet_executions(grpc)[0] - before < 3:  # the loop is running
+        assert time.monotonic() < deadline, "the request never reached its UNet steps"
+        time.sleep(0.05)
+    ctx.cancel()
+    assert done.wait(10)
+    assert outcome["error"] is not None and "CANCELLED" in str(outcome["error"]).upper()
+    time.sleep(1.0)  # the step in flight when the cancel arrived may still finish
+    stopped_at = _unet_executions(grpc)[0]
+    time.sleep(2.0)
+    assert _unet_executions(grpc)[0] == stopped_at, "sd_unet kept executing after the cancel"
+    assert stopped_at - before < 500, "the loop ran to the end"
+    # the server and the model stay healthy: the next request is served
+    assert grpc.is_server_live() and grpc.is_model_ready("stable_diffusion")
+    assert _generate(grpcclient, grpc, steps=2).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("opts, message", [
+    (dict(steps=0), "'steps' must be >= 1, got 0"),
+    (dict(steps=1001), "'steps' must be <= 1000"),
+    (dict(steps=1000, scheduler="ddim"), "scheduler 'ddim' cannot run 1000 steps"),
+    (dict(height=60), "'height' must be a multiple of 8, got 60"),
+    (dict(width=4096), "'width' must be between 8 and 1024 pixels"),
+    (dict(guidance_scale=-0.5), "'guidance_scale' must be >= 0.0"),
+    (dict(scheduler="karras"), "'scheduler' must be one of ddim, euler, euler_a, dpm++"),
+])
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_invalid_arguments(server, protocol, opts, message):
+    mod, client = _client(server, protocol)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("stable_diffusion", infer_inputs(mod, PROMPT, **opts))
+    assert message in info.value.message()
+    status = str(info.value.status())
+    assert status in ("400", "StatusCode.INVALID_ARGUMENT"), status
+
+
+def test_missing_prompt_is_refused(server):
+    client = httpclient.InferenceServerClient(server.http_url)
+    steps = httpclient.InferInput("steps", [1, 1], "INT32")
+    steps.set_data_from_numpy(np.array([[3]], dtype=np.int32))
+    with pytest.raises(InferenceServerException, match="prompt"):
+        client.infer("stable_diffusion", [steps])
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_txt2img_client_writes_the_png(server, reference, tmp_path, protocol):
+    from PIL import Image
+
+    out: Path = tmp_path / "out.png"
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    cmd = [sys.executable, str(PROJECT_ROOT / "clients" / "txt2img.py"), PROMPT, "-o", str(out),
+           "--protocol", protocol, "--url", url, "--steps", "3", "--seed", "9",
+           "--scheduler", "dpm++", "--negative", NEGATIVE]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    got = np.asarray(Image.open(out).convert("RGB"))
+    want = reference(PROMPT, negative_prompt=NEGATIVE, steps=3, seed=9, scheduler="dpm++")
+    assert np.array_equal(got, want)
+    bad = subprocess.run(cmd[:-6] + ["--steps", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "'steps' must be >= 1" in bad.stderr
+
+
+def test_server_stays_healthy(server):
+    client = httpclient.InferenceServerClient(server.http_url)
+    assert client.is_server_live() and client.is_server_ready()
+    for m in MODELS:
+        assert client.is_model_ready(m), m
+    log = server.log()
+    assert "uip/sd/" not in log and "uip/backends/sd" not in log  # no tracebacks of ours
