@@ -9,6 +9,7 @@ import pytest
 
 from uip import artifacts
 from uip.artifacts.needed import needed
+from uip.launcher import LaunchError
 from uip.paths import DEFAULT_REPOSITORY
 from uip.server import TritonServer
 
@@ -21,8 +22,19 @@ TEST_FLAGS = ["--exit-on-error=false", "--strict-readiness=false", "--log-verbos
 def server(tmp_path_factory) -> TritonServer:
     repo = Path(os.environ.get("UIP_TEST_REPOSITORY", DEFAULT_REPOSITORY))
     artifacts.ensure(needed(repo))
-    log = tmp_path_factory.mktemp("tritonserver") / "server.log"
-    srv = TritonServer(repo, log, extra=TEST_FLAGS).start()
+    folder = tmp_path_factory.mktemp("tritonserver")
+    # tritonserver 2.51 sometimes aborts at start-up when many Python stubs start at once on a
+    # loaded machine (boost::interprocess::lock_exception, triton-inference-server/server#8882):
+    # try again, on fresh ports, before failing the session.
+    for attempt in range(3):
+        srv = TritonServer(repo, folder / f"server-{attempt}.log", extra=TEST_FLAGS)
+        try:
+            srv.start()
+            break
+        except LaunchError:
+            srv.stop()
+            if attempt == 2 or "lock_exception" not in srv.log():
+                raise
     srv.wait_models()
     yield srv
     srv.stop()
