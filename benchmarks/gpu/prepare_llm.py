@@ -1,0 +1,78 @@
+"""GPU machine: a Llama-3-8B-shaped bf16 model with seeded random weights, and its specs.
+
+    python benchmarks/gpu/prepare_llm.py ART_DIR SPECS_DIR [--shape llama3-8b|tiny]
+
+Writes ART_DIR/llm-8b (the llm-tiny tokenizer + the 8B-shaped model, save_pretrained) and
+SPECS_DIR/{llm,llm_bls}.yaml: specs/llm*.yaml with llm_engine on a GPU instance, the artifact
+switched, the checksums dropped and the KV cache sized for the model. Prints the HBM floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+from uip.artifacts.llm_tiny import build_tokenizer
+
+SHAPES = {
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                      max_position_embeddings=8192, rope_theta=500000.0),
+    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=4096,
+                 max_position_embeddings=2048),
+}
+H100_HBM_BYTES_PER_S = 3.35e12
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("art", type=Path)
+    p.add_argument("specs", type=Path)
+    p.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
+    p.add_argument("--num-blocks", type=int, default=2048)
+    p.add_argument("--max-batch-tokens", type=int, default=8192)
+    p.add_argument("--device", default="cuda")
+    a = p.parse_args()
+    dest = a.art / "llm-8b"
+    dest.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer()
+    tok.save_pretrained(dest)
+    config = LlamaConfig(**SHAPES[a.shape], tie_word_embeddings=False, rms_norm_eps=1e-5,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, torch_dtype="bfloat16")
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(a.device):
+        model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id)
+    model.save_pretrained(dest)
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
+    floor_ms = weight_bytes / H100_HBM_BYTES_PER_S * 1000
+    (a.art / "llm-8b.json").write_text(json.dumps(
+        {"weight_bytes": weight_bytes, "hbm_floor_ms_per_token_h100": floor_ms}))
+    print(f"weights {weight_bytes / 1e9:.2f} GB; H100 HBM floor {floor_ms:.2f} ms/token "
+          f"({1000 / floor_ms:.0f} tok/s at batch 1)")
+    a.specs.mkdir(parents=True, exist_ok=True)
+    for name in ("llm", "llm_bls"):
+        spec = yaml.safe_load(Path(f"specs/{name}.yaml").read_text())
+        for m in spec["models"]:
+            if m.get("artifact"):
+                m["artifact"] = {"path": "llm-8b"}
+            if m["name"] == "llm_engine":
+                m["instances"] = [{"kind": "gpu", "count": 1}]
+                m["parameters"].update(num_blocks=a.num_blocks,
+                                       max_batch_tokens=a.max_batch_tokens, dtype="bfloat16")
+                m["limits"]["max_context"] = 8192
+        (a.specs / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()

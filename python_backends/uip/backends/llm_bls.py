@@ -1,0 +1,188 @@
+"""`llm_bls` (Orchestrator, decoupled): the `llm` contract in one BLS model over llm_engine.
+
+Per client request, one thread runs `uip.llm.orchestrate.run`: the engine request is a
+decoupled BLS call (always streaming, so stop strings and cancellation act between engine
+steps), read by a second thread into a queue so the request loop can poll
+`request.is_cancelled()` while it waits. A stop string or a client cancel stops the engine
+request at once through llm_engine's `stop` input (same request id, TensorRT-LLM's
+convention). All state is per request; the tokenizer is shared read-only.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+
+import numpy as np
+
+from uip.llm.orchestrate import (
+    ClientResponse,
+    EngineChunk,
+    EngineError,
+    TextPipeline,
+    client_outputs,
+    run,
+)
+from uip.llm.preprocess import Limits, Preprocessor, load_tokenizer, model_max_positions
+from uip.serving import pb
+from uip.serving.settings import ModelSettings
+
+_END = object()
+ENGINE_OUTPUTS = ["output_ids", "finish_reason"]
+
+
+class TritonEngineStream:
+    """One llm_engine request through a decoupled BLS call (implements `EngineStream`)."""
+
+    def __init__(self, model: str, inputs: dict[str, np.ndarray], request_id: str):
+        self.model = model
+        self.inputs = inputs
+        self.request_id = request_id
+        self.queue: queue.Queue = queue.Queue()
+        self.ended = False  # the engine's stream is over (final response or error seen)
+        self._stopped = False
+
+    def start(self) -> None:
+        pb_utils = pb.pb_utils
+        request = pb_utils.InferenceRequest(
+            model_name=self.model,
+            inputs=[pb_utils.Tensor(k, v) for k, v in self.inputs.items()],
+            requested_output_names=ENGINE_OUTPUTS,
+            request_id=self.request_id,
+        )
+        responses = request.exec(decoupled=True)
+        threading.Thread(target=self._pump, args=(responses,), daemon=True,
+                         name=f"uip-bls-{self.request_id[-8:]}").start()
+
+    def _pump(self, responses) -> None:
+        """Only waits for responses; everything else happens in the request's thread."""
+        try:
+            for resp in responses:
+                self.queue.put(resp)
+        except Exception as exc:  # noqa: BLE001 - surfaces as the client's error
+            self.queue.put(EngineError(f"{self.model}: {type(exc).__name__}: {exc}"))
+        finally:
+            self.queue.put(_END)
+
+    def _chunk(self, resp) -> EngineChunk | EngineError | None:
+        pb_utils = pb.pb_utils
+        if resp.has_error():
+            err = resp.error()
+            return EngineError(err.message(), err)
+        ids = pb_utils.get_output_tensor_by_name(resp, "output_ids")
+        if ids is None:  # a response carrying only the FINAL flag
+            return None
+        reason = pb_utils.get_output_tensor_by_name(resp, "finish_reason")
+        finish = reason.as_numpy().reshape(-1)[0] if reason is not None else b""
+        finish = finish.decode() if isinstance(finish, bytes) else str(finish)
+        return EngineChunk([int(t) for t in ids.as_numpy().reshape(-1)], finish or None)
+
+    def next(self, timeout: float) -> EngineChunk | None:
+        if self.ended:
+            return None
+        try:
+            item = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item is _END:
+            self.ended = True
+            raise EngineError(f"{self.model} ended the stream without a final response")
+        if not isinstance(item, EngineError):
+            item = self._chunk(item)
+            if item is None:
+                return None
+        if isinstance(item, EngineError):
+            self.ended = True  # an error response is the engine's last
+            raise item
+        if item.final:
+            self.ended = True
+        return item
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        pb_utils = pb.pb_utils
+        request = pb_utils.InferenceRequest(
+            model_name=self.model,
+            inputs=[
+                pb_utils.Tensor("input_ids", self.inputs["input_ids"][:, :1]),
+                pb_utils.Tensor("request_output_len", np.array([[1]], dtype=np.int32)),
+                pb_utils.Tensor("stop", np.array([[True]], dtype=bool)),
+            ],
+            requested_output_names=ENGINE_OUTPUTS,
+            request_id=self.request_id,
+        )
+        for resp in request.exec(decoupled=True):
+            if resp.has_error():
+                pb.log.warning("llm_bls: stopping %s failed: %s", self.request_id,
+                               resp.error().message())
+
+
+def _error_response(exc: Exception):
+    """The client's error: llm_engine's own error (code kept) or ours (INVALID_ARG/INTERNAL)."""
+    if isinstance(exc, EngineError) and exc.error is not None:
+        return pb.pb_utils.InferenceResponse(output_tensors=[], error=exc.error)
+    return pb.error_response(exc)
+
+
+class LlmBlsModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        self.settings = ModelSettings.from_args(args)
+        if not self.settings.decoupled:
+            raise ValueError("llm_bls must be decoupled (model_transaction_policy)")
+        folder = self.settings.artifact_dir()
+        self.tokenizer = load_tokenizer(folder)
+        self.pre = Preprocessor(self.tokenizer,
+                                Limits.from_settings(self.settings, model_max_positions(folder)))
+        self.engine_model = self.settings.param("engine_model", "llm_engine")
+        self.poll_s = self.settings.param("cancel_poll_s", 0.02, float)
+
+    def execute(self, requests):
+        # Parse in this (the stub's main) thread; each valid request then runs in its own.
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                req = self.pre.parse(pb.inputs_of(request))
+                inputs = self.pre.engine_inputs(req, streaming=True, stop_words=False)
+            except Exception as exc:  # noqa: BLE001 - becomes this request's error
+                sender.send(pb.error_response(exc), flags=pb.final_flag())
+                continue
+            threading.Thread(target=self._serve, args=(sender, req, inputs), daemon=True,
+                             name="uip-llm-bls").start()
+        return None
+
+    def _serve(self, sender, req, inputs) -> None:
+        done = False
+
+        def send(resp: ClientResponse) -> None:
+            nonlocal done
+            if resp.final:
+                done = True
+                sender.send(pb.response(client_outputs(resp, req)), flags=pb.final_flag())
+            else:
+                sender.send(pb.response(client_outputs(resp, req)))
+
+        engine = TritonEngineStream(self.engine_model, inputs,
+                                    request_id=f"llm_bls-{uuid.uuid4().hex}")
+        try:
+            try:
+                run(TextPipeline(self.tokenizer, req), engine, send, sender.is_cancelled,
+                    poll_s=self.poll_s)
+            except BaseException:
+                if not engine.ended:
+                    try:
+                        engine.stop()
+                    except Exception:  # noqa: BLE001 - report the first failure, not this
+                        pb.log.exception("llm_bls: could not stop the engine request")
+                raise
+        except Exception as exc:  # noqa: BLE001 - the client gets the error, the model lives on
+            if not done:
+                try:
+                    sender.send(_error_response(exc), flags=pb.final_flag())
+                except Exception:  # noqa: BLE001 - e.g. the client is gone
+                    pb.log.exception("llm_bls: could not send the error response")
+
+    def finalize(self) -> None:
+        self.pre = None

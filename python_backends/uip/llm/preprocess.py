@@ -1,0 +1,233 @@
+"""The `llm` / `llm_bls` client contract: parse, validate, tokenize (pure).
+
+Inputs (batch dimension 1): `text_input` BYTES [1] (required); optional `max_tokens` INT32,
+`stream` BOOL, `temperature` FP32, `top_p` FP32, `top_k` INT32, `seed` UINT64, `stop_words`
+BYTES [-1], `bad_words` BYTES [-1], `exclude_input_in_output` BOOL (default true),
+`return_num_input_tokens`, `return_num_output_tokens` BOOL.
+
+Rules (one validator for the ensemble's `llm_preprocess` and for `llm_bls`):
+- the prompt becomes ids exactly as `tokenizer(text_input)["input_ids"]`. An empty prompt is
+  allowed when the tokenizer adds a BOS token (the model then generates from BOS alone, as
+  `generate` does for an empty string); it is refused when the ids would be empty.
+- `max_tokens` defaults to `limits.default_max_tokens`; it must be >= 1, <= `limits.max_tokens`,
+  and prompt + max_tokens must fit `limits.max_context` (default: the model's
+  max_position_embeddings).
+- sampling: absent means greedy (TensorRT-LLM's convention); temperature >= 0 (0 = greedy),
+  top_p in (0, 1], top_k >= 0 (0 = not set, 1 = greedy), seed any UINT64.
+- stop/bad words: empty strings are ignored (TensorRT-LLM clients send [""] for "none");
+  at most `limits.max_words` words of at most `limits.max_word_bytes` bytes each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from uip.llm.engine_io import to_word_list
+from uip.serving.contract import InvalidInput, Scalar, one_text, texts
+
+_INT32_MAX = 2**31 - 1
+
+SAMPLING = (
+    Scalar("temperature", float, minimum=0.0),
+    Scalar("top_p", float, minimum=0.0, maximum=1.0, exclusive_minimum=True),
+    Scalar("top_k", int, minimum=0, maximum=_INT32_MAX),
+    Scalar("seed", int, minimum=0, maximum=2**64 - 1),
+)
+FLAGS = (
+    Scalar("stream", bool, default=False),
+    Scalar("exclude_input_in_output", bool, default=True),
+    Scalar("return_num_input_tokens", bool, default=False),
+    Scalar("return_num_output_tokens", bool, default=False),
+)
+# client input -> llm_engine input (TensorRT-LLM's names)
+ENGINE_SAMPLING_NAMES = {"temperature": "temperature", "top_p": "runtime_top_p",
+                         "top_k": "runtime_top_k", "seed": "random_seed"}
+_SAMPLING_DTYPES = {"temperature": np.float32, "top_p": np.float32, "top_k": np.int32,
+                    "seed": np.uint64}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_tokens: int = 1024  # cap on max_tokens
+    default_max_tokens: int = 64
+    max_context: int = 2048  # prompt + max_tokens
+    max_prompt_bytes: int = 1 << 20
+    max_words: int = 64  # stop words, bad words (each list)
+    max_word_bytes: int = 256
+
+    @classmethod
+    def from_settings(cls, settings, model_max_positions: int | None = None) -> Limits:
+        """From a model's `limits.*` (ModelSettings); max_context defaults to the model's."""
+        d = cls()
+        ctx = settings.limit("max_context", model_max_positions or d.max_context)
+        out = cls(
+            max_tokens=settings.limit("max_tokens", d.max_tokens),
+            default_max_tokens=settings.limit("default_max_tokens", d.default_max_tokens),
+            max_context=ctx,
+            max_prompt_bytes=settings.limit("max_prompt_bytes", d.max_prompt_bytes),
+            max_words=settings.limit("max_words", d.max_words),
+            max_word_bytes=settings.limit("max_word_bytes", d.max_word_bytes),
+        )
+        if not 1 <= out.default_max_tokens <= out.max_tokens:
+            raise ValueError(f"limits.default_max_tokens ({out.default_max_tokens}) must be in "
+                             f"[1, limits.max_tokens={out.max_tokens}]")
+        return out
+
+
+@dataclass(frozen=True)
+class LlmRequest:
+    """One validated client request."""
+
+    prompt: str
+    input_ids: list[int]
+    max_tokens: int
+    stream: bool = False
+    sampling: dict[str, float | int] = field(default_factory=dict)  # only the inputs given
+    stop_words: list[str] = field(default_factory=list)
+    bad_words: list[str] = field(default_factory=list)
+    exclude_input_in_output: bool = True
+    return_num_input_tokens: bool = False
+    return_num_output_tokens: bool = False
+
+
+def _words(inputs: Mapping[str, np.ndarray], name: str, limits: Limits) -> list[str]:
+    words = [w for w in texts(inputs, name, required=False) if w]
+    if len(words) > limits.max_words:
+        raise InvalidInput(f"'{name}' holds {len(words)} words; the limit is {limits.max_words} "
+                           "(limits.max_words)")
+    for w in words:
+        if len(w.encode()) > limits.max_word_bytes:
+            raise InvalidInput(f"a word of '{name}' is longer than {limits.max_word_bytes} bytes "
+                               "(limits.max_word_bytes)")
+    return words
+
+
+class Preprocessor:
+    """Client inputs -> `LlmRequest` -> llm_engine inputs. Holds only read-only state."""
+
+    def __init__(self, tokenizer: Any, limits: Limits):
+        self.tokenizer = tokenizer
+        self.limits = limits
+        self.end_id = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.end_id
+
+    # ------------------------------------------------------------------------------ parsing
+
+    def tokenize(self, prompt: str) -> list[int]:
+        return [int(i) for i in self.tokenizer(prompt)["input_ids"]]
+
+    def word_ids(self, words: list[str]) -> list[list[int]]:
+        """Each word as token ids, without special tokens (TensorRT-LLM's preprocessing)."""
+        ids = [[int(i) for i in self.tokenizer.encode(w, add_special_tokens=False)]
+               for w in words]
+        return [w for w in ids if w]
+
+    def parse(self, inputs: Mapping[str, np.ndarray]) -> LlmRequest:
+        lim = self.limits
+        prompt = one_text(inputs, "text_input")
+        if len(prompt.encode()) > lim.max_prompt_bytes:
+            raise InvalidInput(f"'text_input' is longer than {lim.max_prompt_bytes} bytes "
+                               "(limits.max_prompt_bytes)")
+        max_tokens = Scalar("max_tokens", int, default=lim.default_max_tokens).read(inputs)
+        if max_tokens < 1:
+            raise InvalidInput(f"'max_tokens' must be >= 1, got {max_tokens}")
+        if max_tokens > lim.max_tokens:
+            raise InvalidInput(f"'max_tokens' is {max_tokens}, above this deployment's cap of "
+                               f"{lim.max_tokens} (limits.max_tokens)")
+        sampling = {s.name: v for s in SAMPLING if (v := s.read(inputs)) is not None}
+        stream, exclude, ret_in, ret_out = (f.read(inputs) for f in FLAGS)
+        stop_words = _words(inputs, "stop_words", lim)
+        bad_words = _words(inputs, "bad_words", lim)
+        ids = self.tokenize(prompt)
+        if not ids:
+            raise InvalidInput("'text_input' is empty and this tokenizer adds no BOS token, so "
+                               "there is nothing to generate from; send some text")
+        if len(ids) + max_tokens > lim.max_context:
+            raise InvalidInput(
+                f"the prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
+                f"model's context of {lim.max_context} tokens (limits.max_context); shorten the "
+                "prompt or ask for fewer tokens")
+        return LlmRequest(prompt=prompt, input_ids=ids, max_tokens=max_tokens, stream=stream,
+                          sampling=sampling, stop_words=stop_words, bad_words=bad_words,
+                          exclude_input_in_output=exclude, return_num_input_tokens=ret_in,
+                          return_num_output_tokens=ret_out)
+
+    # ---------------------------------------------------------------------- engine inputs
+
+    def engine_inputs(self, req: LlmRequest, streaming: bool, stop_words: bool = True,
+                      sampling: bool = True) -> dict[str, np.ndarray]:
+        """llm_engine's inputs for one request (batch 1). `stop_words`: pass the stop words
+        as token sequences (the ensemble; llm_bls matches stop strings on the text itself).
+        `sampling`: include the sampling inputs that were given (the ensemble maps them
+        straight from its own inputs instead)."""
+        out = {
+            "input_ids": np.asarray([req.input_ids], dtype=np.int32),
+            "input_lengths": np.array([[len(req.input_ids)]], dtype=np.int32),
+            "request_output_len": np.array([[req.max_tokens]], dtype=np.int32),
+            "end_id": np.array([[self.end_id]], dtype=np.int32),
+            "pad_id": np.array([[self.pad_id]], dtype=np.int32),
+            "streaming": np.array([[streaming]], dtype=bool),
+            "stop_words_list": to_word_list(self.word_ids(req.stop_words) if stop_words else []),
+            "bad_words_list": to_word_list(self.word_ids(req.bad_words)),
+        }
+        if sampling:
+            for name, value in req.sampling.items():
+                out[ENGINE_SAMPLING_NAMES[name]] = np.array([[value]],
+                                                            dtype=_SAMPLING_DTYPES[name])
+        return out
+
+
+def check_ensemble_support(req: LlmRequest) -> None:
+    """Refuse what the `llm` ensemble cannot do in Triton 2.51 (llm_bls can).
+
+    Steps after the decoupled llm_engine receive only llm_engine's tensors, and llm_engine
+    returns neither the prompt nor its length, so llm_postprocess can neither echo the prompt
+    nor count it. Refused rather than ignored, so a client never gets a silently different
+    answer.
+    """
+    if not req.exclude_input_in_output:
+        raise InvalidInput(
+            "'exclude_input_in_output' false is not available through the `llm` ensemble (its "
+            "post-processing step cannot see the prompt in Triton 2.51); use `llm_bls`, or "
+            "prepend the prompt on the client")
+    if req.return_num_input_tokens:
+        raise InvalidInput(
+            "'return_num_input_tokens' is not available through the `llm` ensemble (its "
+            "post-processing step cannot see the prompt in Triton 2.51); use `llm_bls`")
+
+
+def engine_streaming(stream: bool, request_id: str) -> bool:
+    """Whether the ensemble asks llm_engine to stream.
+
+    In Triton 2.51 an ensemble step after a decoupled step receives only that step's tensors
+    (it refuses to mix them with ensemble inputs or earlier steps' outputs), so
+    `llm_postprocess` can tell one streamed request from another only by the request id that
+    the ensemble forwards to it. A streamed request without an id therefore runs as one
+    response (correct text, FINAL flag with the data) instead of as deltas the detokenizer
+    could mix up with another anonymous stream. `llm_bls` has no such limit.
+    """
+    return bool(stream and request_id)
+
+
+def load_tokenizer(folder):
+    """The artifact's tokenizer (transformers layout), as `AutoTokenizer` loads it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def model_max_positions(folder) -> int | None:
+    """max_position_embeddings from the artifact's config.json, if it has one."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return None
+    value = json.loads(path.read_text()).get("max_position_embeddings")
+    return int(value) if value else None
