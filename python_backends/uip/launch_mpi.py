@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,7 +287,7 @@ def stop_ranks(root: int, signum: int = signal.SIGTERM, grace: float = STOP_GRAC
 def _run(cmd: list[str], env: dict[str, str]) -> int:
     """mpirun in the foreground. Ctrl-C / SIGTERM stop the ranks themselves (rank 0 first):
     they exit cleanly and mpirun with them."""
-    from uip.server import diagnose
+    from uip.server import diagnose, echo_output
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
@@ -307,12 +306,8 @@ def _run(cmd: list[str], env: dict[str, str]) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, forward)
-    tail: deque[str] = deque(maxlen=400)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        tail.append(line.rstrip("\n"))
+    tail = echo_output(proc)
     rc = proc.wait()
     if rc != 0 and not stopped:
-        raise LaunchError(diagnose(list(tail), rc))
+        raise LaunchError(diagnose(tail, rc))
     return 0

@@ -65,15 +65,21 @@ def run_foreground(repository: Path, ports: Ports, extra: list[str] | None = Non
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, forward)
-    tail: deque[str] = deque(maxlen=400)
+    tail = echo_output(proc)
+    rc = proc.wait()
+    if rc != 0 and rc not in (-signal.SIGINT, -signal.SIGTERM):
+        raise LaunchError(diagnose(tail, rc))
+    return 0
+
+
+def echo_output(proc: subprocess.Popen, keep: int = 400) -> list[str]:
+    """Copy a process's output to ours until it closes; returns its last `keep` lines."""
+    tail: deque[str] = deque(maxlen=keep)
     assert proc.stdout is not None
     for line in proc.stdout:
         sys.stdout.write(line)
         tail.append(line.rstrip("\n"))
-    rc = proc.wait()
-    if rc != 0 and rc not in (-signal.SIGINT, -signal.SIGTERM):
-        raise LaunchError(diagnose(list(tail), rc))
-    return 0
+    return list(tail)
 
 
 class TritonServer:
