@@ -44,10 +44,19 @@ def diagnose(log_lines: list[str], returncode: int) -> str:
     return f"tritonserver exited ({returncode}). Its last errors: " + " / ".join(tail)
 
 
+# tritonserver 2.51 can abort (boost::interprocess::lock_exception, heap corruption) when many
+# Python backend stubs start at once on a busy machine: load one model at a time by default.
+SAFE_DEFAULTS = ["--model-load-thread-count=1"]
+
+
 def prepare(repository: Path, ports: Ports, extra: list[str] | None = None):
     """Checks, then the command line and environment to start tritonserver."""
     check_repository(repository)
     check_ports(ports)
+    extra = list(extra or [])
+    for flag in SAFE_DEFAULTS:
+        if not any(e.startswith(flag.split("=")[0]) for e in extra):
+            extra.append(flag)
     cmd = server_command(
         find_tritonserver(), repository.resolve(), prepare_backend_dir(), ports, extra
     )
