@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from uip import artifacts
-from uip.artifacts.needed import needed
+from uip.artifacts.needed import needed, read_config
 from uip.launcher import LaunchError
 from uip.paths import DEFAULT_REPOSITORY
 from uip.server import TritonServer
@@ -30,14 +32,41 @@ def server(tmp_path_factory) -> TritonServer:
         srv = TritonServer(repo, folder / f"server-{attempt}.log", extra=TEST_FLAGS)
         try:
             srv.start()
-            break
+            srv.wait_models()
         except LaunchError:
             srv.stop()
             if attempt == 2 or "lock_exception" not in srv.log():
                 raise
-    srv.wait_models()
+            srv = None
+            continue
+        if stubs_alive(srv, repo):
+            break
+        # A stub that died right after loading leaves its model READY but deaf (seen in 2.51:
+        # a segfault in libpython during start-up). Start again rather than hang every test.
+        srv.stop()
+        if attempt == 2:
+            raise RuntimeError("a Python backend stub died after start-up three times; see "
+                               f"{folder}")
     yield srv
     srv.stop()
+
+
+def expected_stubs(repo: Path) -> int:
+    """Python backend stub processes the repository should run: one per model instance."""
+    total = 0
+    for cfg_path in repo.glob("*/config.pbtxt"):
+        cfg = read_config(cfg_path)
+        if cfg.backend == "python":
+            total += sum(g.count or 1 for g in cfg.instance_group) or 1
+    return total
+
+
+def stubs_alive(srv: TritonServer, repo: Path, settle: float = 5.0) -> bool:
+    """All the server's stubs are still running a few seconds after every model loaded."""
+    time.sleep(settle)
+    children = psutil.Process(srv.proc.pid).children()
+    stubs = [c for c in children if "triton_python_backend_stub" in " ".join(c.cmdline())]
+    return len(stubs) == expected_stubs(repo) and srv.proc.poll() is None
 
 
 @pytest.hookimpl(hookwrapper=True)
