@@ -197,7 +197,7 @@ def serve_multi_gpu(world_size: int, repository: Path, ports: Ports, dry_run: bo
         raise LaunchError("cannot start " + str(world_size) + " ranks: " + "; ".join(problems))
     cmd = mpirun_command(world_size, find_tritonserver(), repository, prepare_backend_dir(),
                          ports, engine_model, extra, mpirun="mpirun")
-    env = server_env()
+    env = server_env(ports=ports)
     if dry_run:
         for p in problems:
             print(f"# note: a real start would stop here: {p}", file=err)

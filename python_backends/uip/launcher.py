@@ -81,10 +81,13 @@ def _wheel_libs() -> list[str]:
     return [str(libs)] if libs.is_dir() else []
 
 
-def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
+def server_env(base: dict[str, str] | None = None, ports: Ports | None = None) -> dict[str, str]:
     """Environment for tritonserver: the stub finds this venv through `python3` on PATH,
-    libpython through LD_LIBRARY_PATH, and the backends package through PYTHONPATH."""
+    libpython through LD_LIBRARY_PATH, and the backends package through PYTHONPATH; models
+    that call the server back (llm_bls) find its gRPC port in UIP_GRPC_URL."""
     env = dict(os.environ if base is None else base)
+    if ports is not None:
+        env["UIP_GRPC_URL"] = f"localhost:{ports.grpc}"
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "/usr/bin:/bin")])
     libdirs = [sysconfig.get_config_var("LIBDIR") or "", *_wheel_libs()]

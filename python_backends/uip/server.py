@@ -60,7 +60,7 @@ def prepare(repository: Path, ports: Ports, extra: list[str] | None = None):
     cmd = server_command(
         find_tritonserver(), repository.resolve(), prepare_backend_dir(), ports, extra
     )
-    return cmd, server_env()
+    return cmd, server_env(ports=ports)
 
 
 def run_foreground(repository: Path, ports: Ports, extra: list[str] | None = None) -> int:

@@ -1,11 +1,15 @@
-"""`llm_bls` (Orchestrator, decoupled): the `llm` contract in one BLS model over llm_engine.
+"""`llm_bls` (Orchestrator, decoupled): the `llm` contract in one Python model over llm_engine.
 
-Per client request, one thread runs `uip.llm.orchestrate.run`: the engine request is a
-decoupled BLS call (always streaming, so stop strings and cancellation act between engine
-steps), read by a second thread into a queue so the request loop can poll
-`request.is_cancelled()` while it waits. A stop string or a client cancel stops the engine
-request at once through llm_engine's `stop` input (same request id, TensorRT-LLM's
-convention). All state is per request; the tokenizer is shared read-only.
+Per client request, one thread runs `uip.llm.orchestrate.run`: the engine request is always
+streaming, so stop strings and cancellation act between engine steps, and its responses are
+queued so the request loop can poll `request.is_cancelled()` while it waits. A stop string or
+a client cancel stops the engine request at once through llm_engine's `stop` input (same
+request id, TensorRT-LLM's convention). All state is per request; the tokenizer is shared
+read-only.
+
+The engine is reached through the server's own gRPC endpoint by default (`engine_transport:
+grpc`, see `uip.llm.grpc_stream` for why); `engine_transport: bls` uses a decoupled BLS call,
+which Triton 2.51's stub makes unsafe with several requests in flight.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import uuid
 
 import numpy as np
 
+from uip.llm.grpc_stream import GrpcEngineStream, engine_url
 from uip.llm.orchestrate import (
     ClientResponse,
     EngineChunk,
@@ -99,6 +104,9 @@ class TritonEngineStream:
             self.ended = True
         return item
 
+    def close(self) -> None:
+        """Nothing to release: the response iterator ends with the engine's final response."""
+
     def stop(self) -> None:
         if self._stopped:
             return
@@ -138,6 +146,17 @@ class LlmBlsModel:
                                 Limits.from_settings(self.settings, model_max_positions(folder)))
         self.engine_model = self.settings.param("engine_model", "llm_engine")
         self.poll_s = self.settings.param("cancel_poll_s", 0.02, float)
+        self.transport = self.settings.param("engine_transport", "grpc")
+        if self.transport not in ("grpc", "bls"):
+            raise ValueError(f"llm_bls: engine_transport must be grpc or bls, not "
+                             f"{self.transport!r}")
+        self.engine_url = engine_url(self.settings.param("engine_url", ""))
+
+    def _engine(self, inputs) -> GrpcEngineStream | TritonEngineStream:
+        request_id = f"llm_bls-{uuid.uuid4().hex}"
+        if self.transport == "bls":
+            return TritonEngineStream(self.engine_model, inputs, request_id)
+        return GrpcEngineStream(self.engine_url, self.engine_model, inputs, request_id)
 
     def execute(self, requests):
         # Parse in this (the stub's main) thread; each valid request then runs in its own.
@@ -158,14 +177,10 @@ class LlmBlsModel:
 
         def send(resp: ClientResponse) -> None:
             nonlocal done
-            if resp.final:
-                done = True
-                sender.send(pb.response(client_outputs(resp, req)), flags=pb.final_flag())
-            else:
-                sender.send(pb.response(client_outputs(resp, req)))
+            done = done or resp.final
+            pb.send(sender, client_outputs(resp, req), final=resp.final)
 
-        engine = TritonEngineStream(self.engine_model, inputs,
-                                    request_id=f"llm_bls-{uuid.uuid4().hex}")
+        engine = self._engine(inputs)
         try:
             try:
                 run(TextPipeline(self.tokenizer, req), engine, send, sender.is_cancelled,
@@ -183,6 +198,8 @@ class LlmBlsModel:
                     sender.send(_error_response(exc), flags=pb.final_flag())
                 except Exception:  # noqa: BLE001 - e.g. the client is gone
                     pb.log.exception("llm_bls: could not send the error response")
+        finally:
+            engine.close()
 
     def finalize(self) -> None:
         self.pre = None

@@ -54,8 +54,7 @@ class LlmEngineModel:
             call = engine_io.parse(pb.inputs_of(request), self.max_tokens, self.max_context)
             if call.stop:
                 self._stop_by_id(request.request_id())
-                sender.send(pb.response(engine_io.outputs([], "cancelled")),
-                            flags=pb.final_flag())
+                pb.send(sender, engine_io.outputs([], "cancelled"), final=True)
                 return
             rid = self.engine.enqueue(call.request)
         except Exception as exc:  # noqa: BLE001 - becomes this request's error response
@@ -86,11 +85,10 @@ class LlmEngineModel:
                                     flags=pb.final_flag())
                         return
                     reason = result.finish_reason if result.is_final else None
-                    resp = pb.response(engine_io.outputs(result.tokens, reason))
+                    pb.send(sender, engine_io.outputs(result.tokens, reason),
+                            final=result.is_final)
                     if result.is_final:
-                        sender.send(resp, flags=pb.final_flag())
                         return
-                    sender.send(resp)
         except Exception as exc:  # noqa: BLE001 - the client gets the error, the model lives on
             self.engine.cancel(rid)
             try:

@@ -255,8 +255,13 @@ class GrpcStream:
     def __enter__(self) -> GrpcStream:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        # After an error or a timeout the server may still hold the request: cancel it, as a
+        # plain stop_stream() would wait for its end.
+        if exc_type is not None:
+            self.cancel()
+        else:
+            self.close()
 
 
 def generate_grpc(url: str, model: str, prompt: str, on_delta: DeltaFn | None = None,

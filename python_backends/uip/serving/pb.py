@@ -38,6 +38,20 @@ def error_response(exc: BaseException) -> pb_utils.InferenceResponse:
     return pb_utils.InferenceResponse(output_tensors=[], error=error(exc))
 
 
+def send(sender, outputs: Mapping[str, np.ndarray], final: bool = False) -> None:
+    """Send one response of a decoupled model.
+
+    The tensors stay referenced here until `send` returns: Triton 2.51's stub drops the outputs
+    the client did not request with the GIL released, and if that dropped the last reference
+    to a numpy array, Python's allocator would be entered without the GIL (heap corruption,
+    then a segfault in `_PyObject_Malloc`; seen under concurrent streams).
+    """
+    tensors = [tensor(k, v) for k, v in outputs.items()]
+    sender.send(pb_utils.InferenceResponse(output_tensors=tensors),
+                flags=final_flag() if final else 0)
+    del tensors  # only now, with the GIL held
+
+
 def respond_each(requests, handle: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]):
     """Run `handle` per request; a failing request gets its own error, the others go on."""
     out = []

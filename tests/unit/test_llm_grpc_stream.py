@@ -1,0 +1,113 @@
+"""llm_bls's gRPC engine stream, without a server: URL resolution, chunks, stop, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from uip.llm import grpc_stream
+from uip.llm.grpc_stream import GrpcEngineStream, engine_url, stop_inputs, to_chunk
+from uip.llm.orchestrate import EngineError
+
+
+class FakeResult:
+    def __init__(self, ids: list[int], reason: str = ""):
+        self.outputs = {"output_ids": np.array(ids, dtype=np.int32).reshape(1, 1, -1),
+                        "finish_reason": np.array([[reason.encode()]], dtype=object)}
+
+    def as_numpy(self, name):
+        return self.outputs.get(name)
+
+
+class FakeClient:
+    def __init__(self, url):
+        self.url, self.sent, self.callback, self.stopped, self.closed = url, [], None, False, False
+
+    def start_stream(self, callback):
+        self.callback = callback
+
+    def async_stream_infer(self, model, inputs, request_id, outputs):
+        self.sent.append((model, {i.name(): i for i in inputs}, request_id,
+                          [o.name() for o in outputs]))
+
+    def stop_stream(self, cancel_requests=False):
+        self.stopped = cancel_requests
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def client(monkeypatch):
+    made = []
+
+    def factory(url):
+        made.append(FakeClient(url))
+        return made[-1]
+
+    monkeypatch.setattr(grpc_stream.grpcclient, "InferenceServerClient", factory)
+    return made
+
+
+def test_engine_url_precedence(monkeypatch):
+    monkeypatch.delenv("UIP_GRPC_URL", raising=False)
+    assert engine_url() == "localhost:8001"
+    monkeypatch.setenv("UIP_GRPC_URL", "localhost:1234")
+    assert engine_url() == "localhost:1234"
+    assert engine_url("engine:9000") == "engine:9000"
+
+
+def test_to_chunk_reads_tokens_and_finish_reason():
+    assert to_chunk(FakeResult([5, 6])).tokens == [5, 6]
+    assert not to_chunk(FakeResult([5])).final
+    last = to_chunk(FakeResult([], "length"))
+    assert last.final and last.finish_reason == "length" and last.tokens == []
+
+
+def test_stop_request_carries_stop_and_one_token():
+    stop = stop_inputs({"input_ids": np.array([[1, 2, 3]], dtype=np.int32)})
+    assert stop["input_ids"].shape == (1, 1) and bool(stop["stop"][0, 0])
+    assert stop["request_output_len"][0, 0] == 1
+
+
+def test_stream_sends_reads_stops_and_closes(client):
+    inputs = {"input_ids": np.array([[1, 2, 3]], dtype=np.int32),
+              "request_output_len": np.array([[4]], dtype=np.int32)}
+    s = GrpcEngineStream("localhost:5", "llm_engine", inputs, "rid-1")
+    s.start()
+    (c,) = client
+    model, sent, rid, outputs = c.sent[0]
+    assert (model, rid, c.url) == ("llm_engine", "rid-1", "localhost:5")
+    assert set(sent) == {"input_ids", "request_output_len"} and outputs == ["output_ids",
+                                                                           "finish_reason"]
+    assert s.next(0.01) is None  # nothing yet
+    c.callback(FakeResult([7]), None)
+    assert s.next(1).tokens == [7] and not s.ended
+    s.stop()
+    s.stop()  # idempotent
+    assert len(c.sent) == 2 and c.sent[1][2] == "rid-1" and "stop" in c.sent[1][1]
+    c.callback(FakeResult([], "cancelled"), None)
+    assert s.next(1).finish_reason == "cancelled" and s.ended
+    assert s.next(0.01) is None
+    s.close()
+    assert c.stopped and c.closed
+
+
+def test_stream_error_is_an_engine_error(client):
+    s = GrpcEngineStream("x:1", "llm_engine", {"input_ids": np.zeros((1, 2), np.int32)}, "r")
+    s.start()
+    client[0].callback(None, InferenceServerException("boom"))
+    with pytest.raises(EngineError, match="boom"):
+        s.next(1)
+    assert s.ended
+
+
+def test_unreachable_engine_names_the_setting(monkeypatch):
+    def refuse(url):
+        raise InferenceServerException("connection refused")
+
+    monkeypatch.setattr(grpc_stream.grpcclient, "InferenceServerClient", refuse)
+    s = GrpcEngineStream("nowhere:1", "llm_engine", {}, "r")
+    with pytest.raises(EngineError, match="engine_url"):
+        s.start()
