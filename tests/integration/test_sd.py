@@ -86,7 +86,30 @@ def test_other_sizes_and_no_guidance(server, reference):
     assert np.array_equal(got, reference(PROMPT, **opts))
 
 
-def test_concurrent_requests_are_batched(server, reference, grpc):
+@pytest.fixture(scope="module")
+def two_loops(tmp_path_factory):
+    """The SD models with 2 orchestrator instances (the default CPU repository runs one, to
+    stay under 2 GB): concurrent sampling loops, whose UNet steps the gate merges."""
+    import shutil
+
+    from uip.paths import DEFAULT_REPOSITORY
+    from uip.server import TritonServer
+
+    repo = tmp_path_factory.mktemp("sd2") / "repository"
+    for name in MODELS:
+        shutil.copytree(DEFAULT_REPOSITORY / name, repo / name)
+    cfg = repo / "stable_diffusion" / "config.pbtxt"
+    text = cfg.read_text()
+    assert text.count("count: 1") == 1
+    cfg.write_text(text.replace("count: 1", "count: 2"))
+    srv = TritonServer(repo, repo.parent / "server.log", extra=["--log-verbose=0"]).start()
+    srv.wait_models()
+    yield srv
+    srv.stop()
+
+
+def test_concurrent_requests_are_batched(two_loops, reference):
+    server, grpc = two_loops, grpcclient.InferenceServerClient(two_loops.grpc_url)
     n, steps = 4, 8
     opts = [dict(negative_prompt=NEGATIVE, steps=steps, seed=100 + i, height=64, width=64,
                  scheduler=("ddim", "dpm++", "euler_a", "pndm")[i]) for i in range(n)]

@@ -29,7 +29,8 @@ from uip.llm.orchestrate import (
     client_outputs,
     run,
 )
-from uip.llm.preprocess import Limits, Preprocessor, load_tokenizer, model_max_positions
+from uip.llm.preprocess import Limits, Preprocessor, model_max_positions
+from uip.llm.tokenizer import tokenizer_for
 from uip.serving import pb
 from uip.serving.settings import ModelSettings
 
@@ -141,7 +142,7 @@ class LlmBlsModel:
         if not self.settings.decoupled:
             raise ValueError("llm_bls must be decoupled (model_transaction_policy)")
         folder = self.settings.artifact_dir()
-        self.tokenizer = load_tokenizer(folder)
+        self.tokenizer = tokenizer_for(self.settings)
         self.pre = Preprocessor(self.tokenizer,
                                 Limits.from_settings(self.settings, model_max_positions(folder)))
         self.engine_model = self.settings.param("engine_model", "llm_engine")

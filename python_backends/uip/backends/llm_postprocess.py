@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 from uip.llm.detokenize import StreamDetokenizers
-from uip.llm.preprocess import load_tokenizer
+from uip.llm.tokenizer import tokenizer_for
 from uip.serving import pb
 from uip.serving.contract import InvalidInput, as_text
 from uip.serving.settings import ModelSettings
@@ -30,7 +30,7 @@ class LlmPostprocessModel:
         if _instances(json.loads(args["model_config"])) != 1:
             raise ValueError("llm_postprocess keeps each stream's detokenizer state in its "
                              "process: it must run as exactly one instance (instances.count 1)")
-        tokenizer = load_tokenizer(self.settings.artifact_dir())
+        tokenizer = tokenizer_for(self.settings)
         self.streams = StreamDetokenizers(tokenizer, self.settings.param("stream_ttl_s", 600.0,
                                                                           float))
 

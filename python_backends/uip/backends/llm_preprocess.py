@@ -14,9 +14,9 @@ from uip.llm.preprocess import (
     Preprocessor,
     check_ensemble_support,
     engine_streaming,
-    load_tokenizer,
     model_max_positions,
 )
+from uip.llm.tokenizer import tokenizer_for
 from uip.serving import pb
 from uip.serving.settings import ModelSettings
 
@@ -26,7 +26,7 @@ class LlmPreprocessModel:
         self.settings = ModelSettings.from_args(args)
         folder = self.settings.artifact_dir()
         limits = Limits.from_settings(self.settings, model_max_positions(folder))
-        self.pre = Preprocessor(load_tokenizer(folder), limits)
+        self.pre = Preprocessor(tokenizer_for(self.settings), limits)
         self._warned_anonymous = False
 
     def execute(self, requests):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from uip.llm.engine_io import to_word_list
+from uip.llm.tokenizer import load_tokenizer  # noqa: F401 - re-exported for the backends
 from uip.serving.contract import InvalidInput, Scalar, one_text, texts
 
 _INT32_MAX = 2**31 - 1
@@ -212,13 +213,6 @@ def engine_streaming(stream: bool, request_id: str) -> bool:
     could mix up with another anonymous stream. `llm_bls` has no such limit.
     """
     return bool(stream and request_id)
-
-
-def load_tokenizer(folder):
-    """The artifact's tokenizer (transformers layout), as `AutoTokenizer` loads it."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(folder))
 
 
 def model_max_positions(folder) -> int | None:

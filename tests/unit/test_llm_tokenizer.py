@@ -1,0 +1,64 @@
+"""The torch-free tokenizer of the text models equals transformers' AutoTokenizer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from uip.llm.tokenizer import TextTokenizer, load_tokenizer
+from uip.paths import artifacts_root
+
+TEXTS = ["Hello world", "café 東京 😀 naïve", "def main():\n    return", "Привет мир, 你好", "",
+         "  leading and trailing  ", "<s> literal specials </s><pad>", "a" * 300, "👋🏽 ∑ ∞ →"]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    from transformers import AutoTokenizer
+
+    folder = artifacts_root() / "llm-tiny"
+    return load_tokenizer(folder), AutoTokenizer.from_pretrained(str(folder))
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_ids_equal_autotokenizer(pair, text):
+    ours, ref = pair
+    assert ours(text)["input_ids"] == ref(text)["input_ids"]
+    assert ours.encode(text, add_special_tokens=False) == ref.encode(text,
+                                                                     add_special_tokens=False)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_decode_equals_autotokenizer(pair, skip):
+    ours, ref = pair
+    for text in TEXTS:
+        ids = ref(text)["input_ids"] + [ref.eos_token_id]
+        assert ours.decode(ids, skip_special_tokens=skip) == ref.decode(
+            ids, skip_special_tokens=skip)
+    ids = list(range(0, 4096, 7))  # arbitrary ids, broken UTF-8 included
+    assert ours.decode(ids, skip_special_tokens=skip) == ref.decode(ids,
+                                                                    skip_special_tokens=skip)
+
+
+def test_special_token_ids(pair):
+    ours, ref = pair
+    assert (ours.eos_token_id, ours.pad_token_id, ours.bos_token_id) == (
+        ref.eos_token_id, ref.pad_token_id, ref.bos_token_id)
+
+
+def test_no_torch_import():
+    code = ("import sys; from uip.llm.tokenizer import load_tokenizer; "
+            f"load_tokenizer({str(artifacts_root() / 'llm-tiny')!r}); "
+            "import uip.llm.orchestrate, uip.llm.detokenize, uip.llm.grpc_stream; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_missing_tokenizer_json_is_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        TextTokenizer.from_folder(tmp_path)
+    with pytest.raises(ValueError, match="tokenizers"):
+        load_tokenizer(tmp_path, "sentencepiece")
