@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from llm_text_fixtures import MULTIBYTE, tiny_tokenizer
 
+from uip.llm.engine_io import outputs as engine_outputs
 from uip.llm.engine_io import parse as engine_parse
 from uip.llm.engine_io import word_list
-from uip.llm.preprocess import Limits, Preprocessor, engine_streaming
+from uip.llm.preprocess import Limits, Preprocessor, new_stream_key
 from uip.paths import DEFAULT_SPECS
 from uip.serving.contract import InvalidInput
 from uip.serving.settings import ModelSettings, sha256_file
@@ -139,10 +140,16 @@ def test_engine_inputs_match_llm_engine_contract(pre, tok):
     assert engine_parse(eng2, 100).request.sampling.greedy
 
 
-def test_anonymous_streams_run_as_one_response():
-    assert engine_streaming(True, "req-1") is True
-    assert engine_streaming(True, "") is False
-    assert engine_streaming(False, "req-1") is False
+def test_stream_keys_are_unique_and_echoed_by_the_engine():
+    a, b = new_stream_key(), new_stream_key()
+    assert a.shape == (1, 1) and a[0, 0] != b[0, 0]
+    eng = {"input_ids": np.array([[1, 2]], dtype=np.int32),
+           "request_output_len": np.array([[3]], dtype=np.int32), "stream_key": a}
+    call = engine_parse(eng, 100)
+    assert call.stream_key == a[0, 0]
+    out = engine_outputs([5], "length", call.stream_key)
+    assert out["stream_key_out"][0, 0] == a[0, 0]
+    assert "stream_key_out" not in engine_outputs([5], "length")
 
 
 def test_limits_from_settings():

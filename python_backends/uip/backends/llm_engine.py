@@ -66,10 +66,10 @@ class LlmEngineModel:
         if tid:
             with self._lock:
                 self._inflight[tid].add(rid)
-        threading.Thread(target=self._relay, args=(request, sender, rid, tid),
+        threading.Thread(target=self._relay, args=(request, sender, rid, tid, call.stream_key),
                          name=f"uip-llm-{rid}", daemon=True).start()
 
-    def _relay(self, request, sender, rid: int, tid: str) -> None:
+    def _relay(self, request, sender, rid: int, tid: str, key: bytes | None) -> None:
         """Send the engine's results for one request until its final one."""
         last_poll = 0.0
         try:
@@ -85,7 +85,7 @@ class LlmEngineModel:
                                     flags=pb.final_flag())
                         return
                     reason = result.finish_reason if result.is_final else None
-                    pb.send(sender, engine_io.outputs(result.tokens, reason),
+                    pb.send(sender, engine_io.outputs(result.tokens, reason, key),
                             final=result.is_final)
                     if result.is_final:
                         return

@@ -2,9 +2,10 @@
 
 Runs once per llm_engine response. Detokenization is incremental and exact (whole UTF-8
 characters, correct spaces; the deltas of a stream add up to `tokenizer.decode(all ids,
-skip_special_tokens=True)`), with per-stream state keyed by the ensemble's request id — the
-only per-request context that reaches a step after a decoupled one in Triton 2.51 (see
-`uip.llm.detokenize.StreamDetokenizers`). Hence exactly one instance.
+skip_special_tokens=True)`), with per-stream state keyed by the `stream_key` that
+llm_preprocess makes and llm_engine echoes (the only per-request context that reaches a step
+after a decoupled one in Triton 2.51; see `uip.llm.preprocess.new_stream_key`), else by the
+request id. Hence exactly one instance.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ class LlmPostprocessModel:
         finish = as_text(reason.reshape(-1)[0], "engine_finish_reason") if reason is not None and \
             reason.size else ""
         tokens = [int(t) for t in ids.reshape(-1)]
-        text = self.streams.step(request.request_id(), tokens, final=bool(finish))
+        key = inputs.get("stream_key")
+        key = as_text(key.reshape(-1)[0], "stream_key") if key is not None and key.size else \
+            request.request_id()
+        text = self.streams.step(key, tokens, final=bool(finish))
         return {
             "text_output": np.array([[text.encode()]], dtype=object),
             "finish_reason": np.array([[finish.encode()]], dtype=object),

@@ -13,8 +13,8 @@ from uip.llm.preprocess import (
     Limits,
     Preprocessor,
     check_ensemble_support,
-    engine_streaming,
     model_max_positions,
+    new_stream_key,
 )
 from uip.llm.tokenizer import tokenizer_for
 from uip.serving import pb
@@ -27,7 +27,6 @@ class LlmPreprocessModel:
         folder = self.settings.artifact_dir()
         limits = Limits.from_settings(self.settings, model_max_positions(folder))
         self.pre = Preprocessor(tokenizer_for(self.settings), limits)
-        self._warned_anonymous = False
 
     def execute(self, requests):
         out = []
@@ -35,14 +34,9 @@ class LlmPreprocessModel:
             try:
                 req = self.pre.parse(pb.inputs_of(request))
                 check_ensemble_support(req)
-                streaming = engine_streaming(req.stream, request.request_id())
-                if req.stream and not streaming and not self._warned_anonymous:
-                    self._warned_anonymous = True
-                    pb.log.warning(
-                        "llm: a streamed request without a request id is served as one "
-                        "response (the ensemble's detokenizer keys streams by request id); "
-                        "set a unique request id, or use llm_bls, to get deltas")
-                out.append(pb.response(self.pre.engine_inputs(req, streaming, sampling=False)))
+                inputs = self.pre.engine_inputs(req, req.stream, sampling=False)
+                inputs["stream_key"] = new_stream_key()
+                out.append(pb.response(inputs))
             except Exception as exc:  # noqa: BLE001 - becomes this request's error
                 out.append(pb.error_response(exc))
         return out

@@ -58,27 +58,41 @@ def bench(
         per_request = profile.calibrate(url, model) if hasattr(profile, "calibrate") else 1
         perf = run_perf(model, url, levels, stem.with_suffix(".perf.csv"), profile.perf_args(),
                         measurement_ms=measurement_ms)
+        ttft = profile.ttft(url, model, levels) if hasattr(profile, "ttft") else None
     finally:
         if server:
             server.stop()
     ref = profile.inprocess(levels, device=device, model_dir=ref_model_dir,
                             num_blocks=ref_num_blocks, max_batch_tokens=ref_max_batch_tokens)
-    unit = "tok" if per_request > 1 else ""
-    rows = [{
-        "concurrency": p.concurrency,
-        f"triton_{unit}per_s": p.throughput * per_request,
-        f"inprocess_{unit}per_s": ref[p.concurrency],
-        "triton/inprocess": p.throughput * per_request / ref[p.concurrency],
-        "p50_ms": p.p50_ms,
-        "p90_ms": p.p90_ms,
-        "p99_ms": p.p99_ms,
-    } for p in perf]
+    rows = [result_row(p, per_request, ref[p.concurrency], ttft) for p in perf]
     write_csv(stem.with_suffix(".csv"), rows)
     table = markdown(rows)
     stem.with_suffix(".md").write_text(table)
     plot(stem.with_suffix(".png"), rows, "concurrency", list(rows[0])[1:3], f"{model} ({label})")
     typer.echo(table)
     typer.echo(f"wrote {stem}.csv/.md/.png")
+
+
+def result_row(p, per_request: int, ref: float | dict[str, float],
+               ttft: dict[int, float] | None) -> dict[str, float]:
+    """One table row: Triton beside the in-process reference at one concurrency. `ref` is the
+    reference's rate, or {"per_s", "ttft_ms"} for streaming profiles (then `ttft` holds
+    Triton's time to first response)."""
+    rate = ref["per_s"] if isinstance(ref, dict) else ref
+    unit = "tok" if per_request > 1 else ""
+    row = {
+        "concurrency": p.concurrency,
+        f"triton_{unit}per_s": p.throughput * per_request,
+        f"inprocess_{unit}per_s": rate,
+        "triton/inprocess": p.throughput * per_request / rate,
+        "p50_ms": p.p50_ms,
+        "p90_ms": p.p90_ms,
+        "p99_ms": p.p99_ms,
+    }
+    if isinstance(ref, dict) and ttft is not None:
+        row["triton_ttft_p50_ms"] = ttft[p.concurrency]
+        row["inprocess_ttft_p50_ms"] = ref["ttft_ms"]
+    return row
 
 
 def register(app: typer.Typer) -> None:

@@ -67,10 +67,48 @@ def calibrate(grpc_url: str, model: str, max_tokens: int = MAX_TOKENS) -> int:
     return max(counts)
 
 
+def ttft(grpc_url: str, model: str, concurrency: list[int], requests_per_client: int = 2,
+         max_tokens: int = MAX_TOKENS) -> dict[int, float]:
+    """p50 time (ms) to the first streamed response through Triton: `c` clients each sending
+    `requests_per_client` requests back to back (the in-process reference's closed loop)."""
+    return {c: _ttft_p50(grpc_url, model, c, requests_per_client, max_tokens)
+            for c in concurrency}
+
+
+def _ttft_p50(grpc_url: str, model: str, clients: int, requests_per_client: int,
+              max_tokens: int) -> float:
+    import statistics
+    import threading
+    import time
+
+    from uip.clients.llm import GrpcStream
+
+    samples: list[float] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        for _ in range(requests_per_client):
+            start = time.perf_counter()
+            first = None
+            with GrpcStream(grpc_url, model, PROMPT, max_tokens=max_tokens) as stream:
+                for _ in stream.responses(timeout=600):
+                    first = first or time.perf_counter() - start
+            with lock:
+                samples.append(first if first is not None else time.perf_counter() - start)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return round(statistics.median(samples) * 1000, 1)
+
+
 def inprocess(concurrency: list[int], device: str = "cpu", model_dir: Path | None = None,
               num_blocks: int = 256, max_batch_tokens: int = 512,
-              max_tokens: int = MAX_TOKENS, **_) -> dict[int, float]:
-    """Output tokens/s of the same torch engine in-process (closed loop, `c` clients)."""
+              max_tokens: int = MAX_TOKENS, **_) -> dict[int, dict[str, float]]:
+    """Output tokens/s and p50 time to first token (ms) of the same torch engine in-process
+    (closed loop, `c` clients)."""
     from uip.bench.llm_inprocess import run
     from uip.llm.torch_engine import TorchEngine, TorchEngineConfig
     from uip.paths import artifacts_root
@@ -79,7 +117,11 @@ def inprocess(concurrency: list[int], device: str = "cpu", model_dir: Path | Non
         num_blocks=num_blocks, page_size=64, max_batch_tokens=max_batch_tokens, device=device))
     try:
         run(engine, 1, max_new_tokens=8, requests_per_client=1, vocab=engine.vocab_size)
-        return {c: run(engine, c, max_new_tokens=max_tokens, requests_per_client=2,
-                       vocab=engine.vocab_size).output_tokens_per_s for c in concurrency}
+        out = {}
+        for c in concurrency:
+            r = run(engine, c, max_new_tokens=max_tokens, requests_per_client=2,
+                    vocab=engine.vocab_size)
+            out[c] = {"per_s": r.output_tokens_per_s, "ttft_ms": r.ttft_p50_ms}
+        return out
     finally:
         engine.shutdown()

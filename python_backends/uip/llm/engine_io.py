@@ -5,7 +5,8 @@ INT32 [1] (optional; default: all of input_ids), `request_output_len` INT32 [1],
 `end_id`, `pad_id` INT32 [1], `streaming` BOOL [1], `temperature` FP32 [1], `runtime_top_k`
 INT32 [1], `runtime_top_p` FP32 [1], `random_seed` UINT64 [1], `stop_words_list` and
 `bad_words_list` INT32 [2, -1] (TensorRT-LLM's format: row 0 the words' ids concatenated,
-row 1 each word's end offset, -1 padded), `stop` BOOL [1].
+row 1 each word's end offset, -1 padded), `stop` BOOL [1], `stream_key` BYTES [1] (ours: an
+opaque id echoed as `stream_key_out` on every response, for the `llm` ensemble's postprocess).
 Outputs: `output_ids` INT32 [1, n] (beam dimension 1; only generated tokens: the new ones
 when streaming, all of them otherwise), `sequence_length` INT32 [1] (n) and `finish_reason`
 BYTES [1] (`stop`, `length`, `cancelled`; empty in a streaming response that is not the last).
@@ -29,7 +30,7 @@ from uip.serving.contract import InvalidInput, Scalar
 INPUT_NAMES = (
     "input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "streaming",
     "temperature", "runtime_top_k", "runtime_top_p", "random_seed", "stop_words_list",
-    "bad_words_list", "stop",
+    "bad_words_list", "stop", "stream_key",
 )
 _INT32_MAX = 2**31 - 1
 
@@ -40,6 +41,7 @@ class EngineCall:
 
     request: GenerationRequest | None
     stop: bool = False
+    stream_key: bytes | None = None  # echoed on every response (the `llm` ensemble's stream id)
 
 
 def _ids(inputs: Mapping[str, np.ndarray]) -> list[int]:
@@ -130,6 +132,10 @@ def parse(inputs: Mapping[str, np.ndarray], max_tokens: int, max_context: int | 
         top_p=top_p or None,
         seed=Scalar("random_seed", int, minimum=0, maximum=2**64 - 1).read(inputs),
     )
+    key = inputs.get("stream_key")
+    stream_key = key.reshape(-1)[0] if key is not None and key.size else None
+    if isinstance(stream_key, str):
+        stream_key = stream_key.encode()
     return EngineCall(GenerationRequest(
         input_ids=ids,
         max_new_tokens=out_len,
@@ -139,13 +145,17 @@ def parse(inputs: Mapping[str, np.ndarray], max_tokens: int, max_context: int | 
         stop_words=word_list(inputs, "stop_words_list"),
         bad_words=word_list(inputs, "bad_words_list"),
         streaming=Scalar("streaming", bool, default=False).read(inputs),
-    ))
+    ), stream_key=stream_key)
 
 
-def outputs(tokens: list[int], finish_reason: str | None = None) -> dict[str, np.ndarray]:
-    """One response's output tensors (batch 1, beam 1)."""
-    return {
+def outputs(tokens: list[int], finish_reason: str | None = None,
+            stream_key: bytes | None = None) -> dict[str, np.ndarray]:
+    """One response's output tensors (batch 1, beam 1); `stream_key` echoes the request's."""
+    out = {
         "output_ids": np.asarray(tokens, dtype=np.int32).reshape(1, 1, -1),
         "sequence_length": np.array([[len(tokens)]], dtype=np.int32),
         "finish_reason": np.array([[(finish_reason or "").encode()]], dtype=object),
     }
+    if stream_key is not None:
+        out["stream_key_out"] = np.array([[stream_key]], dtype=object)
+    return out

@@ -20,6 +20,7 @@ Rules (one validator for the ensemble's `llm_preprocess` and for `llm_bls`):
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -202,17 +203,15 @@ def check_ensemble_support(req: LlmRequest) -> None:
             "post-processing step cannot see the prompt in Triton 2.51); use `llm_bls`")
 
 
-def engine_streaming(stream: bool, request_id: str) -> bool:
-    """Whether the ensemble asks llm_engine to stream.
+def new_stream_key() -> np.ndarray:
+    """A fresh id for one `llm` ensemble request, as its `stream_key` tensor.
 
     In Triton 2.51 an ensemble step after a decoupled step receives only that step's tensors
-    (it refuses to mix them with ensemble inputs or earlier steps' outputs), so
-    `llm_postprocess` can tell one streamed request from another only by the request id that
-    the ensemble forwards to it. A streamed request without an id therefore runs as one
-    response (correct text, FINAL flag with the data) instead of as deltas the detokenizer
-    could mix up with another anonymous stream. `llm_bls` has no such limit.
+    (it refuses to mix them with ensemble inputs or earlier steps' outputs), and the client's
+    request id may be empty or reused. So llm_preprocess makes a key, llm_engine echoes it on
+    every response, and llm_postprocess keys each stream's detokenizer by it.
     """
-    return bool(stream and request_id)
+    return np.array([[uuid.uuid4().hex.encode()]], dtype=object)
 
 
 def model_max_positions(folder) -> int | None:
