@@ -104,3 +104,14 @@ def test_outputs_shapes():
     assert out["finish_reason"].tolist() == [[b"length"]]
     empty = outputs([], None)
     assert empty["output_ids"].shape == (1, 1, 0) and empty["finish_reason"].tolist() == [[b""]]
+
+
+def test_coalesce_merges_ready_results_until_final_or_error():
+    from uip.llm.engine import GenerationResult as R
+    from uip.llm.engine import coalesce
+
+    assert coalesce([]) == []
+    merged = coalesce([R(1, [1], False), R(1, [2, 3], False), R(1, [4], True, "length")])
+    assert merged == [R(1, [1, 2, 3, 4], True, "length")]
+    err = R(1, [], True, "error", "boom")
+    assert coalesce([R(1, [1], False), err]) == [R(1, [1], False), err]

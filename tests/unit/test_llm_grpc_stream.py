@@ -111,3 +111,22 @@ def test_unreachable_engine_names_the_setting(monkeypatch):
     s = GrpcEngineStream("nowhere:1", "llm_engine", {}, "r")
     with pytest.raises(EngineError, match="engine_url"):
         s.start()
+
+
+def test_queued_responses_merge_into_one_chunk_and_an_error_follows(client):
+    s = GrpcEngineStream("x:1", "llm_engine", {"input_ids": np.zeros((1, 2), np.int32)}, "r")
+    s.start()
+    cb = client[0].callback
+    cb(FakeResult([1]), None)
+    cb(FakeResult([2, 3]), None)
+    cb(None, InferenceServerException("late failure"))
+    chunk = s.next(1)
+    assert chunk.tokens == [1, 2, 3] and not chunk.final and not s.ended
+    with pytest.raises(EngineError, match="late failure"):
+        s.next(1)
+    s2 = GrpcEngineStream("x:1", "llm_engine", {"input_ids": np.zeros((1, 2), np.int32)}, "r")
+    s2.start()
+    for r in (FakeResult([4]), FakeResult([5], "length"), FakeResult([9])):
+        client[1].callback(r, None)
+    last = s2.next(1)
+    assert last.tokens == [4, 5] and last.finish_reason == "length" and s2.ended

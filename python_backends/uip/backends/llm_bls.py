@@ -146,7 +146,7 @@ class LlmBlsModel:
         self.pre = Preprocessor(self.tokenizer,
                                 Limits.from_settings(self.settings, model_max_positions(folder)))
         self.engine_model = self.settings.param("engine_model", "llm_engine")
-        self.poll_s = self.settings.param("cancel_poll_s", 0.02, float)
+        self.poll_s = self.settings.param("cancel_poll_s", 0.05, float)
         self.transport = self.settings.param("engine_transport", "grpc")
         if self.transport not in ("grpc", "bls"):
             raise ValueError(f"llm_bls: engine_transport must be grpc or bls, not "

@@ -16,12 +16,13 @@ import time
 from collections import defaultdict
 
 from uip.llm import engine_io
+from uip.llm.engine import coalesce
 from uip.llm.runtimes import create_engine
 from uip.serving import pb
 from uip.serving.contract import InvalidInput
 from uip.serving.settings import ModelSettings
 
-CANCEL_POLL_S = 0.02  # how often a request's loop asks Triton whether the client cancelled
+CANCEL_POLL_S = 0.05  # how often a request's loop asks Triton whether the client cancelled
 METRICS_PERIOD_S = 0.1
 
 
@@ -79,7 +80,7 @@ class LlmEngineModel:
                     last_poll = now
                     if request.is_cancelled():
                         self.engine.cancel(rid)
-                for result in self.engine.await_responses(rid, timeout=CANCEL_POLL_S):
+                for result in coalesce(self.engine.await_responses(rid, timeout=CANCEL_POLL_S)):
                     if result.error is not None:
                         sender.send(pb.error_response(RuntimeError(result.error)),
                                     flags=pb.final_flag())

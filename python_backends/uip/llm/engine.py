@@ -84,3 +84,19 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def shutdown(self) -> None: ...
+
+
+def coalesce(results: list[GenerationResult]) -> list[GenerationResult]:
+    """Merge results that are ready together into one (tokens in order; the last one's final
+    flag and finish reason), so a relay that fell behind sends one larger delta instead of
+    one response per token. An error result ends the merge and is kept as is."""
+    out: list[GenerationResult] = []
+    for r in results:
+        prev = out[-1] if out else None
+        if (prev is not None and prev.error is None and not prev.is_final and r.error is None
+                and r.request_id == prev.request_id):
+            out[-1] = GenerationResult(prev.request_id, prev.tokens + r.tokens, r.is_final,
+                                       r.finish_reason)
+        else:
+            out.append(r)
+    return out

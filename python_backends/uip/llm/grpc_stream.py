@@ -72,6 +72,7 @@ class GrpcEngineStream:
         self.queue: queue.Queue = queue.Queue()
         self.ended = False  # the engine's final response (or an error) was seen
         self._stopped = False
+        self._held: Exception | None = None
         self._client: grpcclient.InferenceServerClient | None = None
 
     def _on_result(self, result, error) -> None:
@@ -93,16 +94,29 @@ class GrpcEngineStream:
                               f"engine_url or ${URL_ENV}): {exc}") from exc
 
     def next(self, timeout: float) -> EngineChunk | None:
+        """The next chunk: every response already queued, merged (so a reader that fell
+        behind catches up in one step), None on timeout."""
         if self.ended:
             return None
         try:
-            item = self.queue.get(timeout=timeout)
+            item = self._held if self._held is not None else self.queue.get(timeout=timeout)
         except queue.Empty:
             return None
+        self._held = None
         if isinstance(item, Exception):
             self.ended = True
             raise EngineError(f"{self.model}: {getattr(item, 'message', lambda: item)()}")
         chunk = to_chunk(item)
+        while not chunk.final:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Exception):
+                self._held = item  # reported by the next call
+                break
+            more = to_chunk(item)
+            chunk = EngineChunk(chunk.tokens + more.tokens, more.finish_reason)
         if chunk.final:
             self.ended = True
         return chunk
