@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -72,8 +74,13 @@ def test_concurrent_requests_are_batched(server):
                for i in range(48)]
     results = [p.get_result().as_numpy("embedding") for p in pending]
     assert all(r.shape == (1, 384) for r in results)
-    after = client.get_inference_statistics("embedding")["model_stats"][0]
-    inferences = after["inference_count"] - before["inference_count"]
+    deadline = time.monotonic() + 5  # statistics are recorded just after the responses
+    while True:
+        after = client.get_inference_statistics("embedding")["model_stats"][0]
+        inferences = after["inference_count"] - before["inference_count"]
+        if inferences >= 48 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     executions = after["execution_count"] - before["execution_count"]
     assert inferences == 48, (before, after)
     assert executions < inferences, f"dynamic batching merged no requests: {after}"
