@@ -8,7 +8,8 @@ INT32 [1], `runtime_top_p` FP32 [1], `random_seed` UINT64 [1], `stop_words_list`
 row 1 each word's end offset, -1 padded), `stop` BOOL [1], `stream_key` BYTES [1] (ours: an
 opaque id echoed as `stream_key_out` on every response, for the `llm` ensemble's postprocess).
 Outputs: `output_ids` INT32 [1, n] (beam dimension 1; only generated tokens: the new ones
-when streaming, all of them otherwise), `sequence_length` INT32 [1] (n) and `finish_reason`
+when streaming, one step's or, when the relay fell behind, several steps' at once; all of
+them otherwise), `sequence_length` INT32 [1] (n) and `finish_reason`
 BYTES [1] (`stop`, `length`, `cancelled`; empty in a streaming response that is not the last).
 
 `pad_id` is accepted for compatibility and unused (outputs are never padded). Stop words and
