@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -68,11 +70,17 @@ def test_truncation_matters(server):
 
 
 def test_concurrent_requests_are_batched(server):
-    client = httpclient.InferenceServerClient(server.http_url, concurrency=16)
+    client = httpclient.InferenceServerClient(server.http_url)
     before = client.get_inference_statistics("embedding")["model_stats"][0]
-    pending = [client.async_infer("embedding", _request(httpclient, [f"text {i}"]))
-               for i in range(48)]
-    results = [p.get_result().as_numpy("embedding") for p in pending]
+    barrier = threading.Barrier(16)  # 16 requests arrive together, three times
+
+    def one(i: int):
+        c = grpcclient.InferenceServerClient(server.grpc_url)
+        barrier.wait()
+        return c.infer("embedding", _request(grpcclient, [f"text {i}"])).as_numpy("embedding")
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(48)))
     assert all(r.shape == (1, 384) for r in results)
     deadline = time.monotonic() + 5  # statistics are recorded just after the responses
     while True:
