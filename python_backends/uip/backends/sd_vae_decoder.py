@@ -3,20 +3,9 @@ post-processed exactly as diffusers' VaeImageProcessor does (dynamic batching)."
 
 from __future__ import annotations
 
-from uip.sd.models import VaeDecoder, setup
-from uip.serving import pb
+from uip.backends.sd_component import SDComponentModel
+from uip.sd.models import VaeDecoder
 
 
-class SDVaeDecoder:
-    def initialize(self, args: dict[str, str]) -> None:
-        self.settings, self.device, dtype = setup(args)
-        self.model = VaeDecoder(self.settings.artifact_dir(), self.device, dtype)
-
-    def _run(self, latents):
-        return {"image": self.model(latents)}
-
-    def execute(self, requests):
-        return pb.execute_batched(requests, ["latents"], self._run, self.device)
-
-    def finalize(self) -> None:
-        self.model = None
+class SDVaeDecoder(SDComponentModel):
+    component, inputs, output = VaeDecoder, ["latents"], "image"

@@ -38,14 +38,23 @@ def _load(folder: Path, part: str, device: str, dtype: torch.dtype):
     return model.to(device).eval()
 
 
-class TextEncoder:
-    """Token ids [B, L] -> last hidden state [B, L, D] (`text_encoder(ids)[0]`)."""
+class _Component:
+    """One pipeline part (`part`, its subfolder) on a device and dtype; `model` replaces
+    loading it from `folder` (tests pass the pipeline's own)."""
+
+    part = ""
 
     def __init__(self, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  model=None):
-        self.model = model if model is not None else _load(folder, "text_encoder", device, dtype)
+        self.model = model if model is not None else _load(folder, self.part, device, dtype)
         self.device = torch.device(device)
         self.dtype = dtype
+
+
+class TextEncoder(_Component):
+    """Token ids [B, L] -> last hidden state [B, L, D] (`text_encoder(ids)[0]`)."""
+
+    part = "text_encoder"
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
@@ -53,14 +62,10 @@ class TextEncoder:
         return out.to(self.dtype)
 
 
-class UNet:
+class UNet(_Component):
     """(latents [B, C, h, w], timesteps [B], hidden [B, L, D]) -> noise prediction."""
 
-    def __init__(self, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 model=None):
-        self.model = model if model is not None else _load(folder, "unet", device, dtype)
-        self.device = torch.device(device)
-        self.dtype = dtype
+    part = "unet"
 
     @torch.inference_mode()
     def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor,
@@ -71,18 +76,14 @@ class UNet:
         )[0]
 
 
-class VaeDecoder:
+class VaeDecoder(_Component):
     """Final latents [B, C, h, w] -> uint8 images [B, H, W, 3], as the pipeline post-processes.
 
     `vae.decode(latents / scaling_factor)`, then VaeImageProcessor's arithmetic on the device:
     `(x * 0.5 + 0.5).clamp(0, 1)`, channels last, float32, `* 255`, round half to even.
     """
 
-    def __init__(self, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 model=None):
-        self.model = model if model is not None else _load(folder, "vae", device, dtype)
-        self.device = torch.device(device)
-        self.dtype = dtype
+    part = "vae"
 
     @torch.inference_mode()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
