@@ -7,8 +7,8 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from uip.llm import grpc_stream
-from uip.llm.grpc_stream import GrpcEngineStream, engine_url, stop_inputs, to_chunk
-from uip.llm.orchestrate import EngineError
+from uip.llm.grpc_stream import GrpcEngineStream, engine_url, to_chunk
+from uip.llm.orchestrate import EngineError, stop_inputs
 
 
 class FakeResult:

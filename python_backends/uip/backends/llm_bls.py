@@ -22,12 +22,14 @@ import numpy as np
 
 from uip.llm.grpc_stream import GrpcEngineStream, engine_url
 from uip.llm.orchestrate import (
+    ENGINE_OUTPUTS,
     ClientResponse,
     EngineChunk,
     EngineError,
     TextPipeline,
     client_outputs,
     run,
+    stop_inputs,
 )
 from uip.llm.preprocess import Limits, Preprocessor, model_max_positions
 from uip.llm.tokenizer import tokenizer_for
@@ -35,7 +37,6 @@ from uip.serving import pb
 from uip.serving.settings import ModelSettings
 
 _END = object()
-ENGINE_OUTPUTS = ["output_ids", "finish_reason"]
 
 
 class TritonEngineStream:
@@ -54,7 +55,7 @@ class TritonEngineStream:
         request = pb_utils.InferenceRequest(
             model_name=self.model,
             inputs=[pb_utils.Tensor(k, v) for k, v in self.inputs.items()],
-            requested_output_names=ENGINE_OUTPUTS,
+            requested_output_names=list(ENGINE_OUTPUTS),
             request_id=self.request_id,
         )
         responses = request.exec(decoupled=True)
@@ -80,9 +81,8 @@ class TritonEngineStream:
         if ids is None:  # a response carrying only the FINAL flag
             return None
         reason = pb_utils.get_output_tensor_by_name(resp, "finish_reason")
-        finish = reason.as_numpy().reshape(-1)[0] if reason is not None else b""
-        finish = finish.decode() if isinstance(finish, bytes) else str(finish)
-        return EngineChunk([int(t) for t in ids.as_numpy().reshape(-1)], finish or None)
+        return EngineChunk.from_outputs(ids.as_numpy(),
+                                        None if reason is None else reason.as_numpy())
 
     def next(self, timeout: float) -> EngineChunk | None:
         if self.ended:
@@ -115,12 +115,8 @@ class TritonEngineStream:
         pb_utils = pb.pb_utils
         request = pb_utils.InferenceRequest(
             model_name=self.model,
-            inputs=[
-                pb_utils.Tensor("input_ids", self.inputs["input_ids"][:, :1]),
-                pb_utils.Tensor("request_output_len", np.array([[1]], dtype=np.int32)),
-                pb_utils.Tensor("stop", np.array([[True]], dtype=bool)),
-            ],
-            requested_output_names=ENGINE_OUTPUTS,
+            inputs=[pb_utils.Tensor(k, v) for k, v in stop_inputs(self.inputs).items()],
+            requested_output_names=list(ENGINE_OUTPUTS),
             request_id=self.request_id,
         )
         for resp in request.exec(decoupled=True):

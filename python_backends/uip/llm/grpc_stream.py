@@ -22,9 +22,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype
 
-from uip.llm.orchestrate import EngineChunk, EngineError
+from uip.llm.orchestrate import ENGINE_OUTPUTS, EngineChunk, EngineError, stop_inputs
 
-ENGINE_OUTPUTS = ("output_ids", "finish_reason")
 DEFAULT_URL = "localhost:8001"
 URL_ENV = "UIP_GRPC_URL"  # set by `uip serve` to the server's own gRPC address
 
@@ -43,22 +42,9 @@ def infer_inputs(inputs: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
     return out
 
 
-def stop_inputs(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The engine request that stops another with the same request id."""
-    return {
-        "input_ids": inputs["input_ids"][:, :1],
-        "request_output_len": np.array([[1]], dtype=np.int32),
-        "stop": np.array([[True]], dtype=bool),
-    }
-
-
 def to_chunk(result) -> EngineChunk:
-    ids = result.as_numpy("output_ids")
-    reason = result.as_numpy("finish_reason")
-    finish = reason.reshape(-1)[0] if reason is not None and reason.size else b""
-    finish = finish.decode() if isinstance(finish, bytes) else str(finish)
-    tokens = [] if ids is None else [int(t) for t in ids.reshape(-1)]
-    return EngineChunk(tokens, finish or None)
+    return EngineChunk.from_outputs(result.as_numpy("output_ids"),
+                                    result.as_numpy("finish_reason"))
 
 
 class GrpcEngineStream:

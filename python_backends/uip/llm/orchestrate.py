@@ -26,6 +26,8 @@ from uip.llm.detokenize import IncrementalDetokenizer
 from uip.llm.preprocess import LlmRequest
 from uip.llm.stop_strings import StopStringMatcher
 
+ENGINE_OUTPUTS = ("output_ids", "finish_reason")  # what llm_bls asks llm_engine for
+
 
 @dataclass(frozen=True)
 class EngineChunk:
@@ -37,6 +39,23 @@ class EngineChunk:
     @property
     def final(self) -> bool:
         return bool(self.finish_reason)
+
+    @classmethod
+    def from_outputs(cls, ids: np.ndarray | None, reason: np.ndarray | None) -> EngineChunk:
+        """From llm_engine's `output_ids` and `finish_reason` (either may be absent)."""
+        finish = reason.reshape(-1)[0] if reason is not None and reason.size else b""
+        finish = finish.decode() if isinstance(finish, bytes) else str(finish)
+        tokens = [] if ids is None else [int(t) for t in ids.reshape(-1)]
+        return cls(tokens, finish or None)
+
+
+def stop_inputs(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The llm_engine request that stops another with the same request id."""
+    return {
+        "input_ids": inputs["input_ids"][:, :1],
+        "request_output_len": np.array([[1]], dtype=np.int32),
+        "stop": np.array([[True]], dtype=bool),
+    }
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from uip.llm.engine_io import to_word_list
-from uip.llm.tokenizer import load_tokenizer  # noqa: F401 - re-exported for the backends
 from uip.serving.contract import InvalidInput, Scalar, one_text, texts
 
 _INT32_MAX = 2**31 - 1
