@@ -61,12 +61,34 @@ def expected_stubs(repo: Path) -> int:
     return total
 
 
+def live_stubs(srv: TritonServer) -> int:
+    """The server's Python backend stubs still running (a dead one is a zombie until reaped)."""
+    count = 0
+    for child in psutil.Process(srv.proc.pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and \
+                    "triton_python_backend_stub" in " ".join(child.cmdline()):
+                count += 1
+        except psutil.Error:  # exited while we looked
+            pass
+    return count
+
+
 def stubs_alive(srv: TritonServer, repo: Path, settle: float = 5.0) -> bool:
     """All the server's stubs are still running a few seconds after every model loaded."""
     time.sleep(settle)
-    children = psutil.Process(srv.proc.pid).children()
-    stubs = [c for c in children if "triton_python_backend_stub" in " ".join(c.cmdline())]
-    return len(stubs) == expected_stubs(repo) and srv.proc.poll() is None
+    return live_stubs(srv) == expected_stubs(repo) and srv.proc.poll() is None
+
+
+def poll(fetch, done, timeout: float = 5.0, interval: float = 0.05):
+    """Call `fetch` until `done(value)` or `timeout` seconds; the last value (Triton records
+    statistics just after it sends the responses, so a test reads them this way)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
 
 
 @pytest.hookimpl(hookwrapper=True)

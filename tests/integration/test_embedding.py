@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from conftest import poll
 from tritonclient.utils import InferenceServerException
 
 from uip.paths import artifacts_root
@@ -82,13 +82,9 @@ def test_concurrent_requests_are_batched(server):
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(48)))
     assert all(r.shape == (1, 384) for r in results)
-    deadline = time.monotonic() + 5  # statistics are recorded just after the responses
-    while True:
-        after = client.get_inference_statistics("embedding")["model_stats"][0]
-        inferences = after["inference_count"] - before["inference_count"]
-        if inferences >= 48 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    after = poll(lambda: client.get_inference_statistics("embedding")["model_stats"][0],
+                 lambda a: a["inference_count"] - before["inference_count"] >= 48)
+    inferences = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert inferences == 48, (before, after)
     assert executions < inferences, f"dynamic batching merged no requests: {after}"

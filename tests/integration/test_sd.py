@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from conftest import poll
 from tritonclient.utils import InferenceServerException
 
 from uip.paths import PROJECT_ROOT, artifacts_root
@@ -130,13 +131,8 @@ def test_concurrent_requests_are_batched(two_loops, reference):
         sched = reference.scheduler(o["scheduler"])
         sched.set_timesteps(steps)
         calls += len(sched.timesteps)
-    deadline = time.monotonic() + 5  # statistics are recorded just after the responses
-    while True:
-        after = _unet_executions(grpc)
-        executions, inferences = after[0] - before[0], after[1] - before[1]
-        if inferences >= 2 * calls or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    after = poll(lambda: _unet_executions(grpc), lambda a: a[1] - before[1] >= 2 * calls)
+    executions, inferences = after[0] - before[0], after[1] - before[1]
     assert inferences == 2 * calls  # every step of every request: its [neg, pos] pair
     assert executions < calls, f"{executions} UNet executions for {calls} loop steps"
     assert executions < n * steps
