@@ -18,9 +18,9 @@ from pathlib import Path
 import psutil
 
 from uip import artifacts
-from uip.artifacts.needed import needed
-from uip.paths import DEFAULT_REPOSITORY
-from uip.server import TritonServer
+from uip.core.paths import DEFAULT_REPOSITORY
+from uip.launch.server import TritonServer
+from uip.repo.needed import needed
 
 MIB = 2**20
 

@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 
 from uip import artifacts
-from uip.paths import artifacts_root
+from uip.core.paths import artifacts_root
 
 
 def main() -> None:

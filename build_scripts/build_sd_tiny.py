@@ -17,11 +17,11 @@ from pathlib import Path
 
 try:
     from uip.artifacts import sd_tiny
-    from uip.paths import artifacts_root
+    from uip.core.paths import artifacts_root
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backends"))
     from uip.artifacts import sd_tiny
-    from uip.paths import artifacts_root
+    from uip.core.paths import artifacts_root
 
 DEFAULT_NAMES = {"tiny": "sd-tiny", "sd15": "sd15-random"}
 

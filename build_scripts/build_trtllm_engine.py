@@ -20,11 +20,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from uip.llm.trtllm_engine import ExecutorSettings
 from uip.trtllm import build as B
 from uip.trtllm.checkpoint import CheckpointError, HfCheckpoint
-from uip.trtllm.engine import EngineError, EngineInfo
+from uip.trtllm.engine_dir import EngineDir, EngineDirError
 from uip.trtllm.fragment import fragment_yaml, llm_engine_fragment, write_fragment, write_spec
+from uip.trtllm.runtime import ExecutorSettings
 
 
 def parser() -> argparse.ArgumentParser:
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         for s in steps:
             print(f"# {s.name}\n{s.shell()}")
-        preview = EngineInfo(req.output_dir, req.tp_size, req.pp_size,
+        preview = EngineDir(req.output_dir, req.tp_size, req.pp_size,
                              max_input_len=req.max_input_len, max_seq_len=req.max_seq_len)
         print(f"# spec fragment -> {req.output_dir / 'uip-llm-engine.yaml'}")
         frag = llm_engine_fragment(preview, settings, ckpt.eos_token_ids, with_sha256=False)
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         if rc != 0:
             return fail(f"step {s.name} failed (exit {rc}); the command was:\n  {s.shell()}", rc)
     try:
-        info = EngineInfo.read(req.output_dir)
-    except EngineError as e:
+        info = EngineDir.read(req.output_dir)
+    except EngineDirError as e:
         return fail(str(e))
     fragment = llm_engine_fragment(info, settings, ckpt.eos_token_ids)
     path = write_fragment(req.output_dir, fragment, info)

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from uip.sd.client import infer_inputs
+    from uip.clients.sd import infer_inputs
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backends"))
-    from uip.sd.client import infer_inputs
+    from uip.clients.sd import infer_inputs
 
 SCHEDULERS = ["ddim", "euler", "euler_a", "dpm++", "pndm", "lms"]
 

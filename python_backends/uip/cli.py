@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from uip.paths import DEFAULT_REPOSITORY, DEFAULT_SPECS
+from uip.core.paths import DEFAULT_REPOSITORY, DEFAULT_SPECS
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 repo_app = typer.Typer(help="Render the model repository from specs, or check it.",
@@ -35,13 +35,13 @@ def serve(
 ) -> None:
     """Run tritonserver in the foreground on the repository. Unknown flags go to tritonserver."""
     from uip import artifacts
-    from uip.artifacts.needed import needed
-    from uip.launcher import Ports, check_repository
-    from uip.server import run_foreground
+    from uip.launch.command import Ports, check_repository
+    from uip.launch.server import run_foreground
+    from uip.repo.needed import needed
 
     check_repository(model_repository)
-    if world_size is not None or dry_run:  # multi-GPU launch and dry runs: uip.launch_mpi
-        from uip.launch_mpi import serve_multi_gpu, single_command_text
+    if world_size is not None or dry_run:  # multi-GPU launch and dry runs: uip.launch.mpi
+        from uip.launch.mpi import serve_multi_gpu, single_command_text
 
         ports = Ports(http_port, grpc_port, metrics_port)
         if world_size is None:
@@ -64,7 +64,7 @@ def repo_build(
     out: Path = typer.Option(DEFAULT_REPOSITORY, help="model repository to write"),
 ) -> None:
     """Render every spec into `out` (config.pbtxt through Triton's protobuf + model.py shims)."""
-    from uip.spec.render import build_repository
+    from uip.repo.render import build_repository
     from uip.spec.schema import load_specs
 
     names = build_repository(load_specs(specs), out)
@@ -77,7 +77,7 @@ def repo_check(
     repository: Path = typer.Option(DEFAULT_REPOSITORY, help="checked-in model repository"),
 ) -> None:
     """Fail (exit 1, with the diff) when the repository differs from what the specs render."""
-    from uip.spec.render import diff_repository
+    from uip.repo.render import diff_repository
     from uip.spec.schema import load_specs
 
     diff = diff_repository(load_specs(specs), repository)
@@ -119,8 +119,8 @@ def _register_optional() -> None:
 
 
 def main() -> None:
-    from uip.launcher import LaunchError
-    from uip.serving.settings import ArtifactError
+    from uip.core.settings import ArtifactError
+    from uip.launch.command import LaunchError
     from uip.spec.schema import SpecError
 
     _register_optional()

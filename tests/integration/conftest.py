@@ -10,10 +10,10 @@ import psutil
 import pytest
 
 from uip import artifacts
-from uip.artifacts.needed import needed, read_config
-from uip.launcher import LaunchError
-from uip.paths import DEFAULT_REPOSITORY
-from uip.server import TritonServer
+from uip.core.paths import DEFAULT_REPOSITORY
+from uip.launch.command import LaunchError
+from uip.launch.server import TritonServer
+from uip.repo.needed import needed, read_config
 
 # Keep the server up when one model fails to load, so the other models' tests still run and
 # test_repository_all_ready names the broken one.

@@ -12,7 +12,7 @@ import tritonclient.http as httpclient
 from conftest import poll
 from tritonclient.utils import InferenceServerException
 
-from uip.paths import artifacts_root
+from uip.core.paths import artifacts_root
 
 LONG = " ".join(f"word{i} ünïcödé" for i in range(400))  # far past 256 tokens
 TEXTS = [

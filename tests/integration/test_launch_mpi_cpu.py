@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from uip.launch_mpi import mpirun_command, rank_processes, stop_ranks
-from uip.launcher import Ports, find_tritonserver, free_port, prepare_backend_dir, server_env
+from uip.launch.command import Ports, find_tritonserver, free_port, prepare_backend_dir, server_env
+from uip.launch.mpi import mpirun_command, rank_processes, stop_ranks
 
 pytestmark = pytest.mark.skipif(shutil.which("mpirun") is None,
                                 reason="mpirun not installed (Debian: openmpi-bin)")

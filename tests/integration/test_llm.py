@@ -23,7 +23,7 @@ from uip.clients.llm import (
     generate_http,
     generate_sse,
 )
-from uip.paths import artifacts_root
+from uip.core.paths import artifacts_root
 
 MODELS = ["llm", "llm_bls"]
 PROMPTS = ["Hello world", "café 東京 😀 naïve", "def main():\n    return", "Привет мир, 你好",

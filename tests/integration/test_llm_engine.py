@@ -12,8 +12,8 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 
-from uip.llm.engine_io import to_word_list
-from uip.paths import artifacts_root
+from uip.core.paths import artifacts_root
+from uip.llm.engine_tensors import to_word_list
 
 MODEL = "llm_engine"
 TEXTS = ["Hello world", "café 東京 😀 naïve", "def main():\n    return 0", "server latency"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 
-from uip.paths import DEFAULT_REPOSITORY
+from uip.core.paths import DEFAULT_REPOSITORY
 
 
 def test_every_model_is_ready(server):

@@ -20,8 +20,8 @@ import tritonclient.http as httpclient
 from conftest import poll
 from tritonclient.utils import InferenceServerException
 
-from uip.paths import PROJECT_ROOT, artifacts_root
-from uip.sd.client import infer_inputs
+from uip.clients.sd import infer_inputs
+from uip.core.paths import PROJECT_ROOT, artifacts_root
 from uip.sd.schedulers import SCHEDULERS
 
 PROMPT = "a photo of an astronaut riding a horse"
@@ -32,7 +32,7 @@ MODELS = ("stable_diffusion", "sd_text_encoder", "sd_unet", "sd_vae_decoder")
 
 @pytest.fixture(scope="module")
 def reference():
-    from uip.sd.reference import DiffusersReference
+    from uip.bench.sd_reference import DiffusersReference
 
     return DiffusersReference(artifacts_root() / "sd-tiny")
 
@@ -93,8 +93,8 @@ def two_loops(tmp_path_factory):
     stay under 2 GB): concurrent sampling loops, whose UNet steps the gate merges."""
     import shutil
 
-    from uip.paths import DEFAULT_REPOSITORY
-    from uip.server import TritonServer
+    from uip.core.paths import DEFAULT_REPOSITORY
+    from uip.launch.server import TritonServer
 
     repo = tmp_path_factory.mktemp("sd2") / "repository"
     for name in MODELS:
@@ -224,4 +224,4 @@ def test_server_stays_healthy(server):
     for m in MODELS:
         assert client.is_model_ready(m), m
     log = server.log()
-    assert "uip/sd/" not in log and "uip/backends/sd" not in log  # no tracebacks of ours
+    assert "uip/sd/" not in log and "uip/triton/models/sd" not in log  # no tracebacks of ours

@@ -20,8 +20,8 @@ import time
 
 import pytest
 
+from uip.core.inputs import InvalidInput
 from uip.llm.engine import Engine, GenerationRequest, GenerationResult, SamplingParams
-from uip.serving.contract import InvalidInput
 
 N = 16  # new tokens per request in these tests: short keeps the suite fast
 DEADLINE_S = 60.0

@@ -12,7 +12,7 @@ MULTIBYTE = ["東京 😀 👋🏽", "naïve café Zürich", "привет ми�
 @functools.lru_cache(maxsize=1)
 def tiny_tokenizer():
     """From artifacts/llm-tiny when built (as the server loads it), else built in memory."""
-    from uip.paths import artifacts_root
+    from uip.core.paths import artifacts_root
 
     folder = artifacts_root() / "llm-tiny"
     if (folder / "tokenizer.json").is_file():

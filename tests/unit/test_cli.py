@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from uip.paths import PROJECT_ROOT
+from uip.core.paths import PROJECT_ROOT
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 UIP = [sys.executable, "-c", "from uip.cli import main; main()"]
@@ -60,7 +60,7 @@ def test_serve_fails_clearly_when_a_model_fails_to_load(tmp_path):
     repo = tmp_path / "repo"
     assert _uip("repo", "build", "--specs", str(tmp_path / "specs"), "--out", str(repo)
                 ).returncode == 0
-    from uip.launcher import free_port
+    from uip.launch.command import free_port
 
     ports = [str(free_port()) for _ in range(3)]
     r = subprocess.run(

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.fake_trtllm import write_engine_dir
 
-from uip.launch_mpi import (
+from uip.core.paths import PROJECT_ROOT
+from uip.launch.command import LaunchError, Ports
+from uip.launch.mpi import (
     EngineModel,
     format_command,
     mpirun_command,
@@ -20,10 +23,7 @@ from uip.launch_mpi import (
     serve_multi_gpu,
     world_size_problems,
 )
-from uip.launcher import LaunchError, Ports
-from uip.llm.fake_trtllm import write_engine_dir
-from uip.paths import PROJECT_ROOT
-from uip.spec.render import render_model
+from uip.repo.render import render_model
 from uip.spec.schema import load_spec
 
 TS, REPO, BACKENDS = "/opt/tritonserver/bin/tritonserver", Path("/models"), "/opt/backends"
@@ -118,11 +118,11 @@ def _repository(tmp_path: Path, engine: Path) -> Path:
     """A repository with llm_engine on `engine` (the fragment applied to specs/llm.yaml)."""
     import yaml
 
-    from uip.trtllm.engine import EngineInfo
+    from uip.trtllm.engine_dir import EngineDir
     from uip.trtllm.fragment import apply_fragment, llm_engine_fragment
 
     data = yaml.safe_load((PROJECT_ROOT / "specs" / "llm.yaml").read_text())
-    data = apply_fragment(data, llm_engine_fragment(EngineInfo.read(engine)))
+    data = apply_fragment(data, llm_engine_fragment(EngineDir.read(engine)))
     spec_file = tmp_path / "llm.yaml"
     spec_file.write_text(yaml.safe_dump(data))
     spec = load_spec(spec_file)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from uip.launcher import (
+from uip.core.paths import PROJECT_ROOT
+from uip.launch.command import (
     LaunchError,
     Ports,
     check_ports,
@@ -19,8 +20,7 @@ from uip.launcher import (
     server_command,
     server_env,
 )
-from uip.paths import PROJECT_ROOT
-from uip.server import diagnose
+from uip.launch.server import diagnose
 
 
 def test_env_puts_this_venv_first_on_path_and_libpython_on_ld_path():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from uip.llm.engine_io import outputs, parse, to_word_list, word_list
-from uip.serving.contract import InvalidInput
+from uip.core.inputs import InvalidInput
+from uip.llm.engine_tensors import outputs, parse, to_word_list, word_list
 
 
 def base(**extra) -> dict[str, np.ndarray]:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from uip.llm import grpc_stream
-from uip.llm.grpc_stream import GrpcEngineStream, engine_url, to_chunk
-from uip.llm.orchestrate import EngineError, stop_inputs
+from uip.llm.orchestrate import EngineStreamError, stop_inputs
+from uip.triton import engine_streams
+from uip.triton.engine_streams import GrpcEngineStream, engine_url, to_chunk
 
 
 class FakeResult:
@@ -46,7 +46,7 @@ def client(monkeypatch):
         made.append(FakeClient(url))
         return made[-1]
 
-    monkeypatch.setattr(grpc_stream.grpcclient, "InferenceServerClient", factory)
+    monkeypatch.setattr(engine_streams.grpcclient, "InferenceServerClient", factory)
     return made
 
 
@@ -98,7 +98,7 @@ def test_stream_error_is_an_engine_error(client):
     s = GrpcEngineStream("x:1", "llm_engine", {"input_ids": np.zeros((1, 2), np.int32)}, "r")
     s.start()
     client[0].callback(None, InferenceServerException("boom"))
-    with pytest.raises(EngineError, match="boom"):
+    with pytest.raises(EngineStreamError, match="boom"):
         s.next(1)
     assert s.ended
 
@@ -107,9 +107,9 @@ def test_unreachable_engine_names_the_setting(monkeypatch):
     def refuse(url):
         raise InferenceServerException("connection refused")
 
-    monkeypatch.setattr(grpc_stream.grpcclient, "InferenceServerClient", refuse)
+    monkeypatch.setattr(engine_streams.grpcclient, "InferenceServerClient", refuse)
     s = GrpcEngineStream("nowhere:1", "llm_engine", {}, "r")
-    with pytest.raises(EngineError, match="engine_url"):
+    with pytest.raises(EngineStreamError, match="engine_url"):
         s.start()
 
 
@@ -122,7 +122,7 @@ def test_queued_responses_merge_into_one_chunk_and_an_error_follows(client):
     cb(None, InferenceServerException("late failure"))
     chunk = s.next(1)
     assert chunk.tokens == [1, 2, 3] and not chunk.final and not s.ended
-    with pytest.raises(EngineError, match="late failure"):
+    with pytest.raises(EngineStreamError, match="late failure"):
         s.next(1)
     s2 = GrpcEngineStream("x:1", "llm_engine", {"input_ids": np.zeros((1, 2), np.int32)}, "r")
     s2.start()

@@ -7,7 +7,7 @@ import queue
 import pytest
 from llm_text_fixtures import tiny_tokenizer
 
-from uip.llm.orchestrate import EngineChunk, EngineError, TextPipeline, drain, run
+from uip.llm.orchestrate import EngineChunk, EngineStreamError, TextPipeline, drain, run
 from uip.llm.preprocess import LlmRequest
 
 
@@ -27,7 +27,7 @@ class FakeEngine:
         if self.stops:
             return EngineChunk([], "cancelled")
         if self.fail_at is not None and self.sent == self.fail_at:
-            raise EngineError("boom")
+            raise EngineStreamError("boom")
         if self.sent >= len(self.chunks):
             return None
         self.sent += 1
@@ -76,7 +76,7 @@ def test_client_cancel_stops_the_engine(tok):
 
 def test_engine_error_propagates(tok):
     ids, pipe = setup(tok, "a b c", stream=True)
-    with pytest.raises(EngineError):
+    with pytest.raises(EngineStreamError):
         run(pipe, FakeEngine([[i] for i in ids], fail_at=1), lambda r: None, lambda: False,
             poll_s=0.001)
 

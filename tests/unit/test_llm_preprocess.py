@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from llm_text_fixtures import MULTIBYTE, tiny_tokenizer
 
-from uip.llm.engine_io import outputs as engine_outputs
-from uip.llm.engine_io import parse as engine_parse
-from uip.llm.engine_io import word_list
+from uip.core.inputs import InvalidInput
+from uip.core.paths import DEFAULT_SPECS
+from uip.core.settings import ModelSettings, sha256_file
+from uip.llm.engine_tensors import outputs as engine_outputs
+from uip.llm.engine_tensors import parse as engine_parse
+from uip.llm.engine_tensors import word_list
 from uip.llm.preprocess import Limits, Preprocessor, new_stream_key
-from uip.paths import DEFAULT_SPECS
-from uip.serving.contract import InvalidInput
-from uip.serving.settings import ModelSettings, sha256_file
 from uip.spec import load_spec
 
 

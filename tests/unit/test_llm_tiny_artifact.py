@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from uip.artifacts import BUILDERS, builder
-from uip.paths import DEFAULT_SPECS
-from uip.serving.settings import sha256_file
+from uip.core.paths import DEFAULT_SPECS
+from uip.core.settings import sha256_file
 from uip.spec import load_spec
 
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from uip.core.paths import artifacts_root
 from uip.llm.tokenizer import TextTokenizer, load_tokenizer
-from uip.paths import artifacts_root
 
 TEXTS = ["Hello world", "café 東京 😀 naïve", "def main():\n    return", "Привет мир, 你好", "",
          "  leading and trailing  ", "<s> literal specials </s><pad>", "a" * 300, "👋🏽 ∑ ∞ →"]
@@ -51,7 +51,7 @@ def test_special_token_ids(pair):
 def test_no_torch_import():
     code = ("import sys; from uip.llm.tokenizer import load_tokenizer; "
             f"load_tokenizer({str(artifacts_root() / 'llm-tiny')!r}); "
-            "import uip.llm.orchestrate, uip.llm.detokenize, uip.llm.grpc_stream; "
+            "import uip.llm.orchestrate, uip.llm.detokenize, uip.triton.engine_streams; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -15,11 +15,11 @@ from engine_contract import (
 )
 
 from uip import artifacts
+from uip.core.inputs import InvalidInput
+from uip.core.paths import artifacts_root
+from uip.core.settings import ModelSettings
 from uip.llm.engine import GenerationRequest, SamplingParams
-from uip.llm.torch_engine import TorchEngine, TorchEngineConfig, effective_sampling
-from uip.paths import artifacts_root
-from uip.serving.contract import InvalidInput
-from uip.serving.settings import ModelSettings
+from uip.llm.torch_runtime import TorchEngine, TorchEngineConfig, effective_sampling
 
 TEXTS = [
     "Hello world",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from uip.paths import DEFAULT_REPOSITORY, DEFAULT_SPECS
-from uip.spec.render import build_repository, diff_repository
+from uip.core.paths import DEFAULT_REPOSITORY, DEFAULT_SPECS
+from uip.repo.render import build_repository, diff_repository
 from uip.spec.schema import load_specs
 
 GOLDEN = Path(__file__).parents[1] / "golden"

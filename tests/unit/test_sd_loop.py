@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from uip import artifacts
-from uip.paths import artifacts_root
+from uip.bench.sd_reference import DiffusersReference
+from uip.core.paths import artifacts_root
 from uip.sd.loop import Cancelled, PipelineInfo, SDLoop, load_tokenizer
 from uip.sd.models import TextEncoder, UNet, VaeDecoder
-from uip.sd.reference import DiffusersReference
 from uip.sd.request import SDRequest
 from uip.sd.schedulers import SCHEDULERS, SchedulerFactory
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from uip.core.inputs import InvalidInput
+from uip.core.settings import ModelSettings
 from uip.sd.request import DEFAULT_SEED, SDDefaults, SDLimits, parse_request
 from uip.sd.schedulers import SCHEDULERS, SchedulerFactory
-from uip.serving.contract import InvalidInput
-from uip.serving.settings import ModelSettings
 
 DEFAULTS = SDDefaults(steps=50, guidance_scale=7.5, height=64, width=64, scheduler="pndm")
 

@@ -8,7 +8,7 @@ import pytest
 
 from uip import artifacts
 from uip.artifacts import sd_tiny
-from uip.paths import artifacts_root
+from uip.core.paths import artifacts_root
 
 
 def test_hand_made_bpe_is_deterministic_and_tokenizes(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from uip.paths import DEFAULT_SPECS
+from uip.core.paths import DEFAULT_SPECS
 from uip.spec.schema import SpecError, load_spec, load_specs
 
 GOLDEN = Path(__file__).parents[1] / "golden"

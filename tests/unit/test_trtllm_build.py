@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from uip.paths import PROJECT_ROOT
+from uip.core.paths import PROJECT_ROOT
 from uip.spec.schema import DeploymentSpec, SpecError
 from uip.trtllm import build as B
 from uip.trtllm.checkpoint import CheckpointError, HfCheckpoint
-from uip.trtllm.engine import EngineInfo
+from uip.trtllm.engine_dir import EngineDir
 from uip.trtllm.fragment import apply_fragment, llm_engine_fragment
 
 SCRIPT = PROJECT_ROOT / "build_scripts" / "build_trtllm_engine.py"
@@ -204,9 +204,9 @@ def test_checkpoint_errors(tmp_path, kw, word):
 
 
 def test_fragment_points_llm_engine_at_the_engine_and_merges_into_the_llm_spec(tmp_path):
-    from uip.llm.fake_trtllm import write_engine_dir
+    from support.fake_trtllm import write_engine_dir
 
-    info = EngineInfo.read(write_engine_dir(tmp_path / "eng", tp_size=2, max_seq_len=512))
+    info = EngineDir.read(write_engine_dir(tmp_path / "eng", tp_size=2, max_seq_len=512))
     frag = llm_engine_fragment(info, eos_token_ids=(2,))
     assert frag["runtime"] == "tensorrt_llm"
     assert frag["artifact"]["path"] == str((tmp_path / "eng").resolve())

@@ -1,6 +1,6 @@
 """The `tensorrt_llm` runtime passes the engine contract shared with the torch runtime.
 
-TensorRT-LLM cannot be installed here, so `TrtllmEngine` runs against `uip.llm.fake_trtllm`, a
+TensorRT-LLM cannot be installed here, so `TrtllmEngine` runs against `support.fake_trtllm`, a
 pure-Python stand-in for `tensorrt_llm.bindings.executor` (same constructor keywords, same
 response semantics: end id left out of the output, stop words in it, one response per step
 when streaming); what is tested is everything of the adapter: executor config, request and
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 from engine_contract import EngineContract
+from support import fake_trtllm
 
-from uip.llm import fake_trtllm
-from uip.llm.trtllm_engine import TrtllmEngine
+from uip.trtllm.runtime import TrtllmEngine
 
 
 @pytest.fixture(scope="module")

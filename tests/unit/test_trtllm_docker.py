@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from uip.paths import PROJECT_ROOT
+from uip.core.paths import PROJECT_ROOT
 
 DOCKER = PROJECT_ROOT / "docker"
 HADOLINT = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or \

@@ -1,5 +1,5 @@
 """The tensorrt_llm runtime's pure parts: executor config, request/response translation, lazy
-import, worker ranks (no TensorRT-LLM needed: `uip.llm.fake_trtllm` stands in for its module)."""
+import, worker ranks (no TensorRT-LLM needed: `support.fake_trtllm` stands in for its module)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from support import fake_trtllm as F
 
-from uip.llm import fake_trtllm as F
+from uip.core.inputs import InvalidInput
+from uip.core.settings import ModelSettings
 from uip.llm.engine import GenerationRequest, SamplingParams
-from uip.llm.runtimes import engine_class
-from uip.llm.trtllm_engine import (
+from uip.triton.runtimes import engine_class
+from uip.trtllm.engine_dir import EngineDir
+from uip.trtllm.runtime import (
     TRTLLM_CONTAINER,
     ExecutorSettings,
     TrtllmEngine,
@@ -26,9 +29,6 @@ from uip.llm.trtllm_engine import (
     to_result,
     with_default_eos,
 )
-from uip.serving.contract import InvalidInput
-from uip.serving.settings import ModelSettings
-from uip.trtllm.engine import EngineInfo
 
 T = F.module()
 
@@ -121,7 +121,7 @@ def test_fake_bindings_reject_unknown_keywords_like_pybind():
 # --------------------------------------------------------------------------- requests
 
 
-INFO = EngineInfo(path=None, tp_size=1, pp_size=1, vocab_size=100, max_input_len=8,
+INFO = EngineDir(path=None, tp_size=1, pp_size=1, vocab_size=100, max_input_len=8,
                   max_seq_len=20)
 
 
@@ -251,7 +251,7 @@ def test_end_id_is_the_last_token_as_with_torch(engine_dir):
 
 def test_error_response_is_a_final_error_result(engine_dir):
     eng = TrtllmEngine(engine_dir, executor_module=F.module())
-    eng.info = EngineInfo(engine_dir, 1, 1, vocab_size=64)  # skip the adapter's own limit check
+    eng.info = EngineDir(engine_dir, 1, 1, vocab_size=64)  # skip the adapter's own limit check
     try:
         out = _drain(eng, eng.enqueue(GenerationRequest(list(range(20)), 4)))
         assert len(out) == 1 and out[0].finish_reason == "error"
@@ -296,7 +296,7 @@ def test_runtime_factory_maps_tensorrt_llm_and_from_settings(engine_dir):
 
 
 def test_module_imports_without_tensorrt_llm():
-    code = ("import sys, uip.llm.trtllm_engine, uip.llm.runtimes, uip.trtllm.build; "
+    code = ("import sys, uip.trtllm.runtime, uip.triton.runtimes, uip.trtllm.build; "
             "print('tensorrt_llm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 from engine_contract import EngineContract, N
+from support import fake_trtllm
 
 from uip import artifacts
-from uip.llm import fake_trtllm
-from uip.llm.trtllm_engine import TrtllmEngine
-from uip.paths import artifacts_root
+from uip.core.paths import artifacts_root
+from uip.trtllm.runtime import TrtllmEngine
 
 TEXTS = ["Hello world", "The quick brown fox jumps over the lazy dog", "café 東京 😀 naïve",
          "def main():\n    return 0", "Tell me a story about a river and a mountain", "x y z",

@@ -1,2 +1,2 @@
 # Generated from specs/embedding.yaml by `uip repo build`; logic in python_backends/uip.
-from uip.backends.embedding import EmbeddingModel as TritonPythonModel  # noqa: F401
+from uip.triton.models.embedding import EmbeddingModel as TritonPythonModel  # noqa: F401

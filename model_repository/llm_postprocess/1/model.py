@@ -1,2 +1,2 @@
 # Generated from specs/llm.yaml by `uip repo build`; logic in python_backends/uip.
-from uip.backends.llm_postprocess import LlmPostprocessModel as TritonPythonModel  # noqa: F401
+from uip.triton.models.llm_postprocess import LlmPostprocessModel as TritonPythonModel  # noqa: F401

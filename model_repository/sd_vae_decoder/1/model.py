@@ -1,2 +1,2 @@
 # Generated from specs/stable_diffusion.yaml by `uip repo build`; logic in python_backends/uip.
-from uip.backends.sd_vae_decoder import SDVaeDecoder as TritonPythonModel  # noqa: F401
+from uip.triton.models.sd_parts import SDVaeDecoder as TritonPythonModel  # noqa: F401

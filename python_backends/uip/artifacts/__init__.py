@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from uip.paths import artifacts_root
+from uip.core.paths import artifacts_root
 
 # artifact folder name -> "module:function" that builds it into a given (empty) folder
 BUILDERS: dict[str, str] = {

@@ -6,7 +6,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from uip.serving.settings import sha256_file
+from uip.core.settings import sha256_file
 
 SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from uip.paths import DEFAULT_REPOSITORY, PROJECT_ROOT
+from uip.core.paths import DEFAULT_REPOSITORY, PROJECT_ROOT
 
 # model -> module with perf_args(), inprocess(concurrency, device, ...) -> {c: items/s} and,
 # where one request yields many items (LLM tokens), calibrate(grpc_url, model) -> items/request
@@ -34,10 +34,10 @@ def bench(
 ) -> None:
     """Benchmark MODEL through Triton with perf_analyzer and in-process, in the same run."""
     from uip import artifacts
-    from uip.artifacts.needed import needed
     from uip.bench.perf import run_perf
     from uip.bench.report import markdown, plot, write_csv
-    from uip.server import TritonServer
+    from uip.launch.server import TritonServer
+    from uip.repo.needed import needed
 
     if model not in PROFILES:
         raise typer.BadParameter(f"no benchmark profile for {model!r}; known: {sorted(PROFILES)}")

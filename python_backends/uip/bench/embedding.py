@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from uip.paths import artifacts_root
+from uip.core.paths import artifacts_root
 
 TEXT = "The quick brown fox jumps over the lazy dog while Triton batches requests."
 PERF_ARGS = ["--shape", "text_input:1", "--string-data", TEXT]

@@ -110,8 +110,8 @@ def inprocess(concurrency: list[int], device: str = "cpu", model_dir: Path | Non
     """Output tokens/s and p50 time to first token (ms) of the same torch engine in-process
     (closed loop, `c` clients)."""
     from uip.bench.llm_inprocess import run
-    from uip.llm.torch_engine import TorchEngine, TorchEngineConfig
-    from uip.paths import artifacts_root
+    from uip.core.paths import artifacts_root
+    from uip.llm.torch_runtime import TorchEngine, TorchEngineConfig
 
     engine = TorchEngine(model_dir or artifacts_root() / "llm-tiny", TorchEngineConfig(
         num_blocks=num_blocks, page_size=64, max_batch_tokens=max_batch_tokens, device=device))

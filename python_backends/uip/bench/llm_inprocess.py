@@ -20,8 +20,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from uip.core.paths import artifacts_root
 from uip.llm.engine import Engine, GenerationRequest
-from uip.paths import artifacts_root
 
 
 @dataclass
@@ -101,7 +101,7 @@ def run(engine: Engine, concurrency: int, prompt_tokens: int = 32, max_new_token
 
 
 def main(argv: list[str] | None = None) -> list[BenchResult]:
-    from uip.llm.torch_engine import TorchEngine, TorchEngineConfig
+    from uip.llm.torch_runtime import TorchEngine, TorchEngineConfig
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", type=Path, default=artifacts_root() / "llm-tiny")

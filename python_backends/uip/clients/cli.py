@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from uip.paths import PROJECT_ROOT
+from uip.core.paths import PROJECT_ROOT
 
 
 def generate(

@@ -9,7 +9,7 @@ What the BLS model does that an ensemble cannot:
 - exact incremental detokenization with per-request state (the request's own objects).
 
 `TextPipeline` turns engine chunks into client responses; `run` drives an `EngineStream`
-(llm_engine behind a Triton BLS call in production, a fake in tests) and polls the client's
+(`uip.triton.engine_streams` in production, a fake in tests) and polls the client's
 cancellation between chunks. Everything mutable is created per request.
 """
 
@@ -23,39 +23,9 @@ from typing import Protocol
 import numpy as np
 
 from uip.llm.detokenize import IncrementalDetokenizer
+from uip.llm.engine_tensors import EngineChunk
 from uip.llm.preprocess import LlmRequest
 from uip.llm.stop_strings import StopStringMatcher
-
-ENGINE_OUTPUTS = ("output_ids", "finish_reason")  # what llm_bls asks llm_engine for
-
-
-@dataclass(frozen=True)
-class EngineChunk:
-    """One llm_engine response: new token ids; a finish reason on the last one."""
-
-    tokens: list[int]
-    finish_reason: str | None = None
-
-    @property
-    def final(self) -> bool:
-        return bool(self.finish_reason)
-
-    @classmethod
-    def from_outputs(cls, ids: np.ndarray | None, reason: np.ndarray | None) -> EngineChunk:
-        """From llm_engine's `output_ids` and `finish_reason` (either may be absent)."""
-        finish = reason.reshape(-1)[0] if reason is not None and reason.size else b""
-        finish = finish.decode() if isinstance(finish, bytes) else str(finish)
-        tokens = [] if ids is None else [int(t) for t in ids.reshape(-1)]
-        return cls(tokens, finish or None)
-
-
-def stop_inputs(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The llm_engine request that stops another with the same request id."""
-    return {
-        "input_ids": inputs["input_ids"][:, :1],
-        "request_output_len": np.array([[1]], dtype=np.int32),
-        "stop": np.array([[True]], dtype=bool),
-    }
 
 
 @dataclass(frozen=True)
@@ -138,8 +108,9 @@ class TextPipeline:
         return self._take("cancelled")
 
 
-class EngineError(Exception):
-    """llm_engine answered with an error; `error` is what to pass on to the client."""
+class EngineStreamError(Exception):
+    """The llm_engine request failed (its error response, or the transport's); `error` is
+    the Triton error to pass on to the client, when there is one."""
 
     def __init__(self, message: str, error: object = None):
         super().__init__(message)
@@ -151,7 +122,7 @@ class EngineStream(Protocol):
         """Submit the generation request."""
 
     def next(self, timeout: float) -> EngineChunk | None:
-        """The next chunk, None on timeout; raises EngineError; after the final chunk, None."""
+        """The next chunk, None on timeout; raises EngineStreamError; None after the last."""
 
     def stop(self) -> None:
         """Ask the engine to stop this request (idempotent); its final chunk still comes."""
@@ -163,7 +134,7 @@ def drain(engine: EngineStream, timeout: float) -> bool:
     while time.monotonic() < deadline:
         try:
             chunk = engine.next(min(0.1, max(deadline - time.monotonic(), 0.001)))
-        except EngineError:
+        except EngineStreamError:
             return True
         if chunk is not None and chunk.final:
             return True
@@ -172,7 +143,7 @@ def drain(engine: EngineStream, timeout: float) -> bool:
 
 def run(pipeline: TextPipeline, engine: EngineStream, send: Callable[[ClientResponse], None],
         cancelled: Callable[[], bool], poll_s: float = 0.02, drain_s: float = 30.0) -> str:
-    """Drive one request to its end; returns the finish reason. EngineError propagates (the
+    """Drive one request to its end; returns the finish reason. EngineStreamError propagates (the
     caller turns it into the client's error response)."""
     engine.start()
     while True:

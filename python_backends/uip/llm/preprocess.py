@@ -27,30 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from uip.llm.engine_io import to_word_list
-from uip.serving.contract import InvalidInput, Scalar, one_text, texts
+from uip.core.inputs import InvalidInput, Scalar, one_text, texts
+from uip.llm import engine_tensors, sampling, validation
+from uip.llm.engine import GenerationRequest
 
-_INT32_MAX = 2**31 - 1
-
-SAMPLING = (
-    Scalar("temperature", float, minimum=0.0),
-    Scalar("top_p", float, minimum=0.0, maximum=1.0, exclusive_minimum=True),
-    Scalar("top_k", int, minimum=0, maximum=_INT32_MAX),
-    Scalar("seed", int, minimum=0, maximum=2**64 - 1),
-)
 FLAGS = (
     Scalar("stream", bool, default=False),
     Scalar("exclude_input_in_output", bool, default=True),
     Scalar("return_num_input_tokens", bool, default=False),
     Scalar("return_num_output_tokens", bool, default=False),
 )
-# client input -> llm_engine input (TensorRT-LLM's names)
-ENGINE_SAMPLING_NAMES = {"temperature": "temperature", "top_p": "runtime_top_p",
-                         "top_k": "runtime_top_k", "seed": "random_seed"}
-_SAMPLING_DTYPES = {"temperature": np.float32, "top_p": np.float32, "top_k": np.int32,
-                    "seed": np.uint64}
-
-
 @dataclass(frozen=True)
 class Limits:
     max_tokens: int = 1024  # cap on max_tokens
@@ -135,12 +121,8 @@ class Preprocessor:
             raise InvalidInput(f"'text_input' is longer than {lim.max_prompt_bytes} bytes "
                                "(limits.max_prompt_bytes)")
         max_tokens = Scalar("max_tokens", int, default=lim.default_max_tokens).read(inputs)
-        if max_tokens < 1:
-            raise InvalidInput(f"'max_tokens' must be >= 1, got {max_tokens}")
-        if max_tokens > lim.max_tokens:
-            raise InvalidInput(f"'max_tokens' is {max_tokens}, above this deployment's cap of "
-                               f"{lim.max_tokens} (limits.max_tokens)")
-        sampling = {s.name: v for s in SAMPLING if (v := s.read(inputs)) is not None}
+        validation.check_max_tokens(max_tokens, lim.max_tokens, "max_tokens")
+        given = sampling.read_client(inputs)
         stream, exclude, ret_in, ret_out = (f.read(inputs) for f in FLAGS)
         stop_words = _words(inputs, "stop_words", lim)
         bad_words = _words(inputs, "bad_words", lim)
@@ -148,13 +130,9 @@ class Preprocessor:
         if not ids:
             raise InvalidInput("'text_input' is empty and this tokenizer adds no BOS token, so "
                                "there is nothing to generate from; send some text")
-        if len(ids) + max_tokens > lim.max_context:
-            raise InvalidInput(
-                f"the prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
-                f"model's context of {lim.max_context} tokens (limits.max_context); shorten the "
-                "prompt or ask for fewer tokens")
+        validation.check_context(len(ids), max_tokens, lim.max_context)
         return LlmRequest(prompt=prompt, input_ids=ids, max_tokens=max_tokens, stream=stream,
-                          sampling=sampling, stop_words=stop_words, bad_words=bad_words,
+                          sampling=given, stop_words=stop_words, bad_words=bad_words,
                           exclude_input_in_output=exclude, return_num_input_tokens=ret_in,
                           return_num_output_tokens=ret_out)
 
@@ -166,21 +144,11 @@ class Preprocessor:
         as token sequences (the ensemble; llm_bls matches stop strings on the text itself).
         `sampling`: include the sampling inputs that were given (the ensemble maps them
         straight from its own inputs instead)."""
-        out = {
-            "input_ids": np.asarray([req.input_ids], dtype=np.int32),
-            "input_lengths": np.array([[len(req.input_ids)]], dtype=np.int32),
-            "request_output_len": np.array([[req.max_tokens]], dtype=np.int32),
-            "end_id": np.array([[self.end_id]], dtype=np.int32),
-            "pad_id": np.array([[self.pad_id]], dtype=np.int32),
-            "streaming": np.array([[streaming]], dtype=bool),
-            "stop_words_list": to_word_list(self.word_ids(req.stop_words) if stop_words else []),
-            "bad_words_list": to_word_list(self.word_ids(req.bad_words)),
-        }
-        if sampling:
-            for name, value in req.sampling.items():
-                out[ENGINE_SAMPLING_NAMES[name]] = np.array([[value]],
-                                                            dtype=_SAMPLING_DTYPES[name])
-        return out
+        gen = GenerationRequest(
+            input_ids=req.input_ids, max_new_tokens=req.max_tokens, end_id=self.end_id,
+            pad_id=self.pad_id, streaming=streaming, bad_words=self.word_ids(req.bad_words),
+            stop_words=self.word_ids(req.stop_words) if stop_words else [])
+        return engine_tensors.encode_request(gen, req.sampling if sampling else {})
 
 
 def check_ensemble_support(req: LlmRequest) -> None:

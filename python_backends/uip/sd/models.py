@@ -97,7 +97,7 @@ class VaeDecoder(_Component):
 def setup(args: dict[str, str]):
     """Settings, device and dtype shared by the SD tensor models (spec parameters `dtype`,
     `torch_threads`)."""
-    from uip.serving.settings import ModelSettings
+    from uip.core.settings import ModelSettings
 
     settings = ModelSettings.from_args(args)
     threads = settings.param("torch_threads", 0, int)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from uip.serving.contract import InvalidInput, Scalar, one_text
+from uip.core.inputs import InvalidInput, Scalar, one_text
 
 DEFAULT_SEED = 0
 

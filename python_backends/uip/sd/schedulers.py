@@ -14,7 +14,7 @@ from pathlib import Path
 import diffusers
 import torch
 
-from uip.serving.contract import InvalidInput
+from uip.core.inputs import InvalidInput
 
 # contract name -> diffusers class name
 SCHEDULERS: dict[str, str] = {

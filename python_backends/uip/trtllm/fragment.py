@@ -15,17 +15,17 @@ from pathlib import Path
 
 import yaml
 
-from uip.llm.trtllm_engine import ExecutorSettings
-from uip.serving.settings import sha256_file
+from uip.core.settings import sha256_file
 from uip.spec.schema import DeploymentSpec, SpecError
-from uip.trtllm.engine import EngineInfo
+from uip.trtllm.engine_dir import EngineDir
+from uip.trtllm.runtime import ExecutorSettings
 
 FRAGMENT_FILE = "uip-llm-engine.yaml"
 ENGINE_MODEL = "llm_engine"
 RUNTIME_KEYS = ("runtime", "artifact", "instances", "parameters", "limits")
 
 
-def llm_engine_fragment(info: EngineInfo, settings: ExecutorSettings | None = None,
+def llm_engine_fragment(info: EngineDir, settings: ExecutorSettings | None = None,
                         eos_token_ids: tuple[int, ...] = (), artifact_path: str | None = None,
                         with_sha256: bool = True, model: str = ENGINE_MODEL) -> dict:
     """The fragment for an engine; `artifact_path` defaults to the engine folder (absolute).
@@ -52,7 +52,7 @@ def llm_engine_fragment(info: EngineInfo, settings: ExecutorSettings | None = No
     }
 
 
-def fragment_yaml(fragment: dict, info: EngineInfo) -> str:
+def fragment_yaml(fragment: dict, info: EngineDir) -> str:
     head = (
         f"# llm_engine on a TensorRT-LLM engine: tp {info.tp_size} x pp {info.pp_size} = "
         f"{info.world_size} GPU rank(s).\n"
@@ -64,7 +64,7 @@ def fragment_yaml(fragment: dict, info: EngineInfo) -> str:
     return head + yaml.safe_dump(fragment, sort_keys=False)
 
 
-def write_fragment(folder: Path, fragment: dict, info: EngineInfo) -> Path:
+def write_fragment(folder: Path, fragment: dict, info: EngineDir) -> Path:
     path = folder / FRAGMENT_FILE
     path.write_text(fragment_yaml(fragment, info))
     return path

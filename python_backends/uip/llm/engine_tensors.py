@@ -1,4 +1,8 @@
-"""`llm_engine`'s tensor contract (TensorRT-LLM's `tensorrt_llm` model) <-> the Engine API (pure).
+"""`llm_engine`'s tensor contract (TensorRT-LLM's `tensorrt_llm` model), both directions (pure).
+
+The only place that knows the tensors: `encode_request` (pre-processor, llm_bls) and
+`decode_request` (the llm_engine adapter); `encode_response` (llm_engine) and
+`decode_response` (llm_postprocess, both engine streams of llm_bls).
 
 Inputs (each with the batch dimension, batch size 1): `input_ids` INT32 [-1], `input_lengths`
 INT32 [1] (optional; default: all of input_ids), `request_output_len` INT32 [1], and optional
@@ -25,24 +29,35 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from uip.llm.engine import GenerationRequest, SamplingParams
-from uip.serving.contract import InvalidInput, Scalar
+from uip.core.inputs import InvalidInput, Scalar, as_text
+from uip.llm import sampling, validation
+from uip.llm.engine import GenerationRequest
 
-INPUT_NAMES = (
-    "input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "streaming",
-    "temperature", "runtime_top_k", "runtime_top_p", "random_seed", "stop_words_list",
-    "bad_words_list", "stop", "stream_key",
-)
-_INT32_MAX = 2**31 - 1
+RESPONSE_OUTPUTS = ("output_ids", "finish_reason")  # what a caller asks llm_engine for
 
 
 @dataclass(frozen=True)
 class EngineCall:
-    """A parsed request: a generation, or (stop=True) a request to stop another one."""
+    """A decoded request: a generation, or (stop=True) a request to stop another one."""
 
     request: GenerationRequest | None
     stop: bool = False
     stream_key: bytes | None = None  # echoed on every response (the `llm` ensemble's stream id)
+
+
+@dataclass(frozen=True)
+class EngineChunk:
+    """One decoded llm_engine response: new token ids; a finish reason on the last one."""
+
+    tokens: list[int]
+    finish_reason: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return bool(self.finish_reason)
+
+
+# ------------------------------------------------------------------------------- requests
 
 
 def _ids(inputs: Mapping[str, np.ndarray]) -> list[int]:
@@ -106,8 +121,8 @@ def to_word_list(words: list[list[int]]) -> np.ndarray:
     return out
 
 
-def parse(inputs: Mapping[str, np.ndarray], max_tokens: int, max_context: int | None = None
-          ) -> EngineCall:
+def decode_request(inputs: Mapping[str, np.ndarray], max_tokens: int,
+                   max_context: int | None = None) -> EngineCall:
     """Validate one request's inputs against the contract and the spec's limits."""
     if Scalar("stop", bool, default=False).read(inputs):
         return EngineCall(None, stop=True)
@@ -115,24 +130,8 @@ def parse(inputs: Mapping[str, np.ndarray], max_tokens: int, max_context: int | 
     out_len = Scalar("request_output_len", int).read(inputs)
     if out_len is None:
         raise InvalidInput("input 'request_output_len' is required")
-    if out_len < 1:
-        raise InvalidInput(f"'request_output_len' must be >= 1, got {out_len}")
-    if out_len > max_tokens:
-        raise InvalidInput(f"'request_output_len' is {out_len}, above this deployment's cap of "
-                           f"{max_tokens} tokens (limits.max_tokens)")
-    if max_context is not None and len(ids) + out_len > max_context:
-        raise InvalidInput(
-            f"prompt ({len(ids)} tokens) + request_output_len ({out_len}) exceeds the context "
-            f"length of {max_context} tokens (limits.max_context); shorten the prompt or ask "
-            "for fewer tokens")
-    top_k = Scalar("runtime_top_k", int, minimum=0, maximum=_INT32_MAX).read(inputs)
-    top_p = Scalar("runtime_top_p", float, minimum=0.0, maximum=1.0).read(inputs)
-    sampling = SamplingParams(
-        temperature=Scalar("temperature", float, minimum=0.0).read(inputs),
-        top_k=top_k or None,
-        top_p=top_p or None,
-        seed=Scalar("random_seed", int, minimum=0, maximum=2**64 - 1).read(inputs),
-    )
+    validation.check_max_tokens(out_len, max_tokens, "request_output_len")
+    validation.check_context(len(ids), out_len, max_context, "request_output_len")
     key = inputs.get("stream_key")
     stream_key = key.reshape(-1)[0] if key is not None and key.size else None
     if isinstance(stream_key, str):
@@ -140,7 +139,7 @@ def parse(inputs: Mapping[str, np.ndarray], max_tokens: int, max_context: int | 
     return EngineCall(GenerationRequest(
         input_ids=ids,
         max_new_tokens=out_len,
-        sampling=sampling,
+        sampling=sampling.read_engine(inputs),
         end_id=Scalar("end_id", int, minimum=0).read(inputs),
         pad_id=Scalar("pad_id", int, minimum=0).read(inputs),
         stop_words=word_list(inputs, "stop_words_list"),
@@ -149,8 +148,42 @@ def parse(inputs: Mapping[str, np.ndarray], max_tokens: int, max_context: int | 
     ), stream_key=stream_key)
 
 
-def outputs(tokens: list[int], finish_reason: str | None = None,
-            stream_key: bytes | None = None) -> dict[str, np.ndarray]:
+def encode_request(req: GenerationRequest, given_sampling: Mapping[str, float | int] | None = None
+                   ) -> dict[str, np.ndarray]:
+    """llm_engine's inputs for one request (batch 1). `given_sampling` (field -> value, as a
+    client sent them) is passed as is; None sends `req.sampling`'s set fields."""
+    if given_sampling is None:
+        sp = req.sampling
+        given_sampling = {f: getattr(sp, f) for f in sampling.NAMES if getattr(sp, f) is not None}
+    out = {
+        "input_ids": np.asarray([req.input_ids], dtype=np.int32),
+        "input_lengths": np.array([[len(req.input_ids)]], dtype=np.int32),
+        "request_output_len": np.array([[req.max_new_tokens]], dtype=np.int32),
+        "streaming": np.array([[req.streaming]], dtype=bool),
+        "stop_words_list": to_word_list(req.stop_words),
+        "bad_words_list": to_word_list(req.bad_words),
+    }
+    for name, value in (("end_id", req.end_id), ("pad_id", req.pad_id)):
+        if value is not None:
+            out[name] = np.array([[value]], dtype=np.int32)
+    out.update(sampling.engine_tensors(given_sampling))
+    return out
+
+
+def encode_stop(request_inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The request that stops another one carrying the same Triton request id."""
+    return {
+        "input_ids": request_inputs["input_ids"][:, :1],
+        "request_output_len": np.array([[1]], dtype=np.int32),
+        "stop": np.array([[True]], dtype=bool),
+    }
+
+
+# ------------------------------------------------------------------------------ responses
+
+
+def encode_response(tokens: list[int], finish_reason: str | None = None,
+                    stream_key: bytes | None = None) -> dict[str, np.ndarray]:
     """One response's output tensors (batch 1, beam 1); `stream_key` echoes the request's."""
     out = {
         "output_ids": np.asarray(tokens, dtype=np.int32).reshape(1, 1, -1),
@@ -160,3 +193,13 @@ def outputs(tokens: list[int], finish_reason: str | None = None,
     if stream_key is not None:
         out["stream_key_out"] = np.array([[stream_key]], dtype=object)
     return out
+
+
+def decode_response(output_ids: np.ndarray | None, finish_reason: np.ndarray | None
+                    ) -> EngineChunk:
+    """From a response's `output_ids` and `finish_reason` (either may be absent)."""
+    finish = ""
+    if finish_reason is not None and finish_reason.size:
+        finish = as_text(finish_reason.reshape(-1)[0], "finish_reason")
+    tokens = [] if output_ids is None else [int(t) for t in output_ids.reshape(-1)]
+    return EngineChunk(tokens, finish or None)

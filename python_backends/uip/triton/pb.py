@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from uip.serving.contract import InvalidInput
+from uip.core.inputs import InvalidInput
 
 log = logging.getLogger("uip")
 
@@ -52,15 +52,23 @@ def send(sender, outputs: Mapping[str, np.ndarray], final: bool = False) -> None
     del tensors  # only now, with the GIL held
 
 
-def respond_each(requests, handle: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]):
-    """Run `handle` per request; a failing request gets its own error, the others go on."""
+def respond_each(requests, handle: Callable[[object], Mapping[str, np.ndarray] | object]) -> list:
+    """`handle(request)` per request, in order: its outputs (a name -> array mapping) or a
+    ready response; a failing request gets its own error response, the others go on."""
     out = []
     for request in requests:
         try:
-            out.append(response(handle(inputs_of(request))))
+            result = handle(request)
+            out.append(response(result) if isinstance(result, Mapping) else result)
         except Exception as exc:  # noqa: BLE001 - every failure becomes that request's error
             out.append(error_response(exc))
     return out
+
+
+def output(resp, name: str) -> np.ndarray | None:
+    """A BLS response's output as numpy, None when it has no such output."""
+    t = pb_utils.get_output_tensor_by_name(resp, name)
+    return None if t is None else t.as_numpy()
 
 
 def final_flag() -> int:

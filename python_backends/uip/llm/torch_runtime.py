@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from uip.core.inputs import InvalidInput
+from uip.llm import validation
 from uip.llm.engine import (
     Engine,
     EngineStats,
@@ -43,14 +45,13 @@ from uip.llm.engine import (
     GenerationResult,
     SamplingParams,
 )
-from uip.serving.contract import InvalidInput
 
 if TYPE_CHECKING:
     import torch
 
-    from uip.serving.settings import ModelSettings
+    from uip.core.settings import ModelSettings
 
-log = logging.getLogger("uip.llm.torch_engine")
+log = logging.getLogger("uip.llm.torch_runtime")
 
 
 @dataclass
@@ -186,21 +187,6 @@ class _Request:
         return any(w and toks[-len(w):] == w for w in self.request.stop_words)
 
 
-def effective_sampling(sp: SamplingParams) -> SamplingParams | None:
-    """None for greedy decoding; else the validated parameters (temperature 0 means greedy)."""
-    if sp.temperature is not None and not (math.isfinite(sp.temperature) and sp.temperature >= 0):
-        raise InvalidInput(f"temperature must be >= 0, got {sp.temperature}")
-    if sp.top_p is not None and not (0.0 < sp.top_p <= 1.0):
-        raise InvalidInput(f"top_p must be in (0, 1], got {sp.top_p}")
-    if sp.top_k is not None and sp.top_k < 0:
-        raise InvalidInput(f"top_k must be >= 0, got {sp.top_k}")
-    if sp.temperature == 0 or sp.greedy:
-        return None
-    if sp.top_k == 1:
-        return None
-    return sp
-
-
 class TorchEngine(Engine):
     """In-flight batching with transformers' continuous batching manager."""
 
@@ -318,31 +304,15 @@ class TorchEngine(Engine):
 
     def validate(self, request: GenerationRequest) -> SamplingParams | None:
         """Raises InvalidInput for a request this engine cannot run; returns its sampling."""
+        sampling = validation.check_generation(request, self.vocab_size, self.max_context,
+                                               "the engine's max_context")
         n = len(request.input_ids)
-        if n == 0:
-            raise InvalidInput("input_ids is empty: a prompt needs at least one token")
-        if request.max_new_tokens < 1:
-            raise InvalidInput(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
-        bad = [t for t in request.input_ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise InvalidInput(f"input_ids holds {bad[0]}, outside the vocabulary "
-                               f"[0, {self.vocab_size})")
-        if n + request.max_new_tokens > self.max_context:
-            raise InvalidInput(
-                f"prompt ({n} tokens) + max_new_tokens ({request.max_new_tokens}) exceeds the "
-                f"context length of {self.max_context} tokens")
         blocks = math.ceil((n + request.max_new_tokens) / self.config.page_size)
         if blocks > self.kv_blocks_total:
             raise InvalidInput(
                 f"prompt + max_new_tokens needs {blocks} KV cache blocks of "
                 f"{self.config.page_size} tokens; the cache has {self.kv_blocks_total}")
-        for name, words in (("stop_words", request.stop_words), ("bad_words", request.bad_words)):
-            for w in words:
-                if any(not 0 <= t < self.vocab_size for t in w):
-                    raise InvalidInput(f"{name} holds a token outside the vocabulary")
-        if request.end_id is not None and not 0 <= request.end_id < self.vocab_size:
-            raise InvalidInput(f"end_id {request.end_id} is outside the vocabulary")
-        return effective_sampling(request.sampling)
+        return sampling
 
     def enqueue(self, request: GenerationRequest) -> int:
         sampling = self.validate(request)

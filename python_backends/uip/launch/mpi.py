@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from uip.launcher import (
+from uip.launch.command import (
     LaunchError,
     Ports,
     check_ports,
@@ -97,7 +97,7 @@ def format_command(cmd: list[str]) -> str:
 
 def single_command_text(repository: Path, ports: Ports, extra: list[str] | None = None) -> str:
     """`uip serve --dry-run` without --world-size: the one tritonserver command."""
-    from uip.launcher import server_command
+    from uip.launch.command import server_command
 
     cmd = server_command(find_tritonserver(), repository.resolve(), prepare_backend_dir(), ports,
                          extra)
@@ -120,7 +120,7 @@ def read_engine_model(repository: Path, engine_model: str = ENGINE_MODEL) -> Eng
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from uip.paths import resolve_artifact
+    from uip.core.paths import resolve_artifact
 
     config = repository / engine_model / "config.pbtxt"
     if not config.is_file():
@@ -136,7 +136,7 @@ def world_size_problems(world_size: int, model: EngineModel | None, gpus: int,
                         read_engine: Callable | None = None,
                         engine_model: str = ENGINE_MODEL) -> list[str]:
     """Why N ranks cannot serve this repository here (empty when they can)."""
-    from uip.trtllm.engine import EngineError, EngineInfo
+    from uip.trtllm.engine_dir import EngineDir, EngineDirError
 
     problems = []
     if model is None:
@@ -153,8 +153,8 @@ def world_size_problems(world_size: int, model: EngineModel | None, gpus: int,
         problems.append(f"{model.name} has no artifact (the engine folder) in its config")
     else:
         try:
-            info = (read_engine or EngineInfo.read)(model.artifact)
-        except EngineError as e:
+            info = (read_engine or EngineDir.read)(model.artifact)
+        except EngineDirError as e:
             problems.append(str(e))
         else:
             if info.world_size != world_size:
@@ -287,7 +287,7 @@ def stop_ranks(root: int, signum: int = signal.SIGTERM, grace: float = STOP_GRAC
 def _run(cmd: list[str], env: dict[str, str]) -> int:
     """mpirun in the foreground. Ctrl-C / SIGTERM stop the ranks themselves (rank 0 first):
     they exit cleanly and mpirun with them."""
-    from uip.server import diagnose, echo_output
+    from uip.launch.server import diagnose, echo_output
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)

@@ -14,11 +14,12 @@ import json
 
 import numpy as np
 
+from uip.core.inputs import InvalidInput, as_text
+from uip.core.settings import ModelSettings
 from uip.llm.detokenize import StreamDetokenizers
+from uip.llm.engine_tensors import decode_response
 from uip.llm.tokenizer import tokenizer_for
-from uip.serving import pb
-from uip.serving.contract import InvalidInput, as_text
-from uip.serving.settings import ModelSettings
+from uip.triton import pb
 
 
 def _instances(config: dict) -> int:
@@ -37,32 +38,22 @@ class LlmPostprocessModel:
 
     def _one(self, request) -> dict[str, np.ndarray]:
         inputs = pb.inputs_of(request)
-        ids = inputs.get("output_ids")
-        if ids is None:
+        if inputs.get("output_ids") is None:
             raise InvalidInput("input 'output_ids' is required")
-        reason = inputs.get("engine_finish_reason")
-        finish = as_text(reason.reshape(-1)[0], "engine_finish_reason") if reason is not None and \
-            reason.size else ""
-        tokens = [int(t) for t in ids.reshape(-1)]
+        chunk = decode_response(inputs["output_ids"], inputs.get("engine_finish_reason"))
         key = inputs.get("stream_key")
         key = as_text(key.reshape(-1)[0], "stream_key") if key is not None and key.size else \
             request.request_id()
-        text = self.streams.step(key, tokens, final=bool(finish))
+        text = self.streams.step(key, chunk.tokens, final=chunk.final)
         return {
             "text_output": np.array([[text.encode()]], dtype=object),
-            "finish_reason": np.array([[finish.encode()]], dtype=object),
-            "num_output_tokens": np.array([[len(tokens)]], dtype=np.int32),
+            "finish_reason": np.array([[(chunk.finish_reason or "").encode()]], dtype=object),
+            "num_output_tokens": np.array([[len(chunk.tokens)]], dtype=np.int32),
         }
 
     def execute(self, requests):
         # In order: the responses of one stream arrive (and must be decoded) in sequence.
-        out = []
-        for request in requests:
-            try:
-                out.append(pb.response(self._one(request)))
-            except Exception as exc:  # noqa: BLE001 - becomes this request's error
-                out.append(pb.error_response(exc))
-        return out
+        return pb.respond_each(requests, self._one)
 
     def finalize(self) -> None:
         self.streams = None

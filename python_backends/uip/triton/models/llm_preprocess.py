@@ -9,6 +9,7 @@ the engine, so absent stays absent (greedy). `exclude_input_in_output` false and
 
 from __future__ import annotations
 
+from uip.core.settings import ModelSettings
 from uip.llm.preprocess import (
     Limits,
     Preprocessor,
@@ -17,8 +18,7 @@ from uip.llm.preprocess import (
     new_stream_key,
 )
 from uip.llm.tokenizer import tokenizer_for
-from uip.serving import pb
-from uip.serving.settings import ModelSettings
+from uip.triton import pb
 
 
 class LlmPreprocessModel:
@@ -28,18 +28,15 @@ class LlmPreprocessModel:
         limits = Limits.from_settings(self.settings, model_max_positions(folder))
         self.pre = Preprocessor(tokenizer_for(self.settings), limits)
 
+    def _one(self, request) -> dict:
+        req = self.pre.parse(pb.inputs_of(request))
+        check_ensemble_support(req)
+        inputs = self.pre.engine_inputs(req, req.stream, sampling=False)
+        inputs["stream_key"] = new_stream_key()
+        return inputs
+
     def execute(self, requests):
-        out = []
-        for request in requests:
-            try:
-                req = self.pre.parse(pb.inputs_of(request))
-                check_ensemble_support(req)
-                inputs = self.pre.engine_inputs(req, req.stream, sampling=False)
-                inputs["stream_key"] = new_stream_key()
-                out.append(pb.response(inputs))
-            except Exception as exc:  # noqa: BLE001 - becomes this request's error
-                out.append(pb.error_response(exc))
-        return out
+        return pb.respond_each(requests, self._one)
 
     def finalize(self) -> None:
         self.pre = None

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from uip.core.inputs import InvalidInput, texts
+from uip.core.settings import ModelSettings
 from uip.embedding.encoder import SentenceEncoder
-from uip.serving import pb
-from uip.serving.contract import InvalidInput, texts
-from uip.serving.settings import ModelSettings
+from uip.triton import pb
 
 
 class EmbeddingModel:

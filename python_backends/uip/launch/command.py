@@ -1,6 +1,6 @@
 """How to launch tritonserver from the nvidia-pytriton wheel: binary, backends, env, command line.
 
-Pure functions (testable without a server); `uip.server` runs the process.
+Pure functions (testable without a server); `uip.launch.server` runs the process.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from uip.paths import PROJECT_ROOT
+from uip.core.paths import PROJECT_ROOT
 
 
 class LaunchError(RuntimeError):

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-class EngineError(ValueError):
+class EngineDirError(ValueError):
     """A folder that is not a usable TensorRT-LLM engine; the message says why."""
 
 
 @dataclass(frozen=True)
-class EngineInfo:
+class EngineDir:
     path: Path
     tp_size: int
     pp_size: int
@@ -34,11 +34,11 @@ class EngineInfo:
         return self.tp_size * self.pp_size
 
     @classmethod
-    def from_config(cls, path: Path, cfg: dict) -> EngineInfo:
+    def from_config(cls, path: Path, cfg: dict) -> EngineDir:
         pretrained = cfg.get("pretrained_config")
         build = cfg.get("build_config") or {}
         if not isinstance(pretrained, dict):
-            raise EngineError(
+            raise EngineDirError(
                 f"{path}/config.json has no pretrained_config: it is not a config written by "
                 "trtllm-build (TensorRT-LLM >= 0.9); rebuild with "
                 "build_scripts/build_trtllm_engine.py."
@@ -61,22 +61,22 @@ class EngineInfo:
         )
 
     @classmethod
-    def read(cls, path: Path, check_ranks: bool = True) -> EngineInfo:
+    def read(cls, path: Path, check_ranks: bool = True) -> EngineDir:
         config = path / "config.json"
         if not config.is_file():
-            raise EngineError(
+            raise EngineDirError(
                 f"{path} is not a TensorRT-LLM engine folder (no config.json). Build one with "
                 "`python build_scripts/build_trtllm_engine.py --checkpoint HF_DIR --output DIR`."
             )
         try:
             info = cls.from_config(path, json.loads(config.read_text()))
         except json.JSONDecodeError as e:
-            raise EngineError(f"{config} is not valid JSON: {e}") from None
+            raise EngineDirError(f"{config} is not valid JSON: {e}") from None
         if check_ranks:
             missing = [f"rank{r}.engine" for r in range(info.world_size)
                        if not (path / f"rank{r}.engine").is_file()]
             if missing:
-                raise EngineError(
+                raise EngineDirError(
                     f"{path} is built for tp {info.tp_size} x pp {info.pp_size} = "
                     f"{info.world_size} ranks but lacks {', '.join(missing)}: the build did not "
                     "finish; run it again."

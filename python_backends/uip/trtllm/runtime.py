@@ -5,13 +5,13 @@ shipped in nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3. The module is im
 when an engine is created, so this file imports (and its pure parts are tested) anywhere.
 
 Pure parts, all taking the executor module as an argument so tests pass a stand-in
-(`uip.llm.fake_trtllm`):
+(`support.fake_trtllm`):
 - `ExecutorSettings.from_parameters` (config.pbtxt parameters -> settings, checked);
 - `executor_config(settings, trtllm)` (-> `ExecutorConfig`: in-flight batching, paged KV cache
   free-memory fraction and block reuse, capacity scheduler policy, leader/orchestrator MPI mode);
 - `to_executor_request(request, trtllm, info)` and `to_result(response)`.
 
-Multi-GPU (tp x pp ranks under mpirun, see `uip.launch_mpi`): every rank creates the executor
+Multi-GPU (tp x pp ranks under mpirun, see `uip.launch.mpi`): every rank creates the executor
 in LEADER mode; only rank 0 can enqueue. On the other ranks the constructor blocks in
 `shutdown()` until rank 0 shuts down, as TensorRT-LLM's own Triton model does, so their
 tritonserver serves nothing.
@@ -29,6 +29,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from uip.core.inputs import InvalidInput
+from uip.llm import validation
 from uip.llm.engine import (
     Engine,
     EngineStats,
@@ -37,9 +39,7 @@ from uip.llm.engine import (
     GenerationResult,
     SamplingParams,
 )
-from uip.llm.torch_engine import effective_sampling
-from uip.serving.contract import InvalidInput
-from uip.trtllm.engine import EngineInfo
+from uip.trtllm.engine_dir import EngineDir
 
 TRTLLM_CONTAINER = "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
 EXECUTOR_MODULE = "tensorrt_llm.bindings.executor"
@@ -205,7 +205,7 @@ def parallel_config(s: ExecutorSettings, trtllm: Any):
 
 def sampling_config(p: SamplingParams | None, trtllm: Any):
     """None (greedy) is top_k=1; otherwise only what the request set (temperature 0 and
-    top_k 1 were already folded into greedy by `effective_sampling`)."""
+    top_k 1 were already folded into greedy by `uip.llm.sampling.effective`)."""
     if p is None:
         return trtllm.SamplingConfig(beam_width=1, top_k=1)
     kwargs: dict[str, Any] = {}
@@ -220,34 +220,17 @@ def sampling_config(p: SamplingParams | None, trtllm: Any):
     return trtllm.SamplingConfig(beam_width=1, **kwargs)
 
 
-def check_request(req: GenerationRequest, info: EngineInfo | None) -> SamplingParams | None:
+def check_request(req: GenerationRequest, info: EngineDir | None) -> SamplingParams | None:
     """Validate against the contract and the engine's build limits, as the torch runtime does
     (same messages, `InvalidInput`); returns the effective sampling (None = greedy)."""
     n = len(req.input_ids)
-    if n == 0:
-        raise InvalidInput("input_ids is empty: a prompt needs at least one token")
-    if req.max_new_tokens < 1:
-        raise InvalidInput(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
-    vocab = info.vocab_size if info is not None else None
-    if vocab is not None:
-        bad = [t for t in req.input_ids if not 0 <= t < vocab]
-        if bad:
-            raise InvalidInput(f"input_ids holds {bad[0]}, outside the vocabulary [0, {vocab})")
-        for name, words in (("stop_words", req.stop_words), ("bad_words", req.bad_words)):
-            if any(not 0 <= t < vocab for w in words for t in w):
-                raise InvalidInput(f"{name} holds a token outside the vocabulary")
-        if req.end_id is not None and not 0 <= req.end_id < vocab:
-            raise InvalidInput(f"end_id {req.end_id} is outside the vocabulary")
     if info is not None and info.max_input_len is not None and n > info.max_input_len:
         raise InvalidInput(
             f"the prompt has {n} tokens, more than this engine's max_input_len "
             f"{info.max_input_len} (set at build time with --max-input-len)")
-    if info is not None and info.max_seq_len is not None and n + req.max_new_tokens > \
-            info.max_seq_len:
-        raise InvalidInput(
-            f"prompt ({n} tokens) + max_new_tokens ({req.max_new_tokens}) exceeds the "
-            f"context length of {info.max_seq_len} tokens (the engine's max_seq_len)")
-    return effective_sampling(req.sampling)
+    return validation.check_generation(
+        req, info.vocab_size if info is not None else None,
+        info.max_seq_len if info is not None else None, "the engine's max_seq_len")
 
 
 def with_default_eos(req: GenerationRequest, eos_token_ids: tuple[int, ...]) -> GenerationRequest:
@@ -259,7 +242,7 @@ def with_default_eos(req: GenerationRequest, eos_token_ids: tuple[int, ...]) -> 
     return replace(req, end_id=eos_token_ids[0], stop_words=[*req.stop_words, *extra])
 
 
-def to_executor_request(req: GenerationRequest, trtllm: Any, info: EngineInfo | None = None):
+def to_executor_request(req: GenerationRequest, trtllm: Any, info: EngineDir | None = None):
     """`trtllm.Request` for one generation request: only new tokens come back
     (exclude_input_from_output), one response per step when streaming."""
     sampling = check_request(req, info)
@@ -358,7 +341,7 @@ class TrtllmEngine(Engine):
                  check_ranks: bool = True):
         self.trtllm = executor_module if executor_module is not None else import_executor_module()
         self.engine_dir = Path(engine_dir)
-        self.info = EngineInfo.read(self.engine_dir, check_ranks=check_ranks)
+        self.info = EngineDir.read(self.engine_dir, check_ranks=check_ranks)
         self.settings = settings or ExecutorSettings()
         self.eos_token_ids = tuple(eos_token_ids)
         config = executor_config(self.settings, self.trtllm)
@@ -378,7 +361,7 @@ class TrtllmEngine(Engine):
 
     @classmethod
     def from_settings(cls, settings, executor_module: Any = None) -> TrtllmEngine:
-        """From a `uip.serving.settings.ModelSettings` (artifact = the engine folder)."""
+        """From a `uip.core.settings.ModelSettings` (artifact = the engine folder)."""
         return cls(settings.artifact_dir(), ExecutorSettings.from_parameters(settings.parameters),
                    eos_token_ids=parse_eos(settings.parameters.get("eos_token_ids")),
                    executor_module=executor_module)

@@ -608,7 +608,7 @@ def module(model: TokenModel | None = None, *, is_leader: bool = True, step_dela
     }
     executor = type("Executor", (Executor,), attrs)
     ns = SimpleNamespace(**{c.__name__: c for c in _PUBLIC}, Executor=executor)
-    ns.__name__ = "uip.llm.fake_trtllm (stand-in for tensorrt_llm.bindings.executor)"
+    ns.__name__ = "support.fake_trtllm (stand-in for tensorrt_llm.bindings.executor)"
     return ns
 
 

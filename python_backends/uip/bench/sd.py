@@ -36,8 +36,8 @@ try:
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backends"))
 
-from uip.paths import DEFAULT_SPECS, artifacts_root
-from uip.sd.client import infer_inputs
+from uip.clients.sd import infer_inputs
+from uip.core.paths import DEFAULT_SPECS, artifacts_root
 
 FLOAT_TENSORS = {"last_hidden_state", "sample", "encoder_hidden_states", "noise_pred",
                  "latents"}
@@ -73,7 +73,7 @@ def spec_instances() -> int:
 
 def render_repository(args, folder: Path, out: Path) -> None:
     """The stable_diffusion spec, adapted: artifact, orchestrator count, GPU + dtype."""
-    from uip.spec.render import build_repository
+    from uip.repo.render import build_repository
     from uip.spec.schema import DeploymentSpec, load_spec
 
     data = copy.deepcopy(load_spec(DEFAULT_SPECS / "stable_diffusion.yaml").model_dump())
@@ -99,7 +99,7 @@ def render_repository(args, folder: Path, out: Path) -> None:
 def start_server(args, repo: Path, tmp: Path):
     """tritonserver on `repo`; retried, since 2.51's Python backend now and then aborts while
     many stubs start at once on a busy host (boost::interprocess::lock_exception)."""
-    from uip.server import TritonServer
+    from uip.launch.server import TritonServer
 
     for attempt in range(1, 4):
         srv = TritonServer(repo, tmp / f"server-{attempt}.log",
@@ -206,8 +206,8 @@ def bench_triton(args, url: str) -> list[dict]:
 def bench_diffusers(args, folder: Path) -> list[dict]:
     import torch
 
+    from uip.bench.sd_reference import DiffusersReference
     from uip.sd.models import torch_dtype
-    from uip.sd.reference import DiffusersReference
 
     ref = DiffusersReference(folder, device=args.device, dtype=torch_dtype(args.dtype))
     rows = []

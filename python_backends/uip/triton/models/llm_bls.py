@@ -8,126 +8,32 @@ request id, TensorRT-LLM's convention). All state is per request; the tokenizer 
 read-only.
 
 The engine is reached through the server's own gRPC endpoint by default (`engine_transport:
-grpc`, see `uip.llm.grpc_stream` for why); `engine_transport: bls` uses a decoupled BLS call,
+grpc`, see `uip.triton.engine_streams` for why); `engine_transport: bls` uses a decoupled BLS call,
 which Triton 2.51's stub makes unsafe with several requests in flight.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import uuid
 
-import numpy as np
-
-from uip.llm.grpc_stream import GrpcEngineStream, engine_url
+from uip.core.settings import ModelSettings
 from uip.llm.orchestrate import (
-    ENGINE_OUTPUTS,
     ClientResponse,
-    EngineChunk,
-    EngineError,
+    EngineStreamError,
     TextPipeline,
     client_outputs,
     run,
-    stop_inputs,
 )
 from uip.llm.preprocess import Limits, Preprocessor, model_max_positions
 from uip.llm.tokenizer import tokenizer_for
-from uip.serving import pb
-from uip.serving.settings import ModelSettings
-
-_END = object()
-
-
-class TritonEngineStream:
-    """One llm_engine request through a decoupled BLS call (implements `EngineStream`)."""
-
-    def __init__(self, model: str, inputs: dict[str, np.ndarray], request_id: str):
-        self.model = model
-        self.inputs = inputs
-        self.request_id = request_id
-        self.queue: queue.Queue = queue.Queue()
-        self.ended = False  # the engine's stream is over (final response or error seen)
-        self._stopped = False
-
-    def start(self) -> None:
-        pb_utils = pb.pb_utils
-        request = pb_utils.InferenceRequest(
-            model_name=self.model,
-            inputs=[pb_utils.Tensor(k, v) for k, v in self.inputs.items()],
-            requested_output_names=list(ENGINE_OUTPUTS),
-            request_id=self.request_id,
-        )
-        responses = request.exec(decoupled=True)
-        threading.Thread(target=self._pump, args=(responses,), daemon=True,
-                         name=f"uip-bls-{self.request_id[-8:]}").start()
-
-    def _pump(self, responses) -> None:
-        """Only waits for responses; everything else happens in the request's thread."""
-        try:
-            for resp in responses:
-                self.queue.put(resp)
-        except Exception as exc:  # noqa: BLE001 - surfaces as the client's error
-            self.queue.put(EngineError(f"{self.model}: {type(exc).__name__}: {exc}"))
-        finally:
-            self.queue.put(_END)
-
-    def _chunk(self, resp) -> EngineChunk | EngineError | None:
-        pb_utils = pb.pb_utils
-        if resp.has_error():
-            err = resp.error()
-            return EngineError(err.message(), err)
-        ids = pb_utils.get_output_tensor_by_name(resp, "output_ids")
-        if ids is None:  # a response carrying only the FINAL flag
-            return None
-        reason = pb_utils.get_output_tensor_by_name(resp, "finish_reason")
-        return EngineChunk.from_outputs(ids.as_numpy(),
-                                        None if reason is None else reason.as_numpy())
-
-    def next(self, timeout: float) -> EngineChunk | None:
-        if self.ended:
-            return None
-        try:
-            item = self.queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if item is _END:
-            self.ended = True
-            raise EngineError(f"{self.model} ended the stream without a final response")
-        if not isinstance(item, EngineError):
-            item = self._chunk(item)
-            if item is None:
-                return None
-        if isinstance(item, EngineError):
-            self.ended = True  # an error response is the engine's last
-            raise item
-        if item.final:
-            self.ended = True
-        return item
-
-    def close(self) -> None:
-        """Nothing to release: the response iterator ends with the engine's final response."""
-
-    def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        pb_utils = pb.pb_utils
-        request = pb_utils.InferenceRequest(
-            model_name=self.model,
-            inputs=[pb_utils.Tensor(k, v) for k, v in stop_inputs(self.inputs).items()],
-            requested_output_names=list(ENGINE_OUTPUTS),
-            request_id=self.request_id,
-        )
-        for resp in request.exec(decoupled=True):
-            if resp.has_error():
-                pb.log.warning("llm_bls: stopping %s failed: %s", self.request_id,
-                               resp.error().message())
+from uip.triton import pb
+from uip.triton.engine_streams import BlsEngineStream, GrpcEngineStream, engine_url
 
 
 def _error_response(exc: Exception):
     """The client's error: llm_engine's own error (code kept) or ours (INVALID_ARG/INTERNAL)."""
-    if isinstance(exc, EngineError) and exc.error is not None:
+    if isinstance(exc, EngineStreamError) and exc.error is not None:
         return pb.pb_utils.InferenceResponse(output_tensors=[], error=exc.error)
     return pb.error_response(exc)
 
@@ -149,10 +55,10 @@ class LlmBlsModel:
                              f"{self.transport!r}")
         self.engine_url = engine_url(self.settings.param("engine_url", ""))
 
-    def _engine(self, inputs) -> GrpcEngineStream | TritonEngineStream:
+    def _engine(self, inputs) -> GrpcEngineStream | BlsEngineStream:
         request_id = f"llm_bls-{uuid.uuid4().hex}"
         if self.transport == "bls":
-            return TritonEngineStream(self.engine_model, inputs, request_id)
+            return BlsEngineStream(self.engine_model, inputs, request_id)
         return GrpcEngineStream(self.engine_url, self.engine_model, inputs, request_id)
 
     def execute(self, requests):

@@ -25,7 +25,7 @@ from uip.sd.loop import Cancelled, PipelineInfo, SDLoop, load_tokenizer
 from uip.sd.models import setup
 from uip.sd.request import DEFAULT_SEED, SDDefaults, SDLimits, parse_request
 from uip.sd.schedulers import SchedulerFactory
-from uip.serving import pb
+from uip.triton import pb
 
 
 class StableDiffusion:
@@ -100,19 +100,15 @@ class StableDiffusion:
         self.schedulers.check_steps(req.scheduler, req.steps)
         if self.gate is not None:
             self.gate.start_loop()
-        image = self.loop(req, cancelled=request.is_cancelled)
-        return pb.response({"image": image[None]})
+        try:
+            image = self.loop(req, cancelled=request.is_cancelled)
+        except Cancelled:
+            return pb.cancelled_response("request cancelled by the client")
+        return {"image": image[None]}
 
     def execute(self, requests):
-        out = []
-        for request in requests:
-            try:
-                out.append(self._one(request))
-            except Cancelled:
-                out.append(pb.cancelled_response("request cancelled by the client"))
-            except Exception as exc:  # noqa: BLE001 - INVALID_ARG for bad input, else INTERNAL
-                out.append(pb.error_response(exc))
-        return out
+        # INVALID_ARG for bad input, CANCELLED for a client cancel, else INTERNAL
+        return pb.respond_each(requests, self._one)
 
     def finalize(self) -> None:
         self.loop = None

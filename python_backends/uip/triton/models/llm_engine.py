@@ -1,6 +1,6 @@
 """`llm_engine` (decoupled): token ids in, token ids out, in-flight batching.
 
-The tensor contract is TensorRT-LLM's `tensorrt_llm` model (see `uip.llm.engine_io`); the
+The tensor contract is TensorRT-LLM's `tensorrt_llm` model (see `uip.llm.engine_tensors`); the
 runtime (`torch` or `tensorrt_llm`) comes from the spec. `execute` only validates and enqueues;
 one thread per in-flight request relays the engine's results to its response sender (one
 response per engine result when streaming, exactly one response carrying the FINAL flag
@@ -15,12 +15,12 @@ import threading
 import time
 from collections import defaultdict
 
-from uip.llm import engine_io
+from uip.core.inputs import InvalidInput
+from uip.core.settings import ModelSettings
+from uip.llm import engine_tensors
 from uip.llm.engine import coalesce
-from uip.llm.runtimes import create_engine
-from uip.serving import pb
-from uip.serving.contract import InvalidInput
-from uip.serving.settings import ModelSettings
+from uip.triton import pb
+from uip.triton.runtimes import create_engine
 
 CANCEL_POLL_S = 0.05  # how often a request's loop asks Triton whether the client cancelled
 METRICS_PERIOD_S = 0.1
@@ -52,10 +52,11 @@ class LlmEngineModel:
     def _start(self, request) -> None:
         sender = request.get_response_sender()
         try:
-            call = engine_io.parse(pb.inputs_of(request), self.max_tokens, self.max_context)
+            call = engine_tensors.decode_request(pb.inputs_of(request), self.max_tokens,
+                                                 self.max_context)
             if call.stop:
                 self._stop_by_id(request.request_id())
-                pb.send(sender, engine_io.outputs([], "cancelled"), final=True)
+                pb.send(sender, engine_tensors.encode_response([], "cancelled"), final=True)
                 return
             rid = self.engine.enqueue(call.request)
         except Exception as exc:  # noqa: BLE001 - becomes this request's error response
@@ -86,7 +87,7 @@ class LlmEngineModel:
                                     flags=pb.final_flag())
                         return
                     reason = result.finish_reason if result.is_final else None
-                    pb.send(sender, engine_io.outputs(result.tokens, reason, key),
+                    pb.send(sender, engine_tensors.encode_response(result.tokens, reason, key),
                             final=result.is_final)
                     if result.is_final:
                         return
@@ -117,10 +118,8 @@ class LlmEngineModel:
     # ------------------------------------------------------------------------------ metrics
 
     def _init_metrics(self) -> None:
-        import triton_python_backend_utils as pb_utils
-
         labels = {"model": self.settings.name, "runtime": self.settings.runtime}
-        family = pb_utils.MetricFamily
+        family = pb.pb_utils.MetricFamily
         self._families = [
             family(name="uip_llm_active_sequences",
                    description="Sequences in the in-flight batch (prefilling or decoding)",

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uip.paths import resolve_artifact
+from uip.core.paths import resolve_artifact
 
 
 class ArtifactError(RuntimeError):

@@ -12,7 +12,7 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 
-from uip.launcher import (
+from uip.launch.command import (
     LaunchError,
     Ports,
     check_ports,

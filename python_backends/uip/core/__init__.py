@@ -1,0 +1,1 @@
+"""The core ring: the request contract and validation errors, settings, paths."""

@@ -1,0 +1,1 @@
+"""Launching tritonserver: the command and environment, one server, MPI ranks."""

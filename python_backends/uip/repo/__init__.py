@@ -1,0 +1,1 @@
+"""The model repository: rendering specs into config.pbtxt + shims, what it needs."""

@@ -1,1 +1,0 @@
-"""The thin layer between pure backend logic and Triton's Python backend (pb_utils)."""
