@@ -7,7 +7,8 @@ import queue
 import pytest
 from llm_text_fixtures import tiny_tokenizer
 
-from uip.llm.orchestrate import EngineChunk, EngineStreamError, TextPipeline, drain, run
+from uip.llm.engine_tensors import EngineChunk
+from uip.llm.orchestrate import EngineStreamError, TextPipeline, drain, run
 from uip.llm.preprocess import LlmRequest
 
 

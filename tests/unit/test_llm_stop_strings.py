@@ -7,7 +7,8 @@ import random
 import pytest
 from llm_text_fixtures import tiny_tokenizer
 
-from uip.llm.orchestrate import EngineChunk, TextPipeline
+from uip.llm.engine_tensors import EngineChunk
+from uip.llm.orchestrate import TextPipeline
 from uip.llm.preprocess import LlmRequest
 from uip.llm.stop_strings import StopStringMatcher
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from uip.core.paths import artifacts_root
 from uip.llm.tokenizer import TextTokenizer, load_tokenizer
 
 TEXTS = ["Hello world", "café 東京 😀 naïve", "def main():\n    return", "Привет мир, 你好", "",
@@ -15,10 +15,10 @@ TEXTS = ["Hello world", "café 東京 😀 naïve", "def main():\n    return", "
 
 
 @pytest.fixture(scope="module")
-def pair():
+def pair(llm_tiny_dir):
     from transformers import AutoTokenizer
 
-    folder = artifacts_root() / "llm-tiny"
+    folder = llm_tiny_dir
     return load_tokenizer(folder), AutoTokenizer.from_pretrained(str(folder))
 
 
@@ -48,12 +48,16 @@ def test_special_token_ids(pair):
         ref.eos_token_id, ref.pad_token_id, ref.bos_token_id)
 
 
-def test_no_torch_import():
-    code = ("import sys; from uip.llm.tokenizer import load_tokenizer; "
-            f"load_tokenizer({str(artifacts_root() / 'llm-tiny')!r}); "
-            "import uip.llm.orchestrate, uip.llm.detokenize, uip.triton.engine_streams; "
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+def test_no_torch_import(llm_tiny_dir):
+    """The text models' stubs (llm_preprocess, llm_postprocess, llm_bls) never load torch."""
+    code = ("import sys; from support import fake_pb_utils; fake_pb_utils.install(); "
+            "from uip.llm.tokenizer import load_tokenizer; "
+            f"load_tokenizer({str(llm_tiny_dir)!r}); "
+            "import uip.triton.models.llm_preprocess, uip.triton.models.llm_postprocess, "
+            "uip.triton.models.llm_bls; print('torch' in sys.modules)")
+    tests = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tests)
     assert out.stdout.strip() == "False"
 
 

@@ -14,12 +14,11 @@ from engine_contract import (
     tokens_of,
 )
 
-from uip import artifacts
 from uip.core.inputs import InvalidInput
-from uip.core.paths import artifacts_root
 from uip.core.settings import ModelSettings
 from uip.llm.engine import GenerationRequest, SamplingParams
-from uip.llm.torch_runtime import TorchEngine, TorchEngineConfig, effective_sampling
+from uip.llm.sampling import effective as effective_sampling
+from uip.llm.torch_runtime import TorchEngine, TorchEngineConfig
 
 TEXTS = [
     "Hello world",
@@ -35,9 +34,8 @@ CONFIG = TorchEngineConfig(num_blocks=48, page_size=32, max_batch_tokens=128)
 
 
 @pytest.fixture(scope="module")
-def model_dir():
-    artifacts.ensure(["llm-tiny"])
-    return artifacts_root() / "llm-tiny"
+def model_dir(llm_tiny_dir):
+    return llm_tiny_dir
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from uip import artifacts
 from uip.bench.sd_reference import DiffusersReference
-from uip.core.paths import artifacts_root
 from uip.sd.loop import Cancelled, PipelineInfo, SDLoop, load_tokenizer
 from uip.sd.models import TextEncoder, UNet, VaeDecoder
 from uip.sd.request import SDRequest
@@ -19,9 +17,8 @@ NEGATIVE = "blurry, low resolution"
 
 
 @pytest.fixture(scope="module")
-def folder():
-    artifacts.ensure(["sd-tiny"])
-    return artifacts_root() / "sd-tiny"
+def folder(sd_tiny_dir):
+    return sd_tiny_dir
 
 
 @pytest.fixture(scope="module")

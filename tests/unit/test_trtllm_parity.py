@@ -9,8 +9,6 @@ import torch
 from engine_contract import EngineContract, N
 from support import fake_trtllm
 
-from uip import artifacts
-from uip.core.paths import artifacts_root
 from uip.trtllm.runtime import TrtllmEngine
 
 TEXTS = ["Hello world", "The quick brown fox jumps over the lazy dog", "café 東京 😀 naïve",
@@ -19,9 +17,8 @@ TEXTS = ["Hello world", "The quick brown fox jumps over the lazy dog", "café �
 
 
 @pytest.fixture(scope="module")
-def model_dir():
-    artifacts.ensure(["llm-tiny"])
-    return artifacts_root() / "llm-tiny"
+def model_dir(llm_tiny_dir):
+    return llm_tiny_dir
 
 
 @pytest.fixture(scope="module")

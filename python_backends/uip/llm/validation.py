@@ -27,7 +27,8 @@ def check_context(prompt_tokens: int, new_tokens: int, max_context: int | None,
     if max_context is not None and prompt_tokens + new_tokens > max_context:
         raise InvalidInput(
             f"the prompt ({prompt_tokens} tokens) + {name} ({new_tokens}) exceeds the context "
-            f"of {max_context} tokens ({source}); shorten the prompt or ask for fewer tokens")
+            f"length of {max_context} tokens ({source}); shorten the prompt or ask for fewer "
+            "tokens")
 
 
 def check_generation(req: GenerationRequest, vocab_size: int | None,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from uip.core.inputs import InvalidInput
-from uip.llm.engine_tensors import outputs, parse, to_word_list, word_list
+from uip.llm.engine_tensors import decode_request, encode_response, to_word_list, word_list
 
 
 def base(**extra) -> dict[str, np.ndarray]:
@@ -20,7 +20,7 @@ def base(**extra) -> dict[str, np.ndarray]:
 
 
 def test_minimal_request_is_greedy_non_streaming():
-    call = parse(base(), max_tokens=64, max_context=100)
+    call = decode_request(base(), max_tokens=64, max_context=100)
     req = call.request
     assert not call.stop
     assert req.input_ids == [5, 6, 7]  # input_lengths cuts the padding
@@ -30,7 +30,7 @@ def test_minimal_request_is_greedy_non_streaming():
 
 
 def test_all_optional_inputs():
-    call = parse(base(
+    call = decode_request(base(
         end_id=np.array([[2]], np.int32), pad_id=np.array([[3]], np.int32),
         streaming=np.array([[True]]), temperature=np.array([[0.7]], np.float32),
         runtime_top_k=np.array([[40]], np.int32), runtime_top_p=np.array([[0.9]], np.float32),
@@ -46,7 +46,7 @@ def test_all_optional_inputs():
 
 
 def test_zero_top_k_and_top_p_mean_unset():
-    req = parse(base(runtime_top_k=np.array([[0]], np.int32),
+    req = decode_request(base(runtime_top_k=np.array([[0]], np.int32),
                      runtime_top_p=np.array([[0.0]], np.float32)), max_tokens=64).request
     assert req.sampling.top_k is None and req.sampling.top_p is None and req.sampling.greedy
 
@@ -54,11 +54,11 @@ def test_zero_top_k_and_top_p_mean_unset():
 def test_input_lengths_is_optional():
     inputs = base()
     del inputs["input_lengths"]
-    assert parse(inputs, max_tokens=64).request.input_ids == [5, 6, 7, 0, 0]
+    assert decode_request(inputs, max_tokens=64).request.input_ids == [5, 6, 7, 0, 0]
 
 
 def test_stop_request():
-    call = parse(base(stop=np.array([[True]])), max_tokens=64)
+    call = decode_request(base(stop=np.array([[True]])), max_tokens=64)
     assert call.stop and call.request is None
 
 
@@ -80,14 +80,14 @@ def test_stop_request():
 ])
 def test_bad_inputs_are_invalid(extra, message):
     with pytest.raises(InvalidInput, match=message):
-        parse(base(**extra), max_tokens=64, max_context=64)
+        decode_request(base(**extra), max_tokens=64, max_context=64)
 
 
 def test_missing_output_len_is_invalid():
     inputs = base()
     del inputs["request_output_len"]
     with pytest.raises(InvalidInput, match="request_output_len"):
-        parse(inputs, max_tokens=64)
+        decode_request(inputs, max_tokens=64)
 
 
 def test_word_list_round_trip():
@@ -98,11 +98,11 @@ def test_word_list_round_trip():
 
 
 def test_outputs_shapes():
-    out = outputs([1, 2, 3], "length")
+    out = encode_response([1, 2, 3], "length")
     assert out["output_ids"].shape == (1, 1, 3) and out["output_ids"].dtype == np.int32
     assert out["sequence_length"].tolist() == [[3]]
     assert out["finish_reason"].tolist() == [[b"length"]]
-    empty = outputs([], None)
+    empty = encode_response([], None)
     assert empty["output_ids"].shape == (1, 1, 0) and empty["finish_reason"].tolist() == [[b""]]
 
 

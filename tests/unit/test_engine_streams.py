@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from uip.llm.orchestrate import EngineStreamError, stop_inputs
+from uip.llm.engine_tensors import encode_stop
+from uip.llm.orchestrate import EngineStreamError
 from uip.triton import engine_streams
 from uip.triton.engine_streams import GrpcEngineStream, engine_url, to_chunk
 
@@ -66,7 +67,7 @@ def test_to_chunk_reads_tokens_and_finish_reason():
 
 
 def test_stop_request_carries_stop_and_one_token():
-    stop = stop_inputs({"input_ids": np.array([[1, 2, 3]], dtype=np.int32)})
+    stop = encode_stop({"input_ids": np.array([[1, 2, 3]], dtype=np.int32)})
     assert stop["input_ids"].shape == (1, 1) and bool(stop["stop"][0, 0])
     assert stop["request_output_len"][0, 0] == 1
 

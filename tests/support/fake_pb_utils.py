@@ -1,0 +1,181 @@
+"""A stand-in for `triton_python_backend_utils`, the module Triton's Python stub provides, so the
+Triton ring's adapters run in unit tests without a server (as TensorRT-LLM's backend tests do).
+
+`install()` puts it into `sys.modules`; requests, senders and BLS calls are plain objects the
+tests build and inspect (`Request`, `Sender`, `bls_handler`)."""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable
+
+import numpy as np
+
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+TRITONSERVER_MEMORY_GPU = 2
+
+
+class TritonError(Exception):
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, \
+        CANCELLED = range(8)
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self._message, self._code = message, code
+
+    def message(self) -> str:
+        return self._message
+
+    def code(self) -> int:
+        return self._code
+
+
+class Tensor:
+    def __init__(self, name: str, value: np.ndarray):
+        self._name, self._value = name, np.asarray(value)
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._value
+
+    def is_cpu(self) -> bool:
+        return True
+
+    @classmethod
+    def from_dlpack(cls, name: str, capsule) -> Tensor:
+        import torch
+
+        return cls(name, torch.from_dlpack(capsule).cpu().numpy())
+
+
+class InferenceResponse:
+    def __init__(self, output_tensors: list[Tensor] | None = None,
+                 error: TritonError | None = None):
+        self._outputs = list(output_tensors or [])
+        self._error = error
+
+    def output_tensors(self) -> list[Tensor]:
+        return self._outputs
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Test helper: the outputs by name."""
+        return {t.name(): t.as_numpy() for t in self._outputs}
+
+
+def get_input_tensor_by_name(request, name: str) -> Tensor | None:
+    return next((t for t in request.inputs() if t.name() == name), None)
+
+
+def get_output_tensor_by_name(response: InferenceResponse, name: str) -> Tensor | None:
+    return next((t for t in response.output_tensors() if t.name() == name), None)
+
+
+class Sender:
+    """A decoupled model's response sender; records (response, flags)."""
+
+    def __init__(self, cancelled: Callable[[], bool] = lambda: False):
+        self.sent: list[tuple[InferenceResponse, int]] = []
+        self._cancelled = cancelled
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        self.sent.append((response, flags))
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled()
+
+    @property
+    def finished(self) -> bool:
+        return any(f & TRITONSERVER_RESPONSE_COMPLETE_FINAL for _, f in self.sent)
+
+
+class Request:
+    """An inference request as a model's `execute` sees it."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], request_id: str = "",
+                 cancelled: bool = False):
+        self._inputs = [Tensor(k, v) for k, v in inputs.items()]
+        self._id = request_id
+        self.cancelled = cancelled
+        self.sender = Sender(lambda: self.cancelled)
+
+    def inputs(self) -> list[Tensor]:
+        return self._inputs
+
+    def request_id(self) -> str:
+        return self._id
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled
+
+    def get_response_sender(self) -> Sender:
+        return self.sender
+
+
+# BLS: `bls_handler(request) -> InferenceResponse | list[InferenceResponse]` answers every call
+bls_handler: Callable | None = None
+
+
+class InferenceRequest:
+    def __init__(self, model_name: str, inputs: list[Tensor], requested_output_names: list[str],
+                 request_id: str = "", preferred_memory=None, **_):
+        self.model_name = model_name
+        self._inputs = inputs
+        self.requested_output_names = requested_output_names
+        self._id = request_id
+
+    def inputs(self) -> list[Tensor]:
+        return self._inputs
+
+    def request_id(self) -> str:
+        return self._id
+
+    def exec(self, decoupled: bool = False):
+        if bls_handler is None:
+            raise RuntimeError("fake_pb_utils.bls_handler is not set")
+        out = bls_handler(self)
+        return iter(out if isinstance(out, list) else [out]) if decoupled else out
+
+
+class PreferredMemory:
+    def __init__(self, kind: int, device_id: int = 0):
+        self.kind, self.device_id = kind, device_id
+
+
+class _Metric:
+    def __init__(self, labels: dict[str, str]):
+        self.labels, self.value = labels, 0.0
+
+    def set(self, v: float) -> None:
+        self.value = v
+
+    def increment(self, v: float) -> None:
+        self.value += v
+
+
+class MetricFamily:
+    COUNTER, GAUGE = 0, 1
+
+    def __init__(self, name: str, description: str, kind: int):
+        self.name, self.description, self.kind = name, description, kind
+        self.metrics: list[_Metric] = []
+
+    def Metric(self, labels: dict[str, str]) -> _Metric:  # noqa: N802 - Triton's name
+        m = _Metric(labels)
+        self.metrics.append(m)
+        return m
+
+
+def install() -> types.ModuleType:
+    """Make `import triton_python_backend_utils` give this module."""
+    mod = sys.modules[__name__]
+    sys.modules["triton_python_backend_utils"] = mod
+    return mod
