@@ -82,6 +82,8 @@ case "$cmd" in
     perf_analyzer_wrapper
     say "ruff"
     "$VENV/bin/ruff" check .
+    say "lint-imports (the rings of docs/CONVENTIONS.md)"
+    "$VENV/bin/lint-imports"
     say "uip repo check"
     "$VENV/bin/uip" repo check
     say "pytest"
