@@ -1,6 +1,6 @@
 """Clients of the `llm` / `llm_bls` contract: HTTP generate, SSE generate_stream, gRPC streams.
 
-Used by `clients/generate.py`, the CLI and the tests. Each call returns a `Generation` (the
+Used by `uip generate`, the benchmarks and the tests. Each call returns a `Generation` (the
 text, the deltas as they arrived, finish reason, token counts); `on_delta` is called with each
 text delta as it arrives.
 """

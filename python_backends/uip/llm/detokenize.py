@@ -71,16 +71,16 @@ class IncrementalDetokenizer:
 
 
 class StreamDetokenizers:
-    """`llm_postprocess`'s state: one detokenizer per streamed request, keyed by request id.
+    """`llm_postprocess`'s state: one detokenizer per stream, keyed by its stream key.
 
     An ensemble step after the decoupled engine sees each engine response as a separate
-    request and (Triton 2.51) receives nothing but the engine's tensors, plus the ensemble's
-    request id. So the state lives here, keyed by that id; it requires the model to run as a
-    single instance (every response of a stream lands in the same process, in order) and a
-    request id that is unique among the streams in flight (`llm_preprocess` runs anonymous
-    streamed requests as one response). A response whose finish reason is set ends the
-    stream; one that is final and unknown here is decoded on its own (not streamed). Entries
-    of streams that never finish (the engine failed mid-stream) expire after `ttl_s`.
+    request and (Triton 2.51) receives nothing but the engine's tensors. So `llm_preprocess`
+    makes a `stream_key` per request, llm_engine echoes it on every response, and the state
+    lives here, keyed by it (by the request id when a caller sends no key). It requires the
+    model to run as a single instance (every response of a stream lands in the same process,
+    in order). A response whose finish reason is set ends the stream; one that is final and
+    unknown here is decoded on its own (not streamed). Entries of streams that never finish
+    (the engine failed mid-stream) expire after `ttl_s`.
     """
 
     def __init__(self, tokenizer: Decoder, ttl_s: float = 600.0,

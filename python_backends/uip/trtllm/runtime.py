@@ -5,7 +5,7 @@ shipped in nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3. The module is im
 when an engine is created, so this file imports (and its pure parts are tested) anywhere.
 
 Pure parts, all taking the executor module as an argument so tests pass a stand-in
-(`support.fake_trtllm`):
+(`tests/support/fake_trtllm.py`):
 - `ExecutorSettings.from_parameters` (config.pbtxt parameters -> settings, checked);
 - `executor_config(settings, trtllm)` (-> `ExecutorConfig`: in-flight batching, paged KV cache
   free-memory fraction and block reuse, capacity scheduler policy, leader/orchestrator MPI mode);
