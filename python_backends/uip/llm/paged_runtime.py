@@ -1,0 +1,368 @@
+"""`PagedEngine`: our own in-flight batching engine behind `Engine` (paged KV cache).
+
+One engine thread runs the step loop: take new requests and cancels, let the scheduler pick
+this step's decode tokens and prefill chunks, run one batched forward of the model runner
+(llama.py) over the paged cache, choose one token per finished row on the device
+(paged_sampling.py), and deliver results to per-request queues. The semantics are the torch
+runtime's (torch_runtime.py): EOS = the request's end_id or the model's eos ids (finish
+'stop', the EOS token included), stop words (finish 'stop', included), bad words, per-request
+seeded sampling, max_new_tokens (finish 'length'), cancel (finish 'cancelled' at once; its
+blocks are freed at the start of the next step).
+
+Guided decoding hook: `enqueue(request, logits_mask=fn)`; `fn(generated_tokens)` runs in the
+engine thread before each token and returns a bool tensor [vocab] of allowed tokens, or None.
+
+Admission: at most `max_requests_per_batch` sequences run at once; at most
+`max_waiting_requests` wait, beyond which `enqueue` raises `EngineOverloaded`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from uip.core.inputs import InvalidInput
+from uip.llm import validation
+from uip.llm.engine import (
+    Engine,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+)
+from uip.llm.kv_blocks import BlockManager
+from uip.llm.llama import LlamaRunner, eos_ids
+from uip.llm.paged_attention import build_meta
+from uip.llm.paged_sampling import LogitsMask, Row, choose, new_generator
+from uip.llm.scheduler import Scheduler, Sequence, StepPlan
+
+if TYPE_CHECKING:
+    from uip.core.settings import ModelSettings
+
+log = logging.getLogger("uip.llm.paged_runtime")
+
+
+class EngineOverloaded(RuntimeError):
+    """Too many requests wait already; the client should retry later."""
+
+
+@dataclass
+class PagedEngineConfig:
+    """Read from the same spec parameters as TorchEngineConfig, plus max_waiting_requests."""
+
+    num_blocks: int | None = 64  # KV cache capacity in blocks of `page_size` tokens
+    page_size: int = 64
+    max_batch_tokens: int = 512  # tokens per step (longer prompts are chunked)
+    max_requests_per_batch: int | None = None  # running sequences; None = 256
+    max_waiting_requests: int = 1024
+    kv_cache_memory_fraction: float | None = None  # GPU only, instead of num_blocks
+    max_context: int | None = None  # prompt + output tokens; default: max_position_embeddings
+    dtype: str = "auto"
+    device: str = "cpu"
+    prefix_caching: bool = True
+    torch_threads: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings) -> PagedEngineConfig:
+        fraction = settings.param("kv_cache_memory_fraction", None, float)
+        return cls(
+            num_blocks=None if fraction else settings.param("num_blocks", 64, int),
+            page_size=settings.param("page_size", 64, int),
+            max_batch_tokens=settings.param("max_batch_tokens", 512, int),
+            max_requests_per_batch=settings.param("max_requests_per_batch", None, int),
+            max_waiting_requests=settings.param("max_waiting_requests", 1024, int),
+            kv_cache_memory_fraction=fraction,
+            max_context=int(settings.limits["max_context"]) if "max_context" in settings.limits
+            else None,
+            dtype=settings.param("dtype", "auto"),
+            device=settings.device,
+            prefix_caching=settings.param("prefix_caching", True, bool),
+            torch_threads=settings.param("torch_threads", 0, int),
+        )
+
+
+@dataclass(frozen=True)
+class PagedEngineStats(EngineStats):
+    prefix_cache_queries: int = 0  # prompt blocks looked up
+    prefix_cache_hits: int = 0  # of those, found in the cache
+    preemptions: int = 0
+    steps: int = 0
+
+
+@dataclass(eq=False)
+class _Request:
+    id: int
+    request: GenerationRequest
+    eos: frozenset[int]
+    row: Row
+    seq: Sequence
+    logits_mask: LogitsMask | None = None
+    results: queue.Queue = field(default_factory=queue.Queue)
+    done: bool = False
+
+    def finish_reason(self, token: int) -> FinishReason | None:
+        generated = self.seq.generated
+        if token in self.eos:
+            return "stop"
+        if any(w and generated[-len(w):] == w for w in self.request.stop_words):
+            return "stop"
+        if len(generated) >= self.request.max_new_tokens:
+            return "length"
+        return None
+
+
+class PagedEngine(Engine):
+    def __init__(self, model_dir: Path | str, config: PagedEngineConfig | None = None) -> None:
+        self.config = cfg = config or PagedEngineConfig()
+        if cfg.torch_threads > 0:
+            torch.set_num_threads(cfg.torch_threads)
+        self.model_dir = Path(model_dir)
+        self.runner = LlamaRunner(self.model_dir, cfg.dtype, cfg.device, cfg.max_context)
+        self.vocab_size = self.runner.shape.vocab
+        self.max_context = self.runner.max_context
+        self.default_eos = eos_ids(self.model_dir, self.runner.config)
+        num_blocks = self._num_blocks()
+        self.block_size = cfg.page_size
+        self.cache = self.runner.allocate_cache(num_blocks, cfg.page_size)
+        self.blocks = BlockManager(num_blocks, cfg.page_size, cfg.prefix_caching)
+        self.scheduler = Scheduler(self.blocks, cfg.max_batch_tokens,
+                                   cfg.max_requests_per_batch or 256)
+        self._ids = itertools.count(1)
+        self._lock = threading.Condition()
+        self._requests: dict[int, _Request] = {}
+        self._incoming: list[_Request] = []
+        self._cancelled: list[_Request] = []
+        self._stopping = False
+        self._failed: str | None = None
+        self._tokens_generated = 0
+        self._steps = 0
+        self._thread = threading.Thread(target=self._loop, name="uip-paged-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings) -> PagedEngine:
+        return cls(settings.artifact_dir(), PagedEngineConfig.from_settings(settings))
+
+    def _num_blocks(self) -> int:
+        cfg = self.config
+        on_gpu = self.runner.device.type == "cuda"
+        if cfg.kv_cache_memory_fraction is not None:
+            if not on_gpu:
+                raise ValueError("kv_cache_memory_fraction sizes the KV cache from GPU memory; "
+                                 "on CPU set num_blocks (and page_size) instead")
+            free, _ = torch.cuda.mem_get_info(self.runner.device)
+            s = self.runner.shape
+            per_block = (2 * s.layers * cfg.page_size * s.kv_heads * s.head_dim
+                         * self.runner.cos.element_size())
+            return max(1, int(free * cfg.kv_cache_memory_fraction // per_block))
+        if cfg.num_blocks is None:
+            raise ValueError("set num_blocks (or kv_cache_memory_fraction on a GPU): the KV "
+                             "cache is never sized from host memory")
+        return cfg.num_blocks
+
+    # ------------------------------------------------------------------------- Engine API
+
+    def validate(self, request: GenerationRequest):
+        sampling = validation.check_generation(request, self.vocab_size, self.max_context,
+                                               "the engine's max_context")
+        need = self.blocks.blocks_for(len(request.input_ids) + request.max_new_tokens)
+        if need > self.blocks.num_blocks:
+            raise InvalidInput(
+                f"prompt + max_new_tokens needs {need} KV cache blocks of {self.block_size} "
+                f"tokens; the cache has {self.blocks.num_blocks}")
+        return sampling
+
+    def enqueue(self, request: GenerationRequest, logits_mask: LogitsMask | None = None) -> int:
+        sampling = self.validate(request)
+        generator = None
+        if sampling is not None:
+            seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
+            generator = new_generator(seed)
+        with self._lock:
+            if self._stopping or self._failed:
+                raise RuntimeError(self._failed or "the engine is shutting down")
+            waiting = len(self._incoming) + len(self.scheduler.waiting)
+            if waiting >= self.config.max_waiting_requests:
+                raise EngineOverloaded(
+                    f"{waiting} requests are waiting already (max_waiting_requests="
+                    f"{self.config.max_waiting_requests}); retry later")
+            rid = next(self._ids)
+            seq = Sequence(rid, list(request.input_ids), len(request.input_ids))
+            row = Row(sampling, generator, [list(w) for w in request.bad_words if w],
+                      seq.tokens)
+            eos = frozenset([request.end_id]) if request.end_id is not None \
+                else self.default_eos
+            req = _Request(rid, request, eos, row, seq, logits_mask)
+            seq.owner = req
+            self._requests[rid] = req
+            self._incoming.append(req)
+            self._lock.notify()
+        return rid
+
+    def await_responses(self, request_id: int, timeout: float | None = None
+                        ) -> list[GenerationResult]:
+        with self._lock:
+            req = self._requests.get(request_id)
+        if req is None:
+            raise KeyError(f"unknown or finished request {request_id}")
+        try:
+            items = [req.results.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                items.append(req.results.get_nowait())
+            except queue.Empty:
+                break
+        if items[-1].is_final:
+            with self._lock:
+                self._requests.pop(request_id, None)
+        return items
+
+    def cancel(self, request_id: int) -> None:
+        with self._lock:
+            req = self._requests.get(request_id)
+            if req is None or req.done:
+                return
+            self._finish(req, [], "cancelled")
+            self._cancelled.append(req)
+            self._lock.notify()
+
+    def stats(self) -> PagedEngineStats:
+        sched, blocks = self.scheduler, self.blocks
+        return PagedEngineStats(
+            active_requests=len(sched.running),
+            queued_requests=len(sched.waiting) + len(self._incoming),
+            kv_blocks_used=blocks.num_used, kv_blocks_total=blocks.num_blocks,
+            tokens_generated=self._tokens_generated,
+            prefix_cache_queries=blocks.prefix_stats.queries,
+            prefix_cache_hits=blocks.prefix_stats.hits,
+            preemptions=sched.preemptions, steps=self._steps)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            for req in list(self._requests.values()):
+                if not req.done:
+                    self._finish(req, [], "cancelled")
+            self._lock.notify()
+        self._thread.join(timeout=30)
+
+    # ------------------------------------------------------------------------ engine thread
+
+    def _loop(self) -> None:
+        try:
+            with torch.inference_mode():
+                while self._absorb():
+                    if self.scheduler.has_work():
+                        self._step()
+        except Exception as e:  # noqa: BLE001 - report to every waiting client
+            log.exception("the paged engine loop failed")
+            self._fail_all(f"the generation loop stopped: {type(e).__name__}: {e}")
+
+    def _absorb(self) -> bool:
+        """Take new requests and cancels; wait while idle. False once stopping."""
+        with self._lock:
+            while not (self._incoming or self._cancelled or self._stopping
+                       or self.scheduler.has_work()):
+                self._lock.wait(timeout=0.5)
+            if self._stopping:
+                return False
+            for req in self._cancelled:
+                self.scheduler.remove(req.seq)
+            self._cancelled.clear()
+            for req in self._incoming:
+                if not req.done:
+                    self.scheduler.add(req.seq)
+            self._incoming.clear()
+            return True
+
+    def _step(self) -> None:
+        plan = self.scheduler.schedule()
+        if not plan.chunks:  # cannot happen for validated requests; never spin hot
+            time.sleep(0.001)
+            return
+        ids, positions, slots, rows = [], [], [], []
+        decode_tables, decode_lens, prefills = [], [], []
+        bs = self.block_size
+        for c in plan.chunks:
+            seq, table = c.seq, c.seq.table.blocks
+            span = range(c.start, c.start + c.length)
+            if c.is_decode:
+                decode_tables.append(table)
+                decode_lens.append(c.start + 1)
+            else:
+                prefills.append((len(ids), c.length, c.start + c.length, table))
+            ids += seq.tokens[c.start:c.start + c.length]
+            positions += span
+            slots += [table[p // bs] * bs + p % bs for p in span]
+            if c.samples:
+                rows.append(len(ids) - 1)
+        dev = self.runner.device
+        meta = build_meta(slots, decode_tables, decode_lens, prefills, bs, dev)
+        logits = self.runner.forward(torch.tensor(ids, device=dev),
+                                     torch.tensor(positions, device=dev), meta, self.cache,
+                                     torch.tensor(rows, dtype=torch.long, device=dev))
+        self.scheduler.complete(plan)
+        self._steps += 1
+        self._deliver(plan, logits)
+
+    def _deliver(self, plan: StepPlan, logits: torch.Tensor) -> None:
+        rows, sampled = [], []
+        for i, req in enumerate(c.seq.owner for c in plan.chunks if c.samples):
+            if req.logits_mask is not None and not req.done:
+                try:
+                    req.row.allowed = req.logits_mask(req.seq.generated)
+                except Exception as e:  # noqa: BLE001 - the request fails, not the engine
+                    log.exception("logits mask of request %s failed", req.id)
+                    self._fail(req, f"the logits mask failed: {type(e).__name__}: {e}")
+                    continue
+            rows.append(i)
+            sampled.append(req)
+        if len(rows) < logits.shape[0]:
+            logits = logits[rows]
+        tokens = choose(logits, [req.row for req in sampled]) if sampled else []
+        with self._lock:
+            for req, token in zip(sampled, tokens, strict=True):
+                if req.done:  # cancelled during the step: removed on the next one
+                    continue
+                req.seq.tokens.append(token)
+                self._tokens_generated += 1
+                reason = req.finish_reason(token)
+                if reason is not None:
+                    self.scheduler.remove(req.seq)
+                    self._finish(req, [token], reason)
+                elif req.request.streaming:
+                    req.results.put(GenerationResult(req.id, [token], is_final=False))
+
+    def _finish(self, req: _Request, new_tokens: list[int], reason: FinishReason,
+                error: str | None = None) -> None:
+        """Deliver the final result (lock held)."""
+        req.done = True
+        tokens = new_tokens if req.request.streaming else req.seq.generated
+        req.results.put(GenerationResult(req.id, tokens, is_final=True, finish_reason=reason,
+                                         error=error))
+
+    def _fail(self, req: _Request, message: str) -> None:
+        with self._lock:
+            if not req.done:
+                self._finish(req, [], "error", error=message)
+                self._cancelled.append(req)  # its blocks are freed on the next step
+
+    def _fail_all(self, message: str) -> None:
+        with self._lock:
+            self._failed = message
+            for req in list(self._requests.values()):
+                if not req.done:
+                    self._finish(req, [], "error", error=message)
