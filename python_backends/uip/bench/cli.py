@@ -1,10 +1,13 @@
-"""`uip bench MODEL`: perf_analyzer sweep through Triton beside the in-process reference."""
+"""`uip bench MODEL` (a perf_analyzer sweep through Triton beside the in-process reference,
+one sub-command per profile) and `uip bench sd` (Stable Diffusion: uip.bench.sd)."""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import platform
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -20,7 +23,7 @@ PROFILES = {
 
 
 def bench(
-    model: str = typer.Argument(..., help=f"one of {sorted(PROFILES)}"),
+    model: str,
     concurrency: str = typer.Option("1,2,4,8", help="comma-separated concurrency levels"),
     url: str = typer.Option("", help="gRPC host:port of a running server (default: start one)"),
     model_repository: Path = typer.Option(DEFAULT_REPOSITORY),
@@ -32,17 +35,17 @@ def bench(
     ref_num_blocks: int = typer.Option(256, help="in-process LLM engine's KV blocks"),
     ref_max_batch_tokens: int = typer.Option(512, help="in-process LLM engine's batch tokens"),
 ) -> None:
-    """Benchmark MODEL through Triton with perf_analyzer and in-process, in the same run."""
+    """Benchmark MODEL through Triton with perf_analyzer and in-process, in the same run.
+
+    `uip bench MODEL` for each MODEL of PROFILES (see profile_command)."""
     from uip import artifacts
     from uip.bench.perf import run_perf
     from uip.bench.report import markdown, plot, write_csv
     from uip.launch.server import TritonServer
     from uip.repo.needed import needed
 
-    if model not in PROFILES:
-        raise typer.BadParameter(f"no benchmark profile for {model!r}; known: {sorted(PROFILES)}")
     profile = importlib.import_module(PROFILES[model])
-    levels = [int(c) for c in concurrency.split(",")]
+    levels = parse_levels(concurrency)
     label = label or platform.node().split(".")[0]
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{model}-{label}"
@@ -95,5 +98,74 @@ def result_row(p, per_request: int, ref: float | dict[str, float],
     return row
 
 
+def parse_levels(concurrency: str) -> list[int]:
+    """--concurrency "1,2,4,8" -> [1, 2, 4, 8]."""
+    return [int(c) for c in concurrency.split(",")]
+
+
+def bench_sd(
+    config: Literal["tiny", "sd15"] = typer.Option(
+        "tiny", help="tiny (artifacts/sd-tiny) or sd15 (SD 1.5-shaped random weights)"),
+    artifact: Path = typer.Option(None, help="any diffusers SD folder instead"),
+    device: Literal["cpu", "cuda"] = typer.Option("cpu"),
+    dtype: Literal["float32", "float16", "bfloat16"] = typer.Option(
+        None, help="default: float32 on CPU, float16 on CUDA"),
+    steps: int = typer.Option(50),
+    size: int = typer.Option(None, help="default: 64 (tiny), 512 (sd15)"),
+    guidance: float = typer.Option(7.5),
+    scheduler: str = typer.Option("ddim"),
+    concurrency: str = typer.Option("1,2,4,8", help="comma-separated concurrency levels"),
+    requests_per_level: int = typer.Option(8, help="requests per concurrency level (at least "
+                                           "--rounds rounds of C)"),
+    rounds: int = typer.Option(2),
+    repeat: int = typer.Option(1, help="run each level N times and keep the best (for noisy, "
+                               "shared hosts)"),
+    orchestrators: int = typer.Option(None, help="stable_diffusion instances (default: the "
+                                      "spec's count on CPU, the highest concurrency on CUDA)"),
+    unet_queue_delay_us: int = typer.Option(None, help="override sd_unet's dynamic batching "
+                                            "max_queue_delay_us"),
+    no_step_gate: bool = typer.Option(False, "--no-step-gate", help="let concurrent loops "
+                                      "send their UNet steps unaligned"),
+    server_arg: list[str] = typer.Option([], help="extra tritonserver flag, e.g. --server-arg="
+                                         "--cuda-memory-pool-byte-size=0:268435456 "
+                                         "(repeatable)"),
+    url: str = typer.Option(None, help="a running server's gRPC host:port (default: start "
+                            "one)"),
+    skip_diffusers: bool = typer.Option(False, "--skip-diffusers"),
+    skip_triton: bool = typer.Option(False, "--skip-triton"),
+    out: Path = typer.Option(None, help="also write the table here"),
+) -> None:
+    """Stable Diffusion through Triton beside diffusers' pipeline in-process, in the same run.
+
+    Per concurrency C: Triton gets C gRPC client threads, diffusers one call with C prompts."""
+    from uip.bench import sd
+
+    sd.run(sd.Settings(
+        config=config, artifact=artifact, device=device, dtype=dtype, steps=steps, size=size,
+        guidance=guidance, scheduler=scheduler, concurrency=parse_levels(concurrency),
+        requests_per_level=requests_per_level, rounds=rounds, repeat=repeat,
+        orchestrators=orchestrators, unet_queue_delay_us=unet_queue_delay_us,
+        no_step_gate=no_step_gate, server_arg=list(server_arg), url=url,
+        skip_diffusers=skip_diffusers, skip_triton=skip_triton, out=out))
+
+
+def profile_command(model: str):
+    """`uip bench MODEL` for one profile: bench's options, with MODEL fixed."""
+
+    def command(**options) -> None:
+        bench(model, **options)
+
+    signature = inspect.signature(bench, eval_str=True)
+    command.__signature__ = signature.replace(
+        parameters=[p for p in signature.parameters.values() if p.name != "model"])
+    command.__doc__ = bench.__doc__.split("\n")[0].replace("MODEL", model)
+    return command
+
+
 def register(app: typer.Typer) -> None:
-    app.command("bench")(bench)
+    bench_app = typer.Typer(help="Benchmark a model through Triton beside its in-process "
+                            "reference, in the same run.", no_args_is_help=True)
+    for model in PROFILES:
+        bench_app.command(model)(profile_command(model))
+    bench_app.command("sd")(bench_sd)
+    app.add_typer(bench_app, name="bench")

@@ -1,26 +1,26 @@
-#!/usr/bin/env python3
-"""Stable Diffusion benchmark: Triton (`stable_diffusion` over gRPC) beside diffusers'
+"""`uip bench sd`: Triton (`stable_diffusion` over gRPC) beside diffusers'
 StableDiffusionPipeline in-process, on the same folder, in the same run.
 
   # CPU, the tiny model (starts its own tritonserver on a repository rendered from the spec):
-  clients/bench_sd.py --out benchmarks/results/sd_cpu.md
+  uip bench sd --out benchmarks/results/sd_cpu.md
   # GPU (H100): SD 1.5-shaped UNet/VAE/CLIP with random fp16 weights, 512x512, 50 steps
   # (builds artifacts/sd15-random, ~2 GB, on first use; 8 orchestrator instances):
-  clients/bench_sd.py --config sd15 --device cuda --unet-queue-delay-us 5000 \
+  uip bench sd --config sd15 --device cuda --unet-queue-delay-us 5000 \
       --out benchmarks/results/sd15-h100.md
   # against a server that is already running (no server start):
-  clients/bench_sd.py --url localhost:8001 --skip-diffusers
+  uip bench sd --url localhost:8001 --skip-diffusers
 
 Triton: per concurrency level C, C client threads (one gRPC client each) send requests back to
 back; images/s = requests / wall time; latency = per request, seen by the client. sd_unet's
 statistics give its executions, hence the mean number of requests merged into one UNet call.
 diffusers: one pipeline object; "concurrency" C = one call with C prompts (its batch), the way
 diffusers users get throughput; latency = that call's time.
+
+The command's options are in uip.bench.cli (`bench_sd`); they arrive here as `Settings`.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime as dt
 import platform
@@ -29,12 +29,10 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    import uip  # noqa: F401
-except ImportError:  # run from a checkout without the package installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backends"))
+import numpy as np
 
 from uip.clients.sd import infer_inputs
 from uip.core.paths import DEFAULT_SPECS, artifacts_root
@@ -43,6 +41,43 @@ FLOAT_TENSORS = {"last_hidden_state", "sample", "encoder_hidden_states", "noise_
                  "latents"}
 PROMPT = "a photo of an astronaut riding a horse on the moon, highly detailed"
 NEGATIVE = "blurry, low resolution"
+
+
+@dataclass
+class Settings:
+    """`uip bench sd`'s options (their help: uip.bench.cli.bench_sd); dtype, size and
+    orchestrators left as None get their device/config default."""
+
+    config: str
+    artifact: Path | None
+    device: str
+    dtype: str | None
+    steps: int
+    size: int | None
+    guidance: float
+    scheduler: str
+    concurrency: list[int]
+    requests_per_level: int
+    rounds: int
+    repeat: int
+    orchestrators: int | None
+    unet_queue_delay_us: int | None
+    no_step_gate: bool
+    server_arg: list[str]
+    url: str | None
+    skip_diffusers: bool
+    skip_triton: bool
+    out: Path | None
+    # seed 0, served alone / the pipeline's: compared above the table
+    triton_image: np.ndarray | None = None
+    diffusers_image: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.dtype = self.dtype or ("float16" if self.device == "cuda" else "float32")
+        self.size = self.size or (512 if self.config == "sd15" else 64)
+        if not self.orchestrators:
+            self.orchestrators = (max(self.concurrency) if self.device == "cuda"
+                                  else spec_instances())
 
 
 def artifact_for(args) -> Path:
@@ -240,7 +275,7 @@ def bench_diffusers(args, folder: Path) -> list[dict]:
 
 
 def compare(args) -> str:
-    a, b = getattr(args, "triton_image", None), getattr(args, "diffusers_image", None)
+    a, b = args.triton_image, args.diffusers_image
     if a is None or b is None:
         return ""
     if a.shape != b.shape:
@@ -276,67 +311,12 @@ def table(args, rows: list[dict], folder: Path) -> str:
     return "\n".join(head) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", choices=["tiny", "sd15"], default="tiny",
-                    help="tiny (artifacts/sd-tiny) or sd15 (SD 1.5-shaped random weights)")
-    ap.add_argument("--artifact", default=None, help="any diffusers SD folder instead")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                    help="default: float32 on CPU, float16 on CUDA")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--size", type=int, default=None, help="default: 64 (tiny), 512 (sd15)")
-    ap.add_argument("--guidance", type=float, default=7.5)
-    ap.add_argument("--scheduler", default="ddim")
-    ap.add_argument("--concurrency", default="1,2,4,8")
-    ap.add_argument("--requests-per-level", type=int, default=8,
-                    help="requests per concurrency level (at least 2 rounds of C)")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="run each level N times and keep the best (for noisy, shared hosts)")
-    ap.add_argument("--orchestrators", type=int, default=None,
-                    help="stable_diffusion instances (default: the spec's count on CPU, the "
-                    "highest concurrency on CUDA)")
-    ap.add_argument("--unet-queue-delay-us", type=int, default=None,
-                    help="override sd_unet's dynamic batching max_queue_delay_us")
-    ap.add_argument("--no-step-gate", action="store_true",
-                    help="let concurrent loops send their UNet steps unaligned")
-    ap.add_argument("--server-arg", action="append", default=[],
-                    help="extra tritonserver flag, e.g. --server-arg=--cuda-memory-pool-byte-size"
-                    "=0:268435456 (repeatable)")
-    ap.add_argument("--url", default=None, help="a running server's gRPC host:port")
-    ap.add_argument("--skip-diffusers", action="store_true")
-    ap.add_argument("--skip-triton", action="store_true")
-    ap.add_argument("--out", type=Path, default=None, help="also write the table here")
-    args = ap.parse_args(argv)
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    args.dtype = args.dtype or ("float16" if args.device == "cuda" else "float32")
-    args.size = args.size or (512 if args.config == "sd15" else 64)
-    if not args.orchestrators:
-        args.orchestrators = max(args.concurrency) if args.device == "cuda" else spec_instances()
-
+def run(args: Settings) -> str:
+    """The benchmark: Triton's rows, then diffusers' rows; prints the table, writes `out`."""
     folder = artifact_for(args)
     rows: list[dict] = []
     if not args.skip_triton:
-        if args.url:
-            rows += bench_triton(args, args.url)
-        else:
-            with tempfile.TemporaryDirectory(prefix="uip-bench-sd-") as tmp:
-                repo = Path(tmp) / "repository"
-                render_repository(args, folder, repo)
-                srv = start_server(args, repo, Path(tmp))
-                try:
-                    states = srv.wait_models()
-                    if any(v != "READY" for v in states.values()):
-                        raise RuntimeError(f"models not ready: {states}")
-                    rows += bench_triton(args, srv.grpc_url)
-                except Exception:
-                    print("tritonserver log (last 80 lines):\n"
-                          + "\n".join(srv.log().splitlines()[-80:]), file=sys.stderr)
-                    raise
-                finally:
-                    srv.stop()
+        rows += bench_triton(args, args.url) if args.url else bench_own_server(args, folder)
     if not args.skip_diffusers:
         rows += bench_diffusers(args, folder)
     text = table(args, rows, folder)
@@ -344,8 +324,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
-    return 0
+    return text
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def bench_own_server(args: Settings, folder: Path) -> list[dict]:
+    """bench_triton on a tritonserver of our own, on the spec rendered for `folder`."""
+    with tempfile.TemporaryDirectory(prefix="uip-bench-sd-") as tmp:
+        repo = Path(tmp) / "repository"
+        render_repository(args, folder, repo)
+        srv = start_server(args, repo, Path(tmp))
+        try:
+            states = srv.wait_models()
+            if any(v != "READY" for v in states.values()):
+                raise RuntimeError(f"models not ready: {states}")
+            return bench_triton(args, srv.grpc_url)
+        except Exception:
+            print("tritonserver log (last 80 lines):\n"
+                  + "\n".join(srv.log().splitlines()[-80:]), file=sys.stderr)
+            raise
+        finally:
+            srv.stop()

@@ -1,7 +1,8 @@
 """diffusers' own StableDiffusionPipeline on the same folder: the reference our images equal.
 
-Used by the tests and the benchmark. The scheduler is switched the way diffusers users do it,
-`Cls.from_config(<the folder's scheduler>.config)`, freshly per call.
+The in-process side of `uip bench sd` (uip.bench.sd), and what tests/unit/test_sd_loop.py and
+tests/integration/test_sd.py compare the served images with. The scheduler is switched the way
+diffusers users do it, `Cls.from_config(<the folder's scheduler>.config)`, freshly per call.
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
-"""Building `stable_diffusion` requests with tritonclient (HTTP or gRPC module)."""
+"""`stable_diffusion` requests with tritonclient (HTTP or gRPC module): building the inputs
+(`infer_inputs`), and one request to a PNG (`txt2img`, behind `uip txt2img`)."""
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -36,3 +40,36 @@ def infer_inputs(mod, prompt: str, **options) -> list:
         inp.set_data_from_numpy(arr)
         inputs.append(inp)
     return inputs
+
+
+def txt2img(prompt: str, output: Path, protocol: str = "grpc", url: str | None = None,
+            model: str = "stable_diffusion", timeout: float = 600.0,
+            **options) -> tuple[np.ndarray, float]:
+    """One request; writes its image to `output` (PNG) and returns it, uint8 [H, W, 3], with the
+    request's seconds. Options left out (or None) are not sent, so the server's defaults apply.
+
+    A refused request raises tritonclient.utils.InferenceServerException (its message says
+    why)."""
+    if protocol == "grpc":
+        import tritonclient.grpc as mod
+    elif protocol == "http":
+        import tritonclient.http as mod
+    else:
+        raise ValueError(f"protocol must be grpc or http, not {protocol!r}")
+    url = url or ("localhost:8001" if protocol == "grpc" else "localhost:8000")
+    if protocol == "grpc":
+        client = mod.InferenceServerClient(url)
+        call = dict(client_timeout=timeout)
+    else:
+        client = mod.InferenceServerClient(url, network_timeout=timeout,
+                                           connection_timeout=timeout)
+        call = {}
+    start = time.perf_counter()
+    result = client.infer(model, infer_inputs(mod, prompt, **options), **call)
+    image = result.as_numpy("image")[0]
+    elapsed = time.perf_counter() - start
+
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(image), mode="RGB").save(output)
+    return image, elapsed
