@@ -6,6 +6,7 @@ tests build and inspect (`Request`, `Sender`, `bls_handler`)."""
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from collections.abc import Callable
@@ -142,7 +143,11 @@ class InferenceRequest:
         if bls_handler is None:
             raise RuntimeError("fake_pb_utils.bls_handler is not set")
         out = bls_handler(self)
-        return iter(out if isinstance(out, list) else [out]) if decoupled else out
+        if not decoupled:
+            return out
+        # decoupled: an iterator over the responses (a handler may give a generator, which
+        # can raise mid-stream as Triton's ResponseIterator does)
+        return iter([out] if isinstance(out, InferenceResponse) else out)
 
 
 class PreferredMemory:
@@ -161,17 +166,49 @@ class _Metric:
         self.value += v
 
 
+# every MetricFamily made, in order (test helper: what a model registered)
+metric_families: list = []
+
+
 class MetricFamily:
     COUNTER, GAUGE = 0, 1
 
     def __init__(self, name: str, description: str, kind: int):
         self.name, self.description, self.kind = name, description, kind
         self.metrics: list[_Metric] = []
+        metric_families.append(self)
 
     def Metric(self, labels: dict[str, str]) -> _Metric:  # noqa: N802 - Triton's name
         m = _Metric(labels)
         self.metrics.append(m)
         return m
+
+
+# --- what Triton hands to `initialize` (test helpers, not pb_utils API) -----------------------
+
+
+def model_args(config: dict, instance_kind: str = "CPU", device_id: int = 0) -> dict[str, str]:
+    """`initialize`'s args for a model config (the dict Triton serializes as `model_config`)."""
+    return {"model_config": json.dumps(config), "model_name": config.get("name", ""),
+            "model_instance_kind": instance_kind, "model_instance_device_id": str(device_id),
+            "model_instance_name": f"{config.get('name', '')}_0_0", "model_version": "1",
+            "model_repository": ""}
+
+
+def repository_config(name: str, **parameters: str) -> dict:
+    """model_repository/<name>/config.pbtxt as Triton's JSON (proto field names), with
+    `parameters` (key -> string_value) set or replaced."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from uip.core.paths import DEFAULT_REPOSITORY
+
+    text = (DEFAULT_REPOSITORY / name / "config.pbtxt").read_text()
+    config = json_format.MessageToDict(text_format.Parse(text, model_config_pb2.ModelConfig()),
+                                       preserving_proto_field_name=True)
+    config.setdefault("parameters", {}).update(
+        {k: {"string_value": v} for k, v in parameters.items()})
+    return config
 
 
 def install() -> types.ModuleType:

@@ -41,11 +41,15 @@ class EmbeddingModel:
             except Exception as exc:  # noqa: BLE001 - becomes this request's error
                 parsed.append(exc)
         good = [t for p in parsed if not isinstance(p, Exception) for t in p]
-        vectors = self.encoder.encode(good) if good else np.zeros((0, self.encoder.dim))
+        failure: Exception | None = None  # the batch's encode failed: INTERNAL for its requests
+        try:
+            vectors = self.encoder.encode(good) if good else np.zeros((0, self.encoder.dim))
+        except Exception as exc:  # noqa: BLE001 - the message, not the stub's traceback
+            vectors, failure = None, exc
         out, at = [], 0
         for p in parsed:
-            if isinstance(p, Exception):
-                out.append(pb.error_response(p))
+            if isinstance(p, Exception) or failure is not None:
+                out.append(pb.error_response(p if isinstance(p, Exception) else failure))
                 continue
             out.append(pb.response({"embedding": vectors[at:at + len(p)]}))
             at += len(p)

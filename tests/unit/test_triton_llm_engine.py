@@ -1,0 +1,400 @@
+"""The llm_engine adapter with a scripted Engine: error codes and FINAL flags, streaming
+responses per (coalesced) result, stop-by-request-id, client cancel, metrics, finalize."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from support import fake_pb_utils as pbu
+
+from uip.llm.engine import Engine, EngineStats, GenerationRequest, GenerationResult
+from uip.triton.models import llm_engine
+from uip.triton.models.llm_engine import LlmEngineModel
+
+FINAL = pbu.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+TIMEOUT_S = 10.0  # generous: only a failing test waits this long
+
+
+class ScriptedEngine(Engine):
+    """Each enqueued request gets the next script: a list of batches, one batch per
+    `await_responses` call (so several results in one batch test coalescing). A request whose
+    script runs out waits until `cancel`, which ends it with a final 'cancelled' result."""
+
+    def __init__(self, scripts=None, enqueue_error: Exception | None = None,
+                 await_error: Exception | None = None):
+        self.scripts = list(scripts or [])
+        self.enqueue_error = enqueue_error
+        self.await_error = await_error
+        self.requests: dict[int, GenerationRequest] = {}
+        self.batches: dict[int, list[list[GenerationResult]]] = {}
+        self.cancels: list[int] = []
+        self.shutdowns = 0
+        self.stats_value = EngineStats(0, 0, 0, 0, 0)
+        self._cv = threading.Condition()
+        self._next = 0
+
+    def enqueue(self, request):
+        if self.enqueue_error is not None:
+            raise self.enqueue_error
+        with self._cv:
+            rid, self._next = self._next, self._next + 1
+            self.requests[rid] = request
+            script = self.scripts.pop(0) if self.scripts else []
+            self.batches[rid] = [[GenerationResult(rid, *r) for r in batch] for batch in script]
+        return rid
+
+    def await_responses(self, request_id, timeout=None):
+        if self.await_error is not None:
+            raise self.await_error
+        with self._cv:
+            if not self.batches[request_id]:
+                self._cv.wait(timeout)
+            return self.batches[request_id].pop(0) if self.batches[request_id] else []
+
+    def cancel(self, request_id):
+        with self._cv:
+            if request_id not in self.cancels:  # a cancelled request ends once
+                self.batches[request_id].append(
+                    [GenerationResult(request_id, [], True, "cancelled")])
+            self.cancels.append(request_id)
+            self._cv.notify_all()
+
+    def stats(self):
+        return self.stats_value
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def engine_config(name="llm_engine", decoupled=True, max_tokens=16):
+    """The model_config JSON Triton hands to `initialize` (what the spec renders)."""
+    return {
+        "name": name,
+        "backend": "python",
+        "max_batch_size": 64,
+        "parameters": {
+            "runtime": {"string_value": "torch"},
+            "limits.max_tokens": {"string_value": str(max_tokens)},
+            "limits.max_context": {"string_value": "64"},
+        },
+        "model_transaction_policy": {"decoupled": decoupled},
+        "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+    }
+
+
+@pytest.fixture
+def make(monkeypatch):
+    """make(engine, **config) -> an initialized LlmEngineModel over that engine."""
+    models, seen = [], []
+
+    def build(engine: Engine, **config):
+        def create_engine(settings):
+            seen.append(settings)
+            return engine
+
+        monkeypatch.setattr(llm_engine, "create_engine", create_engine)
+        model = LlmEngineModel()
+        model.initialize(pbu.model_args(engine_config(**config)))
+        models.append(model)
+        return model
+
+    build.settings = seen
+    yield build
+    for m in models:
+        if m._m_active is not None:  # not finalized by the test
+            m.finalize()
+
+
+def gen_request(ids=(1, 2, 3), out_len=4, request_id="", streaming=None, **extra):
+    inputs = {"input_ids": np.array([list(ids)], dtype=np.int32),
+              "request_output_len": np.array([[out_len]], dtype=np.int32)}
+    if streaming is not None:
+        inputs["streaming"] = np.array([[streaming]], dtype=bool)
+    inputs.update(extra)
+    return pbu.Request(inputs, request_id=request_id)
+
+
+def stop_request(request_id=""):
+    return pbu.Request({"input_ids": np.array([[1]], dtype=np.int32),
+                        "request_output_len": np.array([[1]], dtype=np.int32),
+                        "stop": np.array([[True]], dtype=bool)}, request_id=request_id)
+
+
+def wait_until(cond, timeout=TIMEOUT_S):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.005)
+
+
+def finished(request):
+    wait_until(lambda: request.sender.finished)
+    time.sleep(0.02)  # nothing may follow the FINAL response
+    return request.sender.sent
+
+
+def only_error(request):
+    """The request's one response: an error with the FINAL flag."""
+    sent = finished(request)
+    assert len(sent) == 1
+    resp, flags = sent[0]
+    assert flags == FINAL and resp.has_error() and resp.output_tensors() == []
+    return resp.error()
+
+
+def data(sent):
+    """(tokens, finish_reason, flags) per response."""
+    out = []
+    for resp, flags in sent:
+        assert not resp.has_error()
+        o = resp.outputs()
+        assert o["output_ids"].shape[:2] == (1, 1)
+        assert o["sequence_length"].tolist() == [[o["output_ids"].shape[2]]]
+        out.append((o["output_ids"].reshape(-1).tolist(), o["finish_reason"][0, 0].decode(),
+                    flags))
+    return out
+
+
+# --- initialize ----------------------------------------------------------------------------
+
+
+def test_initialize_reads_the_spec_and_creates_the_engine(make):
+    model = make(ScriptedEngine())
+    (settings,) = make.settings
+    assert settings.runtime == "torch" and settings.name == "llm_engine" and settings.decoupled
+    assert model.max_tokens == 16 and model.max_context == 64
+
+
+def test_initialize_refuses_a_model_that_is_not_decoupled(make):
+    with pytest.raises(ValueError, match="decoupled"):
+        make(ScriptedEngine(), decoupled=False)
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ({"request_output_len": np.array([[4]], dtype=np.int32)}, "input 'input_ids' is required"),
+    ({"input_ids": np.array([[1, 2]], dtype=np.int32)}, "'request_output_len' is required"),
+    ({"input_ids": np.array([[1]], dtype=np.int32),
+      "request_output_len": np.array([[17]], dtype=np.int32)}, "17"),  # > limits.max_tokens
+    ({"input_ids": np.array([[1], [2]], dtype=np.int32),
+      "request_output_len": np.array([[4], [4]], dtype=np.int32)}, "batch size 1"),
+])
+def test_bad_input_is_one_final_invalid_arg_response(make, inputs, message):
+    engine = ScriptedEngine()
+    model = make(engine)
+    request = pbu.Request(inputs)
+    assert model.execute([request]) is None
+    err = only_error(request)
+    assert err.code() == pbu.TritonError.INVALID_ARG
+    assert message in err.message()
+    assert engine.requests == {}
+
+
+def test_engine_value_error_is_invalid_arg(make):
+    model = make(ScriptedEngine(enqueue_error=ValueError("prompt too long for the KV cache")))
+    request = gen_request()
+    model.execute([request])
+    err = only_error(request)
+    assert err.code() == pbu.TritonError.INVALID_ARG
+    assert err.message() == "prompt too long for the KV cache"
+
+
+def test_engine_runtime_error_is_internal(make):
+    model = make(ScriptedEngine(enqueue_error=RuntimeError("CUDA out of memory")))
+    request = gen_request()
+    model.execute([request])
+    err = only_error(request)
+    assert err.code() == pbu.TritonError.INTERNAL
+    assert err.message() == "RuntimeError: CUDA out of memory"
+
+
+def test_failed_engine_result_is_internal_and_ends_the_request(make):
+    script = [[([5], False)], [([], True, "error", "sequence evicted")]]
+    engine = ScriptedEngine([script])
+    model = make(engine)
+    request = gen_request(streaming=True)
+    model.execute([request])
+    sent = finished(request)
+    assert len(sent) == 2
+    assert data(sent[:1]) == [([5], "", 0)]
+    resp, flags = sent[1]
+    assert flags == FINAL
+    assert resp.error().code() == pbu.TritonError.INTERNAL
+    assert resp.error().message() == "RuntimeError: sequence evicted"
+
+
+def test_await_failure_is_internal_and_cancels_the_engine_request(make):
+    engine = ScriptedEngine(await_error=RuntimeError("executor gone"))
+    model = make(engine)
+    request = gen_request()
+    model.execute([request])
+    err = only_error(request)
+    assert err.code() == pbu.TritonError.INTERNAL and err.message() == "RuntimeError: executor gone"
+    assert engine.cancels == [0]
+
+
+def test_one_bad_request_does_not_fail_the_others(make):
+    engine = ScriptedEngine([[[([1, 2], True, "length")]]])
+    model = make(engine)
+    bad, good = pbu.Request({}), gen_request(out_len=2)
+    model.execute([bad, good])
+    assert only_error(bad).code() == pbu.TritonError.INVALID_ARG
+    assert data(finished(good)) == [([1, 2], "length", FINAL)]
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+def test_streaming_sends_one_response_per_coalesced_result_only_the_last_final(make):
+    script = [
+        [([7], False)],
+        [([8], False), ([9], False)],  # ready together: one response
+        [([10], False), ([11], True, "length")],  # merged into the final one
+    ]
+    engine = ScriptedEngine([script])
+    model = make(engine)
+    request = gen_request(ids=(4, 5), out_len=5, streaming=True)
+    model.execute([request])
+    assert data(finished(request)) == [([7], "", 0), ([8, 9], "", 0), ([10, 11], "length", FINAL)]
+    req = engine.requests[0]
+    assert req.input_ids == [4, 5] and req.max_new_tokens == 5 and req.streaming
+
+
+def test_not_streaming_sends_exactly_one_final_response(make):
+    engine = ScriptedEngine([[[([3, 4, 2], True, "stop")]]])
+    model = make(engine)
+    request = gen_request(out_len=3, end_id=np.array([[2]], dtype=np.int32))
+    model.execute([request])
+    assert data(finished(request)) == [([3, 4, 2], "stop", FINAL)]
+    assert engine.requests[0].end_id == 2 and not engine.requests[0].streaming
+
+
+def test_every_response_echoes_the_stream_key(make):
+    engine = ScriptedEngine([[[([1], False)], [([2], True, "length")]]])
+    model = make(engine)
+    request = gen_request(streaming=True, stream_key=np.array([[b"key-1"]], dtype=object))
+    model.execute([request])
+    sent = finished(request)
+    assert [r.outputs()["stream_key_out"].tolist() for r, _ in sent] == [[[b"key-1"]]] * 2
+
+
+# --- stop and cancel -------------------------------------------------------------------------
+
+
+def test_stop_cancels_the_requests_with_that_id_and_answers_cancelled(make):
+    engine = ScriptedEngine([[[([1], False)]], [[([1], False)]], [[([1], False)]]])
+    model = make(engine)
+    a1, a2 = gen_request(request_id="a", streaming=True), gen_request(request_id="a",
+                                                                      streaming=True)
+    other = gen_request(request_id="b", streaming=True)
+    model.execute([a1, a2, other])
+    wait_until(lambda: all(len(r.sender.sent) == 1 for r in (a1, a2, other)))  # in flight
+
+    stop = stop_request("a")
+    model.execute([stop])
+    assert data(finished(stop)) == [([], "cancelled", FINAL)]
+    assert sorted(engine.cancels) == [0, 1]  # both requests carrying "a", not "b"
+    for r in (a1, a2):
+        assert data(finished(r))[-1] == ([], "cancelled", FINAL)
+    assert not other.sender.finished
+
+    model.execute([stop_request("b")])
+    assert data(finished(other))[-1] == ([], "cancelled", FINAL)
+    assert sorted(engine.cancels) == [0, 1, 2]
+
+
+def test_stop_for_an_id_not_in_flight_still_answers_cancelled(make):
+    engine = ScriptedEngine()
+    model = make(engine)
+    stop = stop_request("nobody")
+    model.execute([stop])
+    assert data(finished(stop)) == [([], "cancelled", FINAL)]
+    assert engine.cancels == [] and engine.requests == {}
+
+
+def test_stop_without_a_request_id_is_invalid_arg(make):
+    engine = ScriptedEngine([[[([1], False)]]])
+    model = make(engine)
+    running = gen_request(streaming=True)  # no request id either
+    model.execute([running])
+    wait_until(lambda: len(running.sender.sent) == 1)
+    stop = stop_request("")
+    model.execute([stop])
+    err = only_error(stop)
+    assert err.code() == pbu.TritonError.INVALID_ARG and "request id" in err.message()
+    assert engine.cancels == []
+    running.cancelled = True  # end it
+    finished(running)
+
+
+def test_client_cancel_calls_engine_cancel(make):
+    engine = ScriptedEngine([[[([1], False)]], [[([1], False)]]])
+    model = make(engine)
+    keep, drop = gen_request(streaming=True), gen_request(streaming=True)
+    model.execute([keep, drop])
+    wait_until(lambda: len(keep.sender.sent) == 1 and len(drop.sender.sent) == 1)
+    drop.cancelled = True
+    assert data(finished(drop)) == [([1], "", 0), ([], "cancelled", FINAL)]
+    assert set(engine.cancels) == {1}
+    assert not keep.sender.finished
+    keep.cancelled = True
+    finished(keep)
+
+
+def test_finished_requests_leave_the_in_flight_table(make):
+    engine = ScriptedEngine([[[([1], True, "length")]]])
+    model = make(engine)
+    request = gen_request(request_id="x")
+    model.execute([request])
+    finished(request)
+    wait_until(lambda: "x" not in model._inflight)
+
+
+# --- metrics and finalize --------------------------------------------------------------------
+
+
+def families_of(model_name):
+    out = {}
+    for f in pbu.metric_families:
+        for m in f.metrics:
+            if m.labels.get("model") == model_name:
+                out[f.name] = (f, m)
+    return out
+
+
+def test_metrics_families_exist_and_follow_engine_stats(make):
+    engine = ScriptedEngine()
+    make(engine, name="llm_engine_metrics")
+    fams = families_of("llm_engine_metrics")
+    assert set(fams) == {"uip_llm_active_sequences", "uip_llm_kv_blocks_used",
+                         "uip_llm_tokens_generated_total"}
+    assert fams["uip_llm_active_sequences"][0].kind == pbu.MetricFamily.GAUGE
+    assert fams["uip_llm_kv_blocks_used"][0].kind == pbu.MetricFamily.GAUGE
+    assert fams["uip_llm_tokens_generated_total"][0].kind == pbu.MetricFamily.COUNTER
+    assert fams["uip_llm_active_sequences"][1].labels == {"model": "llm_engine_metrics",
+                                                          "runtime": "torch"}
+    active, kv, tokens = (fams[n][1] for n in ("uip_llm_active_sequences",
+                                               "uip_llm_kv_blocks_used",
+                                               "uip_llm_tokens_generated_total"))
+
+    engine.stats_value = EngineStats(3, 1, 12, 100, 40)
+    wait_until(lambda: (active.value, kv.value, tokens.value) == (3.0, 12.0, 40.0))
+    engine.stats_value = EngineStats(1, 0, 4, 100, 55)
+    wait_until(lambda: (active.value, kv.value, tokens.value) == (1.0, 4.0, 55.0))
+    time.sleep(0.25)  # a few more updates: the counter counts each token once
+    assert tokens.value == 55.0
+
+
+def test_finalize_shuts_the_engine_down_and_stops_the_metrics_thread(make):
+    engine = ScriptedEngine()
+    model = make(engine)
+    thread = model._metrics_thread
+    model.finalize()
+    assert engine.shutdowns == 1
+    assert not thread.is_alive()
