@@ -188,9 +188,14 @@ def test_preemption_keeps_outputs_exact(model_dir, reference, prompts, prefix_ca
     eng = make(model_dir, num_blocks=14, page_size=8, max_batch_tokens=64,
                prefix_caching=prefix_caching)
     try:
+        sp = SamplingParams(temperature=0.9, top_k=40, seed=7)
+        alone = tokens_of(run(eng, prompts[3], sampling=sp))
         reqs = [GenerationRequest(input_ids=p, max_new_tokens=N) for p in prompts]
-        for i, results in enumerate(run_concurrently(eng, reqs)):
-            assert tokens_of(results) == generate(reference, prompts[i], N), f"prompt {i}"
+        reqs.append(GenerationRequest(input_ids=prompts[3], max_new_tokens=N, sampling=sp))
+        results = run_concurrently(eng, reqs)
+        for i in range(8):
+            assert tokens_of(results[i]) == generate(reference, prompts[i], N), f"prompt {i}"
+        assert tokens_of(results[8]) == alone  # a preempted sampled request resumes its draws
         s = wait_idle(eng)
         assert s.preemptions > 0 and s.kv_blocks_used == 0
     finally:
@@ -209,6 +214,24 @@ def test_admission_limit_gives_a_clear_error(model_dir, prompts):
             eng.cancel(rid)
         wait_idle(eng)
         assert tokens_of(run(eng, prompts[0], n=2))  # serves again
+    finally:
+        eng.shutdown()
+
+
+def test_a_failing_step_fails_every_request_and_hangs_none(model_dir, prompts):
+    eng = make(model_dir)
+    try:
+        def broken(*args, **kwargs):
+            raise RuntimeError("device lost")
+
+        eng.runner.forward = broken
+        with eng._lock:  # all queued before the engine thread takes any
+            rids = [eng.enqueue(GenerationRequest(input_ids=p, max_new_tokens=4))
+                    for p in prompts]
+        finals = [collect(eng, r, timeout=5.0)[-1] for r in rids]
+        assert all(f.finish_reason == "error" and "device lost" in f.error for f in finals)
+        with pytest.raises(RuntimeError, match="device lost"):
+            eng.enqueue(GenerationRequest(input_ids=prompts[0], max_new_tokens=4))
     finally:
         eng.shutdown()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from uip.llm.paged_attention import StepMeta, attend, write_kv
+from uip.llm.paged_attention import StepMeta, attend, backends, write_kv
 
 _ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -201,10 +201,16 @@ class LlamaRunner:
                 cache: list[tuple[torch.Tensor, torch.Tensor]], logit_rows: torch.Tensor
                 ) -> torch.Tensor:
         """One step: [T] tokens at [T] positions -> float32 logits [len(logit_rows), vocab]."""
+        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
+        with backends(self.device):
+            h = self._layers(self.embed[input_ids], cos, sin, meta, cache)
+        h = rms_norm(h[logit_rows], self.norm, self.shape.eps)
+        return F.linear(h, self.lm_head).float()
+
+    def _layers(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: StepMeta,
+                cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         s = self.shape
         q_dim, kv_dim = s.heads * s.head_dim, s.kv_heads * s.head_dim
-        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
-        h = self.embed[input_ids]
         for layer, (k_cache, v_cache) in zip(self.layers, cache, strict=True):
             x = rms_norm(h, layer.ln_in, s.eps)
             qkv = F.linear(x, layer.qkv, layer.qkv_bias)
@@ -217,8 +223,7 @@ class LlamaRunner:
             x = rms_norm(h, layer.ln_post, s.eps)
             gate, up = F.linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
             h = h + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
-        h = rms_norm(h[logit_rows], self.norm, s.eps)
-        return F.linear(h, self.lm_head).float()
+        return h
 
 
 def eos_ids(model_dir: Path | str, config) -> frozenset[int]:

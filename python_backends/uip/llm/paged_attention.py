@@ -5,9 +5,9 @@ a token's *slot* is `block * block_size + offset`. One engine step runs a flat b
 tokens: first the decode tokens (one per decoding sequence), then the prefill chunks. Every
 layer writes the new tokens' K/V to their slots (`write_kv`) and then attends (`attend`):
 
-- decode rows gather each sequence's K/V through its slot indices (`gather_kv`, padded to the
-  longest context and masked) and run one batched SDPA: this is the function a GPU
-  paged-attention kernel replaces;
+- decode rows gather each sequence's K/V block by block through its block table
+  (`gather_kv`, padded to the longest table and masked) and run one batched SDPA:
+  `decode_attention` is the function a GPU paged-attention kernel replaces;
 - a prefill chunk attends causally over its cached prefix plus itself; a chunk with no prefix
   uses its own fresh K/V (no gather).
 
@@ -17,10 +17,16 @@ graphs for the decode-only buckets).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# cuDNN attention builds a new plan for every new shape (~5 ms of CPU each, seen on an H200):
+# the decode context grows every step, so it is left out on the GPU.
+_GPU_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -28,42 +34,44 @@ class Prefill:
     start: int  # first row of this chunk in the flat batch
     length: int  # tokens in the chunk
     context: int  # tokens attended to: cached prefix + this chunk
-    slots: torch.Tensor | None  # [context] slot indices; None when there is no prefix
+    blocks: torch.Tensor | None  # [ceil(context / block_size)] block ids; None: no prefix
 
 
 @dataclass
 class StepMeta:
     slot_mapping: torch.Tensor  # [T] where each new token's K/V goes
     num_decode: int  # rows [0, num_decode) are decode tokens
-    decode_slots: torch.Tensor | None  # [B, L] slot indices of each decode row's context
-    decode_mask: torch.Tensor | None  # [B, 1, 1, L] True where a key is attended to
+    decode_tables: torch.Tensor | None  # [B, max_blocks] block tables (padded with block 0)
+    decode_mask: torch.Tensor | None  # [B, 1, 1, max_blocks * block_size] True: attended
     prefills: list[Prefill]
 
 
 def build_meta(slot_mapping: list[int], decode_tables: list[list[int]],
                decode_lens: list[int], prefills: list[tuple[int, int, int, list[int]]],
                block_size: int, device: torch.device) -> StepMeta:
-    """`prefills`: (start, length, context, block table) per chunk."""
-    def slots(table: list[int], n: int) -> torch.Tensor:
-        t = torch.tensor(table, dtype=torch.long)
-        pos = torch.arange(n)
-        return t[pos // block_size] * block_size + pos % block_size
-
-    decode_slots = decode_mask = None
+    """`decode_lens`: context length of each decode row (its new token included);
+    `prefills`: (start, length, context, block table) per chunk."""
+    tables = mask = None
     if decode_tables:
-        width = max(decode_lens)
-        rows = [slots(t, n) for t, n in zip(decode_tables, decode_lens, strict=True)]
-        decode_slots = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):
-            decode_slots[i, :r.numel()] = r
+        width = max(-(-n // block_size) for n in decode_lens)
+        tables = torch.zeros(len(decode_tables), width, dtype=torch.long)
+        for i, (t, n) in enumerate(zip(decode_tables, decode_lens, strict=True)):
+            used = -(-n // block_size)
+            tables[i, :used] = torch.tensor(t[:used])
         lens = torch.tensor(decode_lens)
-        decode_mask = (torch.arange(width)[None, :] < lens[:, None])[:, None, None, :]
-        decode_slots, decode_mask = decode_slots.to(device), decode_mask.to(device)
+        mask = (torch.arange(width * block_size)[None, :] < lens[:, None])[:, None, None, :]
+        tables, mask = tables.to(device), mask.to(device)
     chunks = [Prefill(start, length, context,
-                      slots(table, context).to(device) if context > length else None)
+                      torch.tensor(table[:-(-context // block_size)], device=device)
+                      if context > length else None)
               for start, length, context, table in prefills]
     return StepMeta(torch.tensor(slot_mapping, dtype=torch.long, device=device),
-                    len(decode_tables), decode_slots, decode_mask, chunks)
+                    len(decode_tables), tables, mask, chunks)
+
+
+def backends(device: torch.device):
+    """The SDPA backends of one step (a context manager)."""
+    return sdpa_kernel(_GPU_BACKENDS) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -73,16 +81,17 @@ def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: t
     v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v)
 
 
-def gather_kv(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """The K or V of `slots` ([..., L]) -> [..., L, kv_heads, head_dim]."""
-    return cache.view(-1, *cache.shape[2:])[slots]
+def gather_kv(cache: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    """The K or V of whole blocks: tables [..., n] -> [..., n * block_size, kv_heads, D]."""
+    blocks = cache[tables]
+    return blocks.reshape(*tables.shape[:-1], -1, *cache.shape[2:])
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      meta: StepMeta) -> torch.Tensor:
     """Reference paged decode attention. q: [B, heads, head_dim] -> [B, heads, head_dim]."""
-    k = gather_kv(k_cache, meta.decode_slots).transpose(1, 2)  # [B, kv_heads, L, D]
-    v = gather_kv(v_cache, meta.decode_slots).transpose(1, 2)
+    k = gather_kv(k_cache, meta.decode_tables).transpose(1, 2)  # [B, kv_heads, L, D]
+    v = gather_kv(v_cache, meta.decode_tables).transpose(1, 2)
     out = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=meta.decode_mask,
                                          enable_gqa=True)
     return out[:, :, 0, :]
@@ -96,13 +105,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Ten
         out[:meta.num_decode] = decode_attention(q[:meta.num_decode], k_cache, v_cache, meta)
     for p in meta.prefills:
         qs = q[p.start:p.start + p.length].transpose(0, 1)[None]  # [1, heads, n, D]
-        if p.slots is None:
+        if p.blocks is None:
             ks = k[p.start:p.start + p.length].transpose(0, 1)[None]
             vs = v[p.start:p.start + p.length].transpose(0, 1)[None]
             o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
         else:
-            ks = gather_kv(k_cache, p.slots).transpose(0, 1)[None]
-            vs = gather_kv(v_cache, p.slots).transpose(0, 1)[None]
+            ks = gather_kv(k_cache, p.blocks)[:p.context].transpose(0, 1)[None]
+            vs = gather_kv(v_cache, p.blocks)[:p.context].transpose(0, 1)[None]
             # query i sits at position context - length + i: keys up to there
             offset = p.context - p.length
             mask = (torch.arange(p.context, device=q.device)[None, :]

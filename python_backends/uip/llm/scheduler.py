@@ -90,6 +90,8 @@ class Scheduler:
             if seq not in self.running:  # preempted earlier in this step
                 continue
             n = min(len(seq.tokens) - seq.num_computed, budget)
+            if n <= 0:  # nothing new (a cancelled sequence about to be removed)
+                continue
             while not self.blocks.ensure(seq.table, seq.num_computed + n):
                 victim = self.running[-1]
                 self._preempt(victim)
