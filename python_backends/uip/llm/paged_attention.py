@@ -87,14 +87,22 @@ def gather_kv(cache: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
     return blocks.reshape(*tables.shape[:-1], -1, *cache.shape[2:])
 
 
+def _masked_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+                 ) -> torch.Tensor:
+    """SDPA with a bool mask and grouped K/V heads ([..., heads or kv_heads, L, D])."""
+    if q.is_cuda:  # masked GQA would fall back to the math kernel: expand the K/V heads
+        group = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(group, dim=-3), v.repeat_interleave(group, dim=-3)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      meta: StepMeta) -> torch.Tensor:
     """Reference paged decode attention. q: [B, heads, head_dim] -> [B, heads, head_dim]."""
     k = gather_kv(k_cache, meta.decode_tables).transpose(1, 2)  # [B, kv_heads, L, D]
     v = gather_kv(v_cache, meta.decode_tables).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=meta.decode_mask,
-                                         enable_gqa=True)
-    return out[:, :, 0, :]
+    return _masked_sdpa(q[:, :, None, :], k, v, meta.decode_mask)[:, :, 0, :]
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
@@ -116,6 +124,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Ten
             offset = p.context - p.length
             mask = (torch.arange(p.context, device=q.device)[None, :]
                     <= torch.arange(p.length, device=q.device)[:, None] + offset)
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)
+            o = _masked_sdpa(qs, ks, vs, mask)
         out[p.start:p.start + p.length] = o[0].transpose(0, 1)
     return out
