@@ -5,6 +5,9 @@ PagedEngine equal to `generate`."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 from engine_contract import run, tokens_of
@@ -99,3 +102,18 @@ def test_greedy_decoding_matches_generate(checkpoint):
             assert got == ref[:len(got)] and len(got) == 12
     finally:
         eng.shutdown()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}},
+     "rope type"),
+    ({"max_position_embeddings": 64}, "max_position_embeddings"),
+])
+def test_unsupported_checkpoints_are_refused(llm_tiny_dir, tmp_path, change, message):
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(llm_tiny_dir / f, tmp_path / f)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(ValueError, match=message):
+        LlamaRunner(tmp_path, max_context=128)

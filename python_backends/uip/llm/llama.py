@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from uip.llm.paged_attention import StepMeta, attend, backends, write_kv
 
 _ROPE_TYPES = ("default", "linear", "llama3")
+MODEL_TYPES = ("llama", "mistral", "qwen2")  # same block: RMSNorm, RoPE, GQA, SiLU MLP
 
 
 @dataclass
@@ -44,6 +45,10 @@ def read_config(model_dir: Path | str):
 
 
 def shape_of(config) -> LlamaShape:
+    if config.model_type not in MODEL_TYPES:
+        raise ValueError(f"model type {config.model_type!r} is not one of {MODEL_TYPES}")
+    if getattr(config, "hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act {config.hidden_act!r} is not supported (silu only)")
     heads = int(config.num_attention_heads)
     window = getattr(config, "sliding_window", None)
     if getattr(config, "use_sliding_window", True) is False:

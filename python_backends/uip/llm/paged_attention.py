@@ -53,11 +53,10 @@ def build_meta(slot_mapping: list[int], decode_tables: list[list[int]],
     `prefills`: (start, length, context, block table) per chunk."""
     tables = mask = None
     if decode_tables:
-        width = max(-(-n // block_size) for n in decode_lens)
-        tables = torch.zeros(len(decode_tables), width, dtype=torch.long)
-        for i, (t, n) in enumerate(zip(decode_tables, decode_lens, strict=True)):
-            used = -(-n // block_size)
-            tables[i, :used] = torch.tensor(t[:used])
+        used = [-(-n // block_size) for n in decode_lens]
+        width = max(used)
+        tables = torch.tensor([t[:u] + [0] * (width - u)
+                               for t, u in zip(decode_tables, used, strict=True)])
         lens = torch.tensor(decode_lens)
         mask = (torch.arange(width * block_size)[None, :] < lens[:, None])[:, None, None, :]
         tables, mask = tables.to(device), mask.to(device)
