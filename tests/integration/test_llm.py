@@ -82,8 +82,8 @@ def test_greedy_equals_transformers_8_in_flight(server, tokenizer, reference, mo
         assert gen.finish_reason == want, prompt
         if protocol == "http":
             assert gen.responses == 1
-        else:  # streamed: deltas, the finish reason on the last response only
-            assert gen.responses >= min(len(ids), 4), prompt
+        else:  # streamed: deltas (merged when the client falls behind a fast engine)
+            assert gen.responses >= min(len(ids), 2), prompt
 
 
 def test_deltas_are_whole_characters(server, tokenizer, reference):

@@ -156,8 +156,12 @@ class PreferredMemory:
 
 
 class _Metric:
-    def __init__(self, labels: dict[str, str]):
-        self.labels, self.value = labels, 0.0
+    def __init__(self, labels: dict[str, str], buckets: list[float] | None = None):
+        self.labels, self.value, self.buckets = labels, 0.0, buckets
+        self.observed: list[float] = []
+
+    def observe(self, v: float) -> None:
+        self.observed.append(v)
 
     def set(self, v: float) -> None:
         self.value = v
@@ -171,15 +175,18 @@ metric_families: list = []
 
 
 class MetricFamily:
-    COUNTER, GAUGE = 0, 1
+    COUNTER, GAUGE, HISTOGRAM = 0, 1, 2
 
     def __init__(self, name: str, description: str, kind: int):
         self.name, self.description, self.kind = name, description, kind
         self.metrics: list[_Metric] = []
         metric_families.append(self)
 
-    def Metric(self, labels: dict[str, str]) -> _Metric:  # noqa: N802 - Triton's name
-        m = _Metric(labels)
+    def Metric(self, labels: dict[str, str], buckets: list[float] | None = None  # noqa: N802
+               ) -> _Metric:
+        if (buckets is not None) != (self.kind == self.HISTOGRAM):
+            raise ValueError("buckets are for histograms, and histograms need them")
+        m = _Metric(labels, buckets)
         self.metrics.append(m)
         return m
 

@@ -438,9 +438,11 @@ class Executor:
 
     def await_responses(self, id=None, timeout=None):  # noqa: A002 - the bindings' name
         _check("timeout", timeout, timedelta)
-        if not isinstance(id, int):
-            raise NotImplementedError("the fake awaits one request id at a time")
         deadline = None if timeout is None else time.monotonic() + timeout.total_seconds()
+        if id is None:  # every request's ready responses (the bindings' overload)
+            return self._await_any(deadline)
+        if not isinstance(id, int):
+            raise NotImplementedError("the fake awaits one request id, or all of them")
         with self._cond:
             if id not in self._known:
                 raise RuntimeError(f"ReqId {id} has already been processed and was terminated.")
@@ -454,6 +456,21 @@ class Executor:
             out = self._ready.pop(id)
             if any(r.has_error() or r.result.is_final for r in out):
                 del self._known[id]
+            return out
+
+    def _await_any(self, deadline: float | None) -> list:
+        with self._cond:
+            while not any(self._ready.values()):
+                left = None if deadline is None else deadline - time.monotonic()
+                if (left is not None and left <= 0) or not self._running:
+                    return []
+                self._cond.wait(left)
+            out = []
+            for rid in list(self._ready):
+                got = self._ready.pop(rid)
+                if any(r.has_error() or r.result.is_final for r in got):
+                    del self._known[rid]
+                out += got
             return out
 
     def get_num_responses_ready(self, id=None) -> int:  # noqa: A002

@@ -140,6 +140,24 @@ class EngineContract:
         for i, rid in enumerate(later):
             assert tokens_of(collect(engine, rid)) == greedy[4 + i]
 
+    def test_await_any_reads_every_request(self, engine, prompts, greedy):
+        """One reader for all requests (the serving side's dispatcher): every result exactly
+        once, in order per request, whatever mix of streaming and not."""
+        rids = [engine.enqueue(GenerationRequest(input_ids=p, max_new_tokens=N,
+                                                 streaming=i % 2 == 0))
+                for i, p in enumerate(prompts[:8])]
+        got: dict[int, list[GenerationResult]] = {r: [] for r in rids}
+        deadline = time.monotonic() + DEADLINE_S
+        while not all(v and v[-1].is_final for v in got.values()):
+            assert time.monotonic() < deadline, "await_any did not deliver every final result"
+            for r in engine.await_any(timeout=0.5):
+                assert not (got[r.request_id] and got[r.request_id][-1].is_final)
+                got[r.request_id].append(r)
+        for i, rid in enumerate(rids):
+            assert tokens_of(got[rid]) == greedy[i]
+            assert len(got[rid]) == (N if i % 2 == 0 else 1)
+        assert engine.await_any(timeout=0.05) == []
+
     def test_cancel_ends_the_request_and_frees_its_slot(self, engine, prompts, greedy):
         rid = engine.enqueue(GenerationRequest(input_ids=prompts[3], max_new_tokens=1000,
                                                streaming=True))

@@ -54,6 +54,18 @@ class ScriptedEngine(Engine):
                 self._cv.wait(timeout)
             return self.batches[request_id].pop(0) if self.batches[request_id] else []
 
+    def await_any(self, timeout=None):
+        """The next batch of whichever request has one (the dispatcher's read)."""
+        if self.await_error is not None:
+            raise self.await_error
+        with self._cv:
+            if not any(self.batches.values()):
+                self._cv.wait(timeout)
+            for batch in self.batches.values():
+                if batch:
+                    return batch.pop(0)
+            return []
+
     def cancel(self, request_id):
         with self._cv:
             if request_id not in self.cancels:  # a cancelled request ends once
@@ -104,7 +116,7 @@ def make(monkeypatch):
     build.settings = seen
     yield build
     for m in models:
-        if m._m_active is not None:  # not finalized by the test
+        if m._families:  # not finalized by the test
             m.finalize()
 
 
@@ -372,29 +384,69 @@ def test_metrics_families_exist_and_follow_engine_stats(make):
     engine = ScriptedEngine()
     make(engine, name="llm_engine_metrics")
     fams = families_of("llm_engine_metrics")
-    assert set(fams) == {"uip_llm_active_sequences", "uip_llm_kv_blocks_used",
-                         "uip_llm_tokens_generated_total"}
-    assert fams["uip_llm_active_sequences"][0].kind == pbu.MetricFamily.GAUGE
-    assert fams["uip_llm_kv_blocks_used"][0].kind == pbu.MetricFamily.GAUGE
-    assert fams["uip_llm_tokens_generated_total"][0].kind == pbu.MetricFamily.COUNTER
+    kinds = {"uip_llm_active_sequences": "GAUGE", "uip_llm_waiting_sequences": "GAUGE",
+             "uip_llm_kv_blocks_used": "GAUGE", "uip_llm_kv_blocks_total": "GAUGE",
+             "uip_llm_tokens_generated_total": "COUNTER",
+             "uip_llm_prefix_cache_queries_total": "COUNTER",
+             "uip_llm_prefix_cache_hits_total": "COUNTER",
+             "uip_llm_preemptions_total": "COUNTER",
+             "uip_llm_time_to_first_token_seconds": "HISTOGRAM",
+             "uip_llm_time_per_output_token_seconds": "HISTOGRAM"}
+    assert set(fams) == set(kinds)
+    for name, kind in kinds.items():
+        assert fams[name][0].kind == getattr(pbu.MetricFamily, kind), name
     assert fams["uip_llm_active_sequences"][1].labels == {"model": "llm_engine_metrics",
                                                           "runtime": "torch"}
-    active, kv, tokens = (fams[n][1] for n in ("uip_llm_active_sequences",
-                                               "uip_llm_kv_blocks_used",
-                                               "uip_llm_tokens_generated_total"))
+    active, waiting, kv, tokens, hits, pre = (fams[n][1] for n in (
+        "uip_llm_active_sequences", "uip_llm_waiting_sequences", "uip_llm_kv_blocks_used",
+        "uip_llm_tokens_generated_total", "uip_llm_prefix_cache_hits_total",
+        "uip_llm_preemptions_total"))
 
-    engine.stats_value = EngineStats(3, 1, 12, 100, 40)
-    wait_until(lambda: (active.value, kv.value, tokens.value) == (3.0, 12.0, 40.0))
-    engine.stats_value = EngineStats(1, 0, 4, 100, 55)
-    wait_until(lambda: (active.value, kv.value, tokens.value) == (1.0, 4.0, 55.0))
-    time.sleep(0.25)  # a few more updates: the counter counts each token once
-    assert tokens.value == 55.0
+    def seen():
+        return active.value, waiting.value, kv.value, tokens.value, hits.value, pre.value
+
+    engine.stats_value = EngineStats(3, 1, 12, 100, 40, prefix_cache_queries=9,
+                                     prefix_cache_hits=6, preemptions=2)
+    wait_until(lambda: seen() == (3.0, 1.0, 12.0, 40.0, 6.0, 2.0))
+    engine.stats_value = EngineStats(1, 0, 4, 100, 55, prefix_cache_queries=9,
+                                     prefix_cache_hits=7, preemptions=2)
+    wait_until(lambda: seen() == (1.0, 0.0, 4.0, 55.0, 7.0, 2.0))
+    time.sleep(0.25)  # a few more updates: each counter counts each event once
+    assert (tokens.value, hits.value, pre.value) == (55.0, 7.0, 2.0)
+
+
+def test_streamed_requests_feed_the_latency_histograms(make):
+    engine = ScriptedEngine([[[([1], False)], [([2], False)], [([3], True, "length")]]])
+    model = make(engine, name="llm_engine_latency")
+    req = gen_request(streaming=True)
+    model.execute([req])
+    wait_until(lambda: req.sender.finished)
+    fams = families_of("llm_engine_latency")
+    ttft = fams["uip_llm_time_to_first_token_seconds"][1]
+    tpot = fams["uip_llm_time_per_output_token_seconds"][1]
+    assert len(ttft.observed) == 1 and ttft.observed[0] >= 0
+    assert len(tpot.observed) == 1 and tpot.observed[0] >= 0
+    assert ttft.buckets == sorted(ttft.buckets)
+
+
+def test_one_dispatcher_thread_serves_every_stream(make):
+    """The stub's threads do not grow with the number of streams."""
+    engine = ScriptedEngine()  # scripts run out: every request waits until cancelled
+    model = make(engine)
+    before = threading.active_count()
+    reqs = [gen_request(streaming=True) for _ in range(64)]
+    model.execute(reqs)
+    assert threading.active_count() == before
+    for r in reqs:
+        r.cancelled = True
+    wait_until(lambda: all(r.sender.finished for r in reqs))
+    assert sorted(engine.cancels) == list(range(64))  # each cancelled exactly once
 
 
 def test_finalize_shuts_the_engine_down_and_stops_the_metrics_thread(make):
     engine = ScriptedEngine()
     model = make(engine)
-    thread = model._metrics_thread
+    threads = list(model._threads)
     model.finalize()
     assert engine.shutdowns == 1
-    assert not thread.is_alive()
+    assert not any(t.is_alive() for t in threads)

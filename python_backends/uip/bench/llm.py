@@ -111,9 +111,9 @@ def inprocess(concurrency: list[int], device: str = "cpu", model_dir: Path | Non
     (closed loop, `c` clients)."""
     from uip.bench.llm_inprocess import run
     from uip.core.paths import artifacts_root
-    from uip.llm.torch_runtime import TorchEngine, TorchEngineConfig
+    from uip.llm.paged_runtime import PagedEngine, PagedEngineConfig
 
-    engine = TorchEngine(model_dir or artifacts_root() / "llm-tiny", TorchEngineConfig(
+    engine = PagedEngine(model_dir or artifacts_root() / "llm-tiny", PagedEngineConfig(
         num_blocks=num_blocks, page_size=64, max_batch_tokens=max_batch_tokens, device=device))
     try:
         run(engine, 1, max_new_tokens=8, requests_per_client=1, vocab=engine.vocab_size)

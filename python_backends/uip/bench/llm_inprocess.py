@@ -101,7 +101,7 @@ def run(engine: Engine, concurrency: int, prompt_tokens: int = 32, max_new_token
 
 
 def main(argv: list[str] | None = None) -> list[BenchResult]:
-    from uip.llm.torch_runtime import TorchEngine, TorchEngineConfig
+    from uip.llm.paged_runtime import PagedEngine, PagedEngineConfig
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", type=Path, default=artifacts_root() / "llm-tiny")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> list[BenchResult]:
         from uip import artifacts
 
         artifacts.ensure(["llm-tiny"])
-    engine = TorchEngine(args.model_dir, TorchEngineConfig(
+    engine = PagedEngine(args.model_dir, PagedEngineConfig(
         num_blocks=args.num_blocks, page_size=args.page_size,
         max_batch_tokens=args.max_batch_tokens, device=args.device,
         torch_threads=args.torch_threads))

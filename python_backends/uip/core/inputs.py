@@ -1,4 +1,5 @@
-"""Request validation shared by every model: one contract, one validator (pure)."""
+"""Request validation shared by every model: one contract, one validator, and the two
+request errors that are not server faults (pure)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ import numpy as np
 
 class InvalidInput(ValueError):
     """A bad request input; becomes INVALID_ARG with this message."""
+
+
+class Unavailable(RuntimeError):
+    """The server cannot take the request now (a full queue, a model reloading); becomes
+    UNAVAILABLE (HTTP 503): the client should retry with backoff."""
 
 
 @dataclass(frozen=True)

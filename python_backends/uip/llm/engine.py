@@ -61,6 +61,9 @@ class EngineStats:
     kv_blocks_used: int
     kv_blocks_total: int
     tokens_generated: int
+    prefix_cache_queries: int = 0  # prompt blocks looked up in the prefix cache
+    prefix_cache_hits: int = 0  # of those, found there
+    preemptions: int = 0  # sequences evicted from a full cache (recomputed later)
 
 
 class Engine(abc.ABC):
@@ -74,6 +77,12 @@ class Engine(abc.ABC):
     def await_responses(self, request_id: int, timeout: float | None = None
                         ) -> list[GenerationResult]:
         """Results ready for a request (may be empty on timeout); the last has is_final."""
+
+    @abc.abstractmethod
+    def await_any(self, timeout: float | None = None) -> list[GenerationResult]:
+        """Results ready for any request (waiting up to `timeout` while there are none), in
+        order per request: the serving side's one dispatcher reads every request through
+        this. A consumer reads through either this or `await_responses`, not both."""
 
     @abc.abstractmethod
     def cancel(self, request_id: int) -> None:

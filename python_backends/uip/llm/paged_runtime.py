@@ -3,11 +3,11 @@
 One engine thread runs the step loop: take new requests and cancels, let the scheduler pick
 this step's decode tokens and prefill chunks, run one batched forward of the model runner
 (llama.py) over the paged cache, choose one token per finished row on the device
-(paged_sampling.py), and deliver results to per-request queues. The semantics are the torch
-runtime's (torch_runtime.py): EOS = the request's end_id or the model's eos ids (finish
-'stop', the EOS token included), stop words (finish 'stop', included), bad words, per-request
-seeded sampling, max_new_tokens (finish 'length'), cancel (finish 'cancelled' at once; its
-blocks are freed at the start of the next step).
+(paged_sampling.py), and deliver results to per-request queues. The semantics are the
+`Engine` contract's (tests/unit/engine_contract.py): EOS = the request's end_id or the model's
+eos ids (finish 'stop', the EOS token included), stop words (finish 'stop', included), bad
+words, per-request seeded sampling, max_new_tokens (finish 'length'), cancel (finish
+'cancelled' at once; its blocks are freed at the start of the next step).
 
 Guided decoding hook: `enqueue(request, logits_mask=fn)`; `fn(generated_tokens)` runs in the
 engine thread before each token and returns a bool tensor [vocab] of allowed tokens, or None.
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from uip.core.inputs import InvalidInput
+from uip.core.inputs import InvalidInput, Unavailable
 from uip.llm import validation
 from uip.llm.engine import (
     Engine,
@@ -51,13 +51,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("uip.llm.paged_runtime")
 
 
-class EngineOverloaded(RuntimeError):
+class EngineOverloaded(Unavailable):
     """Too many requests wait already; the client should retry later."""
 
 
 @dataclass
 class PagedEngineConfig:
-    """Read from the same spec parameters as TorchEngineConfig, plus max_waiting_requests."""
+    """The `torch` runtime's spec parameters (`llm_engine` in specs/llm.yaml)."""
 
     num_blocks: int | None = 64  # KV cache capacity in blocks of `page_size` tokens
     page_size: int = 64
@@ -88,14 +88,6 @@ class PagedEngineConfig:
             prefix_caching=settings.param("prefix_caching", True, bool),
             torch_threads=settings.param("torch_threads", 0, int),
         )
-
-
-@dataclass(frozen=True)
-class PagedEngineStats(EngineStats):
-    prefix_cache_queries: int = 0  # prompt blocks looked up
-    prefix_cache_hits: int = 0  # of those, found in the cache
-    preemptions: int = 0
-    steps: int = 0
 
 
 @dataclass(eq=False)
@@ -138,6 +130,7 @@ class PagedEngine(Engine):
                                    cfg.max_requests_per_batch or 256)
         self._ids = itertools.count(1)
         self._lock = threading.Condition()
+        self._delivered = threading.Event()  # a result was queued (wakes `await_any`)
         self._requests: dict[int, _Request] = {}
         self._incoming: list[_Request] = []
         self._cancelled: list[_Request] = []
@@ -228,6 +221,27 @@ class PagedEngine(Engine):
                 self._requests.pop(request_id, None)
         return items
 
+    def await_any(self, timeout: float | None = None) -> list[GenerationResult]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._delivered.clear()  # before draining: a result queued meanwhile sets it again
+            with self._lock:
+                live = list(self._requests.values())
+            out: list[GenerationResult] = []
+            for req in live:
+                while True:
+                    try:
+                        out.append(req.results.get_nowait())
+                    except queue.Empty:
+                        break
+                if out and out[-1].request_id == req.id and out[-1].is_final:
+                    with self._lock:
+                        self._requests.pop(req.id, None)
+            left = None if deadline is None else deadline - time.monotonic()
+            if out or (left is not None and left <= 0):
+                return out
+            self._delivered.wait(left)
+
     def cancel(self, request_id: int) -> None:
         with self._lock:
             req = self._requests.get(request_id)
@@ -237,16 +251,16 @@ class PagedEngine(Engine):
             self._cancelled.append(req)
             self._lock.notify()
 
-    def stats(self) -> PagedEngineStats:
+    def stats(self) -> EngineStats:
         sched, blocks = self.scheduler, self.blocks
-        return PagedEngineStats(
+        return EngineStats(
             active_requests=len(sched.running),
             queued_requests=len(sched.waiting) + len(self._incoming),
             kv_blocks_used=blocks.num_used, kv_blocks_total=blocks.num_blocks,
             tokens_generated=self._tokens_generated,
             prefix_cache_queries=blocks.prefix_stats.queries,
             prefix_cache_hits=blocks.prefix_stats.hits,
-            preemptions=sched.preemptions, steps=self._steps)
+            preemptions=sched.preemptions)
 
     def shutdown(self) -> None:
         with self._lock:
@@ -345,6 +359,7 @@ class PagedEngine(Engine):
                     self._finish(req, [token], reason)
                 elif req.request.streaming:
                     req.results.put(GenerationResult(req.id, [token], is_final=False))
+        self._delivered.set()
 
     def _finish(self, req: _Request, new_tokens: list[int], reason: FinishReason,
                 error: str | None = None) -> None:
@@ -353,6 +368,7 @@ class PagedEngine(Engine):
         tokens = new_tokens if req.request.streaming else req.seq.generated
         req.results.put(GenerationResult(req.id, tokens, is_final=True, finish_reason=reason,
                                          error=error))
+        self._delivered.set()
 
     def _fail(self, req: _Request, message: str) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from uip.core.inputs import InvalidInput
+from uip.core.inputs import InvalidInput, Unavailable
 
 log = logging.getLogger("uip")
 
@@ -23,9 +23,12 @@ def tensor(name: str, value: np.ndarray) -> pb_utils.Tensor:
 
 
 def error(exc: BaseException) -> pb_utils.TritonError:
-    """INVALID_ARG for bad input; INTERNAL (with the message, never a traceback) otherwise."""
+    """INVALID_ARG for bad input, UNAVAILABLE when the server is full; INTERNAL (with the
+    message, never a traceback) otherwise."""
     if isinstance(exc, InvalidInput):
         return pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+    if isinstance(exc, Unavailable):
+        return pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE)
     log.exception("request failed")
     return pb_utils.TritonError(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
 

@@ -9,9 +9,9 @@ RUNTIMES = ("torch", "tensorrt_llm")  # the spec's `runtime` values for llm_engi
 
 def engine_class(runtime: str) -> type[Engine]:
     if runtime == "torch":
-        from uip.llm.torch_runtime import TorchEngine
+        from uip.llm.paged_runtime import PagedEngine
 
-        return TorchEngine
+        return PagedEngine
     if runtime == "tensorrt_llm":
         from uip.trtllm.runtime import TrtllmEngine
 

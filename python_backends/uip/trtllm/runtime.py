@@ -316,6 +316,10 @@ class _Live:
     last_token: int | None = None
 
 
+def _wait(timeout: float | None) -> timedelta | None:
+    return None if timeout is None else timedelta(seconds=max(0.0, timeout))
+
+
 def parse_eos(value: str | None) -> tuple[int, ...]:
     """The `eos_token_ids` parameter: comma-separated ids (the build script writes it)."""
     if not value:
@@ -385,12 +389,20 @@ class TrtllmEngine(Engine):
             live = self._live.get(request_id)
         if live is None:
             raise KeyError(f"unknown or finished request {request_id}")
-        wait = None if timeout is None else timedelta(seconds=max(0.0, timeout))
-        responses = self._executor.await_responses(request_id, timeout=wait)
+        return self._results(self._executor.await_responses(request_id, timeout=_wait(timeout)))
+
+    def await_any(self, timeout: float | None = None) -> list[GenerationResult]:
+        return self._results(self._executor.await_responses(timeout=_wait(timeout)))
+
+    def _results(self, responses: list) -> list[GenerationResult]:
+        """The executor's responses as results, with the end id put back (see the class)."""
         out = []
         with self._lock:
             for resp in responses:
                 r = to_result(resp)
+                live = self._live.get(r.request_id)
+                if live is None:  # a response to a request this engine already finished
+                    continue
                 if r.tokens:
                     live.last_token = r.tokens[-1]
                 if r.is_final and live.end_id is not None and live.last_token != live.end_id \
@@ -398,7 +410,7 @@ class TrtllmEngine(Engine):
                     r = replace(r, tokens=[*r.tokens, live.end_id])
                 self._tokens += len(r.tokens)
                 if r.is_final:
-                    self._live.pop(request_id, None)
+                    self._live.pop(r.request_id, None)
                 out.append(r)
         return out
 

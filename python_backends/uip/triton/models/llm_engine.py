@@ -2,11 +2,13 @@
 
 The tensor contract is TensorRT-LLM's `tensorrt_llm` model (see `uip.llm.engine_tensors`); the
 runtime (`torch` or `tensorrt_llm`) comes from the spec. `execute` only validates and enqueues;
-one thread per in-flight request relays the engine's results to its response sender (one
-response per engine result when streaming, exactly one response carrying the FINAL flag
-otherwise) and polls `request.is_cancelled()`. A request with `stop` true cancels the in-flight
-requests that carry the same Triton request id (TensorRT-LLM's convention, which llm_bls
-uses: BLS in Triton 2.51 cannot cancel its own request) and gets one empty final response.
+ONE dispatcher thread serves every in-flight request: it reads all results through
+`Engine.await_any`, merges what a slow client has not taken yet (`coalesce`), sends one
+response per result when streaming (exactly one, FINAL, otherwise), and polls every request's
+`is_cancelled()`. So the stub's thread count does not grow with the number of streams. A
+request with `stop` true cancels the in-flight requests that carry the same Triton request id
+(TensorRT-LLM's convention, which llm_bls uses: BLS in Triton 2.51 cannot cancel its own
+request) and gets one empty final response.
 """
 
 from __future__ import annotations
@@ -14,16 +16,34 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 from uip.core.inputs import InvalidInput
 from uip.core.settings import ModelSettings
 from uip.llm import engine_tensors
-from uip.llm.engine import coalesce
+from uip.llm.engine import GenerationResult, coalesce
 from uip.triton import pb
 from uip.triton.runtimes import create_engine
 
-CANCEL_POLL_S = 0.05  # how often a request's loop asks Triton whether the client cancelled
+CANCEL_POLL_S = 0.05  # how often the dispatcher asks Triton which clients cancelled
 METRICS_PERIOD_S = 0.1
+TTFT_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+TPOT_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One in-flight request as the dispatcher sees it."""
+
+    request: object
+    sender: object
+    tid: str  # Triton request id ('' when none)
+    key: bytes | None  # stream_key to echo
+    streaming: bool
+    enqueued: float
+    first: float | None = None  # when the first token went out
+    tokens: int = 0
+    cancel_sent: bool = False
 
 
 class LlmEngineModel:
@@ -35,12 +55,16 @@ class LlmEngineModel:
         self.max_context = self.settings.limit("max_context", 2048)
         self.engine = create_engine(self.settings)
         self._lock = threading.Lock()
+        self._streams: dict[int, _Stream] = {}  # engine request id -> stream
         self._inflight: dict[str, set[int]] = defaultdict(set)  # Triton request id -> engine ids
         self._closing = threading.Event()
         self._init_metrics()
-        self._metrics_thread = threading.Thread(target=self._metrics_loop,
-                                                name="uip-llm-metrics", daemon=True)
-        self._metrics_thread.start()
+        self._threads = [
+            threading.Thread(target=self._dispatch, name="uip-llm-dispatch", daemon=True),
+            threading.Thread(target=self._metrics_loop, name="uip-llm-metrics", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
 
     # ----------------------------------------------------------------------------- requests
 
@@ -58,53 +82,87 @@ class LlmEngineModel:
                 self._stop_by_id(request.request_id())
                 pb.send(sender, engine_tensors.encode_response([], "cancelled"), final=True)
                 return
-            rid = self.engine.enqueue(call.request)
+            tid = request.request_id()
+            with self._lock:  # registered before the dispatcher can see the first result
+                rid = self.engine.enqueue(call.request)
+                self._streams[rid] = _Stream(request, sender, tid, call.stream_key,
+                                             call.request.streaming, time.monotonic())
+                if tid:
+                    self._inflight[tid].add(rid)
         except Exception as exc:  # noqa: BLE001 - becomes this request's error response
             if isinstance(exc, ValueError) and not isinstance(exc, InvalidInput):
                 exc = InvalidInput(str(exc))
             sender.send(pb.error_response(exc), flags=pb.final_flag())
-            return
-        tid = request.request_id()
-        if tid:
-            with self._lock:
-                self._inflight[tid].add(rid)
-        threading.Thread(target=self._relay, args=(request, sender, rid, tid, call.stream_key),
-                         name=f"uip-llm-{rid}", daemon=True).start()
 
-    def _relay(self, request, sender, rid: int, tid: str, key: bytes | None) -> None:
-        """Send the engine's results for one request until its final one."""
+    def _dispatch(self) -> None:
+        """The one thread that relays every request's results and polls for cancels."""
         last_poll = 0.0
+        while not self._closing.is_set():
+            try:
+                results = self.engine.await_any(timeout=CANCEL_POLL_S)
+            except Exception as exc:  # noqa: BLE001 - the requests in flight fail, not the model
+                pb.log.exception("llm_engine: reading the engine's results failed")
+                self._fail_all(exc)
+                self._closing.wait(CANCEL_POLL_S)
+                continue
+            for result in coalesce(results):
+                self._relay(result)
+            now = time.monotonic()
+            if now - last_poll >= CANCEL_POLL_S:
+                last_poll = now
+                self._poll_cancels()
+
+    def _relay(self, result: GenerationResult) -> None:
+        with self._lock:
+            stream = self._streams.get(result.request_id)
+        if stream is None:  # e.g. its client went away and it was dropped
+            return
         try:
-            while True:
-                now = time.monotonic()
-                if now - last_poll >= CANCEL_POLL_S:
-                    last_poll = now
-                    if request.is_cancelled():
-                        self.engine.cancel(rid)
-                for result in coalesce(self.engine.await_responses(rid, timeout=CANCEL_POLL_S)):
-                    if result.error is not None:
-                        sender.send(pb.error_response(RuntimeError(result.error)),
-                                    flags=pb.final_flag())
-                        return
-                    reason = result.finish_reason if result.is_final else None
-                    pb.send(sender, engine_tensors.encode_response(result.tokens, reason, key),
-                            final=result.is_final)
-                    if result.is_final:
-                        return
-        except Exception as exc:  # noqa: BLE001 - the client gets the error, the model lives on
+            if result.error is not None:
+                stream.sender.send(pb.error_response(RuntimeError(result.error)),
+                                   flags=pb.final_flag())
+            else:
+                reason = result.finish_reason if result.is_final else None
+                pb.send(stream.sender,
+                        engine_tensors.encode_response(result.tokens, reason, stream.key),
+                        final=result.is_final)
+                self._observe(stream, result)
+        except Exception:  # noqa: BLE001 - the client is gone: stop generating for it
+            pb.log.exception("llm_engine: sending to request %s failed", result.request_id)
+            self.engine.cancel(result.request_id)
+            self._forget(result.request_id)
+            return
+        if result.is_final or result.error is not None:
+            self._forget(result.request_id)
+
+    def _fail_all(self, exc: Exception) -> None:
+        with self._lock:
+            streams = list(self._streams.items())
+        for rid, stream in streams:
             self.engine.cancel(rid)
             try:
-                sender.send(pb.error_response(exc), flags=pb.final_flag())
+                stream.sender.send(pb.error_response(exc), flags=pb.final_flag())
             except Exception:  # noqa: BLE001 - the response may be complete already
                 pb.log.exception("llm_engine: could not send the error response")
-        finally:
-            if tid:
-                with self._lock:
-                    ids = self._inflight.get(tid)
-                    if ids is not None:
-                        ids.discard(rid)
-                        if not ids:
-                            del self._inflight[tid]
+            self._forget(rid)
+
+    def _poll_cancels(self) -> None:
+        with self._lock:
+            streams = list(self._streams.items())
+        for rid, stream in streams:
+            if not stream.cancel_sent and stream.request.is_cancelled():
+                stream.cancel_sent = True
+                self.engine.cancel(rid)
+
+    def _forget(self, rid: int) -> None:
+        with self._lock:
+            stream = self._streams.pop(rid, None)
+            if stream is not None and stream.tid:
+                ids = self._inflight.get(stream.tid)
+                if ids is not None:
+                    ids.discard(rid)
+                    if not ids:
+                        del self._inflight[stream.tid]
 
     def _stop_by_id(self, tid: str) -> None:
         if not tid:
@@ -120,28 +178,66 @@ class LlmEngineModel:
     def _init_metrics(self) -> None:
         labels = {"model": self.settings.name, "runtime": self.settings.runtime}
         family = pb.pb_utils.MetricFamily
-        self._families = [
-            family(name="uip_llm_active_sequences",
-                   description="Sequences in the in-flight batch (prefilling or decoding)",
-                   kind=family.GAUGE),
-            family(name="uip_llm_kv_blocks_used",
-                   description="KV cache blocks held by live sequences",
-                   kind=family.GAUGE),
-            family(name="uip_llm_tokens_generated_total",
-                   description="Output tokens generated by the engine",
-                   kind=family.COUNTER),
-        ]
-        self._m_active, self._m_kv, self._m_tokens = (f.Metric(labels=labels)
-                                                      for f in self._families)
-        self._tokens_reported = 0
+        self._families: list = []
+
+        def metric(name: str, description: str, kind, **kw):
+            f = family(name=name, description=description, kind=kind)
+            self._families.append(f)
+            return f.Metric(labels=labels, **kw)
+
+        gauge, counter, histogram = family.GAUGE, family.COUNTER, family.HISTOGRAM
+        # EngineStats field -> gauge / counter (counters follow the engine's running totals)
+        self._gauges = {
+            "active_requests": metric("uip_llm_active_sequences",
+                                      "Sequences in the in-flight batch (prefilling or decoding)",
+                                      gauge),
+            "queued_requests": metric("uip_llm_waiting_sequences",
+                                      "Requests waiting for a place in the batch", gauge),
+            "kv_blocks_used": metric("uip_llm_kv_blocks_used",
+                                     "KV cache blocks held by live sequences", gauge),
+            "kv_blocks_total": metric("uip_llm_kv_blocks_total", "KV cache blocks in all", gauge),
+        }
+        self._counters = {
+            "tokens_generated": metric("uip_llm_tokens_generated_total",
+                                       "Output tokens generated by the engine", counter),
+            "prefix_cache_queries": metric("uip_llm_prefix_cache_queries_total",
+                                           "Prompt blocks looked up in the prefix cache", counter),
+            "prefix_cache_hits": metric("uip_llm_prefix_cache_hits_total",
+                                        "Prompt blocks found in the prefix cache (hit rate = "
+                                        "hits / queries)", counter),
+            "preemptions": metric("uip_llm_preemptions_total",
+                                  "Sequences preempted by a full KV cache (recomputed later)",
+                                  counter),
+        }
+        self._reported = dict.fromkeys(self._counters, 0)
+        self._ttft = metric("uip_llm_time_to_first_token_seconds",
+                            "From enqueue to the first streamed token", histogram,
+                            buckets=TTFT_BUCKETS_S)
+        self._tpot = metric("uip_llm_time_per_output_token_seconds",
+                            "Mean time between a streamed request's tokens after the first",
+                            histogram, buckets=TPOT_BUCKETS_S)
+
+    def _observe(self, stream: _Stream, result: GenerationResult) -> None:
+        """Time to first token and per output token, of streamed requests."""
+        if not stream.streaming or not result.tokens:
+            return
+        now = time.monotonic()
+        if stream.first is None:
+            stream.first = now
+            self._ttft.observe(now - stream.enqueued)
+        stream.tokens += len(result.tokens)
+        if result.is_final and stream.tokens > 1:
+            self._tpot.observe((now - stream.first) / (stream.tokens - 1))
 
     def _update_metrics(self) -> None:
         s = self.engine.stats()
-        self._m_active.set(float(s.active_requests))
-        self._m_kv.set(float(s.kv_blocks_used))
-        if s.tokens_generated > self._tokens_reported:
-            self._m_tokens.increment(float(s.tokens_generated - self._tokens_reported))
-            self._tokens_reported = s.tokens_generated
+        for field, gauge in self._gauges.items():
+            gauge.set(float(getattr(s, field)))
+        for field, counter in self._counters.items():
+            value = getattr(s, field)
+            if value > self._reported[field]:
+                counter.increment(float(value - self._reported[field]))
+                self._reported[field] = value
 
     def _metrics_loop(self) -> None:
         while not self._closing.wait(METRICS_PERIOD_S):
@@ -152,7 +248,9 @@ class LlmEngineModel:
 
     def finalize(self) -> None:
         self._closing.set()
-        self._metrics_thread.join(timeout=2)
+        for t in self._threads:
+            t.join(timeout=2)
         self.engine.shutdown()
-        self._m_active = self._m_kv = self._m_tokens = None
+        self._gauges, self._counters = {}, {}
+        self._ttft = self._tpot = None
         self._families = []
