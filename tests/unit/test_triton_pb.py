@@ -8,7 +8,7 @@ import pytest
 import torch
 from support import fake_pb_utils as pbu
 
-from uip.core.inputs import InvalidInput
+from uip.core.inputs import InvalidInput, Unavailable
 from uip.triton import pb
 
 FINAL = pbu.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -18,6 +18,15 @@ def test_error_invalid_input_is_invalid_arg_with_the_message():
     err = pb.error(InvalidInput("'x' must be >= 1, got 0"))
     assert err.code() == pbu.TritonError.INVALID_ARG
     assert err.message() == "'x' must be >= 1, got 0"
+
+
+def test_error_unavailable_is_unavailable_with_the_message():
+    from uip.llm.paged_runtime import EngineOverloaded
+
+    for exc in (Unavailable("queue full"), EngineOverloaded("queue full")):
+        err = pb.error(exc)
+        assert err.code() == pbu.TritonError.UNAVAILABLE
+        assert err.message() == "queue full"
 
 
 @pytest.mark.parametrize("exc, message", [
