@@ -11,13 +11,15 @@ layer writes the new tokens' K/V to their slots (`write_kv`) and then attends (`
 - a prefill chunk attends causally over its cached prefix plus itself; a chunk with no prefix
   uses its own fresh K/V (no gather).
 
-`StepMeta` is built once per step and shared by all layers (and, later, captured by CUDA
-graphs for the decode-only buckets).
+`StepMeta` is built once per step and shared by all layers; the decode-only steps on a GPU
+run a captured CUDA graph instead (cuda_graphs.py) whose `StepMeta` views static buffers and
+names a decode kernel of static shapes (triton_paged_attention.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +46,22 @@ class StepMeta:
     decode_tables: torch.Tensor | None  # [B, max_blocks] block tables (padded with block 0)
     decode_mask: torch.Tensor | None  # [B, 1, 1, max_blocks * block_size] True: attended
     prefills: list[Prefill]
+    # a decode kernel over (q, k_cache, v_cache, tables, lens) with static shapes (CUDA graphs,
+    # triton_paged_attention.paged_decode): then `decode_lens` [B] holds the context lengths
+    # and `decode_mask` is unused
+    decode_kernel: Callable[..., torch.Tensor] | None = None
+    decode_lens: torch.Tensor | None = None
+
+
+def to_device(data: list, device: torch.device, dtype: torch.dtype = torch.long
+              ) -> torch.Tensor:
+    """A host list on `device` without a host sync: a blocking host-to-GPU copy waits for the
+    stream, a copy from pinned memory does not (the pinned block is reused only once the copy
+    is done: torch's host allocator records it)."""
+    t = torch.tensor(data, dtype=dtype)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def build_meta(slot_mapping: list[int], decode_tables: list[list[int]],
@@ -55,17 +73,16 @@ def build_meta(slot_mapping: list[int], decode_tables: list[list[int]],
     if decode_tables:
         used = [-(-n // block_size) for n in decode_lens]
         width = max(used)
-        tables = torch.tensor([t[:u] + [0] * (width - u)
-                               for t, u in zip(decode_tables, used, strict=True)])
-        lens = torch.tensor(decode_lens)
-        mask = (torch.arange(width * block_size)[None, :] < lens[:, None])[:, None, None, :]
-        tables, mask = tables.to(device), mask.to(device)
+        tables = to_device([t[:u] + [0] * (width - u)
+                            for t, u in zip(decode_tables, used, strict=True)], device)
+        lens = to_device(decode_lens, device)
+        mask = (torch.arange(width * block_size, device=device)[None, :]
+                < lens[:, None])[:, None, None, :]
     chunks = [Prefill(start, length, context,
-                      torch.tensor(table[:-(-context // block_size)], device=device)
+                      to_device(table[:-(-context // block_size)], device)
                       if context > length else None)
               for start, length, context, table in prefills]
-    return StepMeta(torch.tensor(slot_mapping, dtype=torch.long, device=device),
-                    len(decode_tables), tables, mask, chunks)
+    return StepMeta(to_device(slot_mapping, device), len(decode_tables), tables, mask, chunks)
 
 
 def backends(device: torch.device):
@@ -108,7 +125,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Ten
            v_cache: torch.Tensor, meta: StepMeta) -> torch.Tensor:
     """q: [T, heads, D]; k, v: [T, kv_heads, D] (already written to the cache) -> [T, heads, D]."""
     out = torch.empty_like(q)
-    if meta.num_decode:
+    if meta.num_decode and meta.decode_kernel is not None:
+        out[:meta.num_decode] = meta.decode_kernel(q[:meta.num_decode], k_cache, v_cache,
+                                                   meta.decode_tables, meta.decode_lens)
+    elif meta.num_decode:
         out[:meta.num_decode] = decode_attention(q[:meta.num_decode], k_cache, v_cache, meta)
     for p in meta.prefills:
         qs = q[p.start:p.start + p.length].transpose(0, 1)[None]  # [1, heads, n, D]

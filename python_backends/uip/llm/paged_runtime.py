@@ -12,6 +12,10 @@ words, per-request seeded sampling, max_new_tokens (finish 'length'), cancel (fi
 Guided decoding hook: `enqueue(request, logits_mask=fn)`; `fn(generated_tokens)` runs in the
 engine thread before each token and returns a bool tensor [vocab] of allowed tokens, or None.
 
+CUDA graphs (GPU, spec parameter `cuda_graphs`, default on): decode-only steps replay a graph
+captured at start-up for their batch-size bucket (cuda_graphs.py); steps with prefill chunks
+run eagerly. On CPU nothing changes.
+
 Admission: at most `max_requests_per_batch` sequences run at once; at most
 `max_waiting_requests` wait, beyond which `enqueue` raises `EngineOverloaded`.
 """
@@ -41,12 +45,13 @@ from uip.llm.engine import (
 )
 from uip.llm.kv_blocks import BlockManager
 from uip.llm.llama import LlamaRunner, eos_ids
-from uip.llm.paged_attention import build_meta
+from uip.llm.paged_attention import build_meta, to_device
 from uip.llm.paged_sampling import LogitsMask, Row, choose, new_generator
 from uip.llm.scheduler import Scheduler, Sequence, StepPlan
 
 if TYPE_CHECKING:
     from uip.core.settings import ModelSettings
+    from uip.llm.cuda_graphs import DecodeGraphs
 
 log = logging.getLogger("uip.llm.paged_runtime")
 
@@ -70,6 +75,7 @@ class PagedEngineConfig:
     device: str = "cpu"
     prefix_caching: bool = True
     torch_threads: int = 0
+    cuda_graphs: bool = True  # GPU only: decode-only steps replay captured CUDA graphs
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> PagedEngineConfig:
@@ -87,6 +93,7 @@ class PagedEngineConfig:
             device=settings.device,
             prefix_caching=settings.param("prefix_caching", True, bool),
             torch_threads=settings.param("torch_threads", 0, int),
+            cuda_graphs=settings.param("cuda_graphs", True, bool),
         )
 
 
@@ -124,10 +131,16 @@ class PagedEngine(Engine):
         self.default_eos = eos_ids(self.model_dir, self.runner.config)
         num_blocks = self._num_blocks()
         self.block_size = cfg.page_size
-        self.cache = self.runner.allocate_cache(num_blocks, cfg.page_size)
+        use_graphs = cfg.cuda_graphs and self.runner.device.type == "cuda"
+        # with graphs, one block more: the scratch block that padding rows write to
+        self.cache = self.runner.allocate_cache(num_blocks + use_graphs, cfg.page_size)
         self.blocks = BlockManager(num_blocks, cfg.page_size, cfg.prefix_caching)
-        self.scheduler = Scheduler(self.blocks, cfg.max_batch_tokens,
-                                   cfg.max_requests_per_batch or 256)
+        max_running = cfg.max_requests_per_batch or 256
+        self.scheduler = Scheduler(self.blocks, cfg.max_batch_tokens, max_running)
+        self.graphs: DecodeGraphs | None = None
+        if use_graphs:
+            self.graphs = self._capture_graphs(num_blocks, min(max_running,
+                                                               cfg.max_batch_tokens))
         self._ids = itertools.count(1)
         self._lock = threading.Condition()
         self._delivered = threading.Event()  # a result was queued (wakes `await_any`)
@@ -144,6 +157,20 @@ class PagedEngine(Engine):
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> PagedEngine:
         return cls(settings.artifact_dir(), PagedEngineConfig.from_settings(settings))
+
+    def _capture_graphs(self, scratch_block: int, max_batch: int) -> DecodeGraphs | None:
+        from uip.llm import triton_paged_attention
+        from uip.llm.cuda_graphs import DecodeGraphs, default_buckets
+
+        if not triton_paged_attention.AVAILABLE:
+            log.warning("cuda_graphs: the `triton` package is missing; decode runs eagerly")
+            return None
+        graphs = DecodeGraphs(self.runner, self.cache, self.block_size, scratch_block,
+                              -(-self.max_context // self.block_size),
+                              default_buckets(max_batch))
+        with torch.inference_mode():
+            graphs.capture()
+        return graphs
 
     def _num_blocks(self) -> int:
         cfg = self.config
@@ -323,11 +350,13 @@ class PagedEngine(Engine):
             slots += [table[p // bs] * bs + p % bs for p in span]
             if c.samples:
                 rows.append(len(ids) - 1)
-        dev = self.runner.device
-        meta = build_meta(slots, decode_tables, decode_lens, prefills, bs, dev)
-        logits = self.runner.forward(torch.tensor(ids, device=dev),
-                                     torch.tensor(positions, device=dev), meta, self.cache,
-                                     torch.tensor(rows, dtype=torch.long, device=dev))
+        if self.graphs is not None and not prefills and len(ids) <= self.graphs.max_batch:
+            logits = self.graphs.run(ids, positions, slots, decode_tables, decode_lens)
+        else:
+            dev = self.runner.device
+            meta = build_meta(slots, decode_tables, decode_lens, prefills, bs, dev)
+            logits = self.runner.forward(to_device(ids, dev), to_device(positions, dev), meta,
+                                         self.cache, to_device(rows, dev))
         self.scheduler.complete(plan)
         self._steps += 1
         self._deliver(plan, logits)

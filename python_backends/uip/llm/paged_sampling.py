@@ -6,7 +6,7 @@ hook), then greedy argmax or temperature / top-k / top-p sampling. A sampled row
 uniform number from its request's own `torch.Generator` (CPU, seeded from the request's seed)
 and inverts the filtered distribution's CDF on the device, so a seed gives the same tokens
 whatever else is in the batch and whatever the batch order. One host copy per step (the
-chosen ids).
+chosen ids); what goes to the device goes from pinned memory, without a sync.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from uip.llm.engine import SamplingParams
+from uip.llm.paged_attention import to_device
 
 # A per-request logits mask: called with the tokens generated so far, before each token is
 # chosen; returns a bool tensor [vocab] (True = allowed) or None for no constraint this step.
@@ -50,9 +51,10 @@ def _filtered_sample(logits: torch.Tensor, params: list[SamplingParams],
     """Rows of `logits` -> one token id each (temperature, then top-k, then top-p)."""
     vocab = logits.shape[-1]
     dev = logits.device
-    temps = torch.tensor([sp.temperature or 1.0 for sp in params], device=dev)
-    ks = torch.tensor([min(sp.top_k or vocab, vocab) for sp in params], device=dev)
-    ps = torch.tensor([sp.top_p if sp.top_p is not None else 1.0 for sp in params], device=dev)
+    temps = to_device([sp.temperature or 1.0 for sp in params], dev, torch.float)
+    ks = to_device([min(sp.top_k or vocab, vocab) for sp in params], dev)
+    ps = to_device([sp.top_p if sp.top_p is not None else 1.0 for sp in params], dev,
+                   torch.float)
     scaled, order = torch.sort(logits / temps[:, None], dim=-1, descending=True)
     kth = scaled.gather(1, (ks - 1)[:, None])
     scaled = scaled.masked_fill(scaled < kth, -math.inf)  # ties with the k-th are kept
@@ -60,7 +62,8 @@ def _filtered_sample(logits: torch.Tensor, params: list[SamplingParams],
     drop = (probs.cumsum(-1) - probs >= ps[:, None]) & (ps[:, None] < 1.0)  # keeps >= 1
     probs = torch.softmax(scaled.masked_fill(drop, -math.inf), dim=-1)
     cdf = probs.cumsum(-1)
-    pick = torch.searchsorted(cdf, (uniforms.to(dev, cdf.dtype) * cdf[:, -1])[:, None])
+    pick = torch.searchsorted(cdf, (to_device(uniforms.tolist(), dev, cdf.dtype)
+                                    * cdf[:, -1])[:, None])
     return order.gather(1, pick.clamp_(max=vocab - 1)).squeeze(1)
 
 
@@ -77,12 +80,12 @@ def choose(logits: torch.Tensor, rows: list[Row]) -> list[int]:
             logits[i].masked_fill_(~row.allowed.to(logits.device), -math.inf)
     if ban_rows:
         dev = logits.device
-        logits[torch.tensor(ban_rows, device=dev), torch.tensor(ban_cols, device=dev)] = -math.inf
+        logits[to_device(ban_rows, dev), to_device(ban_cols, dev)] = -math.inf
     out = logits.argmax(dim=-1)
     sampled = [i for i, row in enumerate(rows) if row.sampling is not None]
     if sampled:
         uniforms = torch.cat([torch.rand(1, generator=rows[i].generator, dtype=torch.float64)
                               for i in sampled])
-        idx = torch.tensor(sampled, device=logits.device)
+        idx = to_device(sampled, logits.device)
         out[idx] = _filtered_sample(logits[idx], [rows[i].sampling for i in sampled], uniforms)
     return out.tolist()

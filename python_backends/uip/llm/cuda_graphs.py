@@ -1,0 +1,130 @@
+"""CUDA graphs for the decode-only steps of `PagedEngine` (GPU only).
+
+At start-up one graph per batch-size bucket (1, 2, 4, ... up to the most decode rows a step
+can have) captures the model runner's whole forward over the paged cache, logits included
+(token choice stays outside: bad words, logits masks and sampling vary per step). Every graph
+reads one static int64 buffer, a row per sequence:
+
+    [token id, position, slot, context length, block 0, block 1, ..., block max_blocks - 1]
+
+filled on the host in pinned memory and sent with one asynchronous copy per step. A step of
+n decode rows replays the smallest bucket >= n; rows n.. are padding: token 0 at position 0,
+written to a scratch block that no sequence owns (the cache has one block more than the
+block manager hands out) and attending to that one token only. Attention under the graph is
+the Triton paged-decode kernel, whose work follows the lengths read on the device. Without
+`capture` (CPU tests, with `reference_paged_decode` as the kernel) `run` runs the same
+static-shape step eagerly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from uip.llm.llama import LlamaRunner
+from uip.llm.paged_attention import StepMeta
+from uip.llm.triton_paged_attention import paged_decode
+
+log = logging.getLogger("uip.llm.cuda_graphs")
+
+_META_COLS = 4  # token id, position, slot, context length; then the block table
+
+
+def default_buckets(max_batch: int) -> list[int]:
+    """Powers of two below `max_batch`, and `max_batch` itself."""
+    out, b = [], 1
+    while b < max_batch:
+        out.append(b)
+        b *= 2
+    return [*out, max_batch]
+
+
+class DecodeGraphs:
+    """Captured decode steps; `run` replays one and returns its float32 logits [n, vocab]."""
+
+    def __init__(self, runner: LlamaRunner, cache: list[tuple[torch.Tensor, torch.Tensor]],
+                 block_size: int, scratch_block: int, max_blocks: int,
+                 buckets: Sequence[int],
+                 kernel: Callable[..., torch.Tensor] = paged_decode) -> None:
+        self.runner, self.cache = runner, cache
+        self.kernel = kernel
+        self.block_size = block_size
+        self.max_blocks = max_blocks
+        self.buckets = sorted(set(buckets))
+        self.max_batch = self.buckets[-1]
+        self._pad = torch.tensor([0, 0, scratch_block * block_size, 1]
+                                 + [scratch_block] * max_blocks, dtype=torch.long)
+        self._host = self._pad.repeat(self.max_batch, 1)
+        if runner.device.type == "cuda":
+            self._host = self._host.pin_memory()
+        self._dev = self._host.to(runner.device)
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._logits: dict[int, torch.Tensor] = {}
+        self.capture_s = 0.0
+        self.capture_bytes = 0
+
+    def _meta(self, b: int) -> StepMeta:
+        buf = self._dev[:b]
+        return StepMeta(slot_mapping=buf[:, 2], num_decode=b,
+                        decode_tables=buf[:, _META_COLS:], decode_mask=None, prefills=[],
+                        decode_kernel=self.kernel, decode_lens=buf[:, 3])
+
+    def _forward(self, b: int) -> torch.Tensor:
+        buf = self._dev[:b]
+        rows = torch.arange(b, device=self.runner.device)
+        return self.runner.forward(buf[:, 0], buf[:, 1], self._meta(b), self.cache, rows)
+
+    def capture(self) -> None:
+        """Warm up and capture every bucket, largest first (they share one memory pool)."""
+        dev = self.runner.device
+        torch.cuda.synchronize(dev)
+        free_before = torch.cuda.mem_get_info(dev)[0]
+        start = time.perf_counter()
+        pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(dev)
+        for b in reversed(self.buckets):
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):  # Triton compile, cuBLAS workspaces: not captured
+                self._forward(b)
+                self._forward(b)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self._logits[b] = self._forward(b)
+            self._graphs[b] = graph
+        torch.cuda.synchronize(dev)
+        self.capture_s = time.perf_counter() - start
+        self.capture_bytes = free_before - torch.cuda.mem_get_info(dev)[0]
+        log.info("captured %d decode CUDA graphs (batch %s) in %.1f s, %.0f MiB of GPU memory",
+                 len(self._graphs), ",".join(map(str, self.buckets)), self.capture_s,
+                 self.capture_bytes / 2**20)
+
+    def bucket(self, n: int) -> int:
+        return next(b for b in self.buckets if b >= n)
+
+    def run(self, ids: list[int], positions: list[int], slots: list[int],
+            tables: list[list[int]], lens: list[int]) -> torch.Tensor:
+        """n decode rows (n <= max_batch) -> logits [n, vocab] (a view of the graph's output,
+        valid until the next `run`)."""
+        n = len(ids)
+        b = self.bucket(n)
+        bs = self.block_size
+        used = [-(-length // bs) for length in lens]
+        width = max(used)
+        scratch = int(self._pad[_META_COLS])
+        host = self._host
+        # the previous step's copy out of `host` is done: its tokens were read back since
+        host[:n, :_META_COLS] = torch.tensor([ids, positions, slots, lens]).T
+        host[:n, _META_COLS:_META_COLS + width] = torch.tensor(
+            [t[:u] + [scratch] * (width - u) for t, u in zip(tables, used, strict=True)])
+        if b > n:
+            host[n:b] = self._pad
+        self._dev[:b].copy_(host[:b], non_blocking=True)
+        graph = self._graphs.get(b)
+        if graph is None:  # not captured (CPU tests): the same static-shape step, eagerly
+            return self._forward(b)[:n]
+        graph.replay()
+        return self._logits[b][:n]
