@@ -3,6 +3,8 @@ time to first token at several concurrencies, to compare with perf_analyzer thro
 
     .venv/bin/python -m uip.bench.llm_inprocess [--model-dir DIR] [--concurrency 1 8 32]
         [--prompt-tokens 32] [--max-new-tokens 128] [--requests-per-client 2] [--json OUT]
+        [--device cuda --dtype bfloat16 --max-requests-per-batch 64 --no-cuda-graphs]
+        [--warmup-tokens 8]
 
 Closed loop: `c` clients each send requests back to back (streaming, so the first token's
 arrival is seen); prompts are distinct seeded random token ids (no prefix sharing).
@@ -114,6 +116,14 @@ def main(argv: list[str] | None = None) -> list[BenchResult]:
     p.add_argument("--max-batch-tokens", type=int, default=512)
     p.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", help="auto (the checkpoint's), bfloat16, ...")
+    p.add_argument("--max-requests-per-batch", type=int, default=None,
+                   help="running sequences (and the largest CUDA-graph bucket); None = 256")
+    p.add_argument("--max-context", type=int, default=None,
+                   help="prompt + output tokens (the CUDA graphs' block-table width)")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on a GPU")
+    p.add_argument("--warmup-tokens", type=int, default=0,
+                   help="before each concurrency, one untimed round of this many new tokens")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
     if args.model_dir == artifacts_root() / "llm-tiny":
@@ -123,10 +133,15 @@ def main(argv: list[str] | None = None) -> list[BenchResult]:
     engine = PagedEngine(args.model_dir, PagedEngineConfig(
         num_blocks=args.num_blocks, page_size=args.page_size,
         max_batch_tokens=args.max_batch_tokens, device=args.device,
-        torch_threads=args.torch_threads))
+        torch_threads=args.torch_threads, dtype=args.dtype,
+        max_requests_per_batch=args.max_requests_per_batch, max_context=args.max_context,
+        cuda_graphs=not args.no_cuda_graphs))
     try:
         results = []
         for c in args.concurrency:
+            if args.warmup_tokens:
+                run(engine, c, args.prompt_tokens, args.warmup_tokens, 1,
+                    vocab=engine.vocab_size, seed=1)
             r = run(engine, c, args.prompt_tokens, args.max_new_tokens, args.requests_per_client,
                     vocab=engine.vocab_size)
             results.append(r)
