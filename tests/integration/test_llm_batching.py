@@ -1,0 +1,96 @@
+"""In-flight batching through the real server: 32 `llm` streams in flight, half of them
+joining mid-flight, each equal to transformers `generate`; the llm_engine stub serves 64
+streams with a bounded number of threads; the engine's metrics return to zero afterwards."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from test_llm import metric
+
+from uip.clients.llm import GrpcStream, generate_grpc
+from uip.core.paths import artifacts_root
+
+N = 20
+PROMPTS = [f"request {i}: {w}" for i, w in enumerate(
+    ["hello", "café", "東京", "server", "batch", "token", "model", "stream"] * 4)]
+
+
+@pytest.fixture(scope="module")
+def greedy():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = artifacts_root() / "llm-tiny"
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    out = {}
+    with torch.no_grad():
+        for p in PROMPTS:
+            ids = tok(p)["input_ids"]
+            gen = model.generate(torch.tensor([ids]), max_new_tokens=N, do_sample=False)
+            out[p] = tok.decode(gen[0, len(ids):], skip_special_tokens=True)
+    return out
+
+
+def engine_stub(server) -> psutil.Process:
+    for child in psutil.Process(server.proc.pid).children():
+        if f"{Path('llm_engine') / '1' / 'model.py'}" in " ".join(child.cmdline()):
+            return child
+    raise AssertionError("no llm_engine stub")
+
+
+def test_32_in_flight_with_late_joiners_equal_generate(server, greedy):
+    decoding = threading.Semaphore(0)  # released once per early stream's first delta
+    joined = threading.Event()
+
+    def one(prompt: str, late: bool) -> str:
+        if late:  # the second half joins while the first half is decoding
+            assert joined.wait(timeout=120)
+        first: list[str] = []
+
+        def on_delta(delta: str) -> None:
+            if not late and not first:
+                first.append(delta)
+                decoding.release()
+
+        gen = generate_grpc(server.grpc_url, "llm", prompt, on_delta=on_delta, max_tokens=N,
+                            request_id=f"batch-{prompt}")
+        return gen.text
+
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        early = [pool.submit(one, p, False) for p in PROMPTS[:16]]
+        late = [pool.submit(one, p, True) for p in PROMPTS[16:]]
+        for _ in range(8):  # half of the early ones stream already
+            assert decoding.acquire(timeout=120)
+        joined.set()
+        texts = [f.result(timeout=300) for f in early + late]
+    for prompt, text in zip(PROMPTS, texts, strict=True):
+        assert text == greedy[prompt], prompt
+
+
+def test_64_streams_bounded_threads_and_metrics_back_to_zero(server):
+    stub = engine_stub(server)
+    # through llm_bls: a gRPC cancel of the `llm` ensemble does not reach llm_engine in 2.51
+    streams = [GrpcStream(server.grpc_url, "llm_bls", f"t {i}", request_id=f"threads-{i}",
+                          max_tokens=200, stream=True) for i in range(64)]
+    try:
+        for s in streams:
+            s.start()
+        time.sleep(1.0)  # all 64 are in the engine now
+        threads = stub.num_threads()
+        assert threads < 16, f"llm_engine's stub runs {threads} threads for 64 streams"
+    finally:
+        for s in streams:
+            s.cancel()
+            s.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and metric(server, "uip_llm_kv_blocks_used") > 0:
+        time.sleep(0.2)
+    assert metric(server, "uip_llm_kv_blocks_used") == 0
+    assert metric(server, "uip_llm_active_sequences") == 0
