@@ -4,6 +4,7 @@ time to first token at several concurrencies, to compare with perf_analyzer thro
     .venv/bin/python -m uip.bench.llm_inprocess [--model-dir DIR] [--concurrency 1 8 32]
         [--prompt-tokens 32] [--max-new-tokens 128] [--requests-per-client 2] [--json OUT]
         [--device cuda --dtype bfloat16 --max-requests-per-batch 64 --no-cuda-graphs]
+        [--no-torch-compile]
         [--warmup-tokens 8]
 
 Closed loop: `c` clients each send requests back to back (streaming, so the first token's
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> list[BenchResult]:
     p.add_argument("--max-context", type=int, default=None,
                    help="prompt + output tokens (the CUDA graphs' block-table width)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on a GPU")
+    p.add_argument("--no-torch-compile", action="store_true",
+                   help="GPU: leave the elementwise ops unfused (no torch.compile)")
     p.add_argument("--warmup-tokens", type=int, default=0,
                    help="before each concurrency, one untimed round of this many new tokens")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[BenchResult]:
         max_batch_tokens=args.max_batch_tokens, device=args.device,
         torch_threads=args.torch_threads, dtype=args.dtype,
         max_requests_per_batch=args.max_requests_per_batch, max_context=args.max_context,
-        cuda_graphs=not args.no_cuda_graphs))
+        cuda_graphs=not args.no_cuda_graphs, torch_compile=not args.no_torch_compile))
     try:
         results = []
         for c in args.concurrency:

@@ -92,6 +92,42 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + rotated * sin
 
 
+def rope_qkv(qkv: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor,
+             positions: torch.Tensor, heads: int, kv_heads: int, head_dim: int
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused [q; k; v] rows [T, ...] -> q [T, heads, D], k, v [T, kv_heads, D], RoPE applied."""
+    q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
+    cos, sin = cos_table[positions][:, None, :], sin_table[positions][:, None, :]
+    q = rotate(qkv[:, :q_dim].view(-1, heads, head_dim), cos, sin)
+    k = rotate(qkv[:, q_dim:q_dim + kv_dim].view(-1, kv_heads, head_dim), cos, sin)
+    v = qkv[:, q_dim + kv_dim:].reshape(-1, kv_heads, head_dim)
+    return q, k, v
+
+
+def add_rms_norm(h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual add and the next norm: (h + delta, rms_norm(h + delta))."""
+    h = h + delta
+    return h, rms_norm(h, weight, eps)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+class _Ops:
+    """The elementwise pieces of a layer: plain functions, or (GPU, `compile_elementwise`)
+    each compiled by torch.compile into fused kernels (a few launches per layer instead of
+    ~30; the GEMMs and attention stay as they are)."""
+
+    def __init__(self, compiled: bool) -> None:
+        wrap = (lambda f: torch.compile(f, dynamic=True, fullgraph=True)) if compiled \
+            else (lambda f: f)
+        self.rms_norm, self.rope_qkv = wrap(rms_norm), wrap(rope_qkv)
+        self.add_rms_norm, self.silu_mul = wrap(add_rms_norm), wrap(silu_mul)
+
+
 def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -136,12 +172,13 @@ class LlamaRunner:
     """Weights on `device`; `forward` computes the logits of selected rows of one step."""
 
     def __init__(self, model_dir: Path | str, dtype: str = "auto", device: str = "cpu",
-                 max_context: int | None = None) -> None:
+                 max_context: int | None = None, compile_elementwise: bool = False) -> None:
         model_dir = Path(model_dir)
         self.config = config = read_config(model_dir)
         self.shape = s = shape_of(config)
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, config)
+        self.ops = _Ops(compile_elementwise and self.device.type == "cuda")
         self.max_context = int(max_context or s.max_positions)
         if self.max_context > s.max_positions:
             raise ValueError(f"max_context {self.max_context} is beyond the model's "
@@ -206,28 +243,29 @@ class LlamaRunner:
                 cache: list[tuple[torch.Tensor, torch.Tensor]], logit_rows: torch.Tensor
                 ) -> torch.Tensor:
         """One step: [T] tokens at [T] positions -> float32 logits [len(logit_rows), vocab]."""
-        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
         with backends(self.device):
-            h = self._layers(self.embed[input_ids], cos, sin, meta, cache)
-        h = rms_norm(h[logit_rows], self.norm, self.shape.eps)
+            h = self._layers(self.embed[input_ids], positions, meta, cache)
+        h = self.ops.rms_norm(h[logit_rows], self.norm, self.shape.eps)
         return F.linear(h, self.lm_head).float()
 
-    def _layers(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: StepMeta,
+    def _layers(self, h: torch.Tensor, positions: torch.Tensor, meta: StepMeta,
                 cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        s = self.shape
-        q_dim, kv_dim = s.heads * s.head_dim, s.kv_heads * s.head_dim
-        for layer, (k_cache, v_cache) in zip(self.layers, cache, strict=True):
-            x = rms_norm(h, layer.ln_in, s.eps)
+        s, ops = self.shape, self.ops
+        x = ops.rms_norm(h, self.layers[0].ln_in, s.eps)
+        for i, (layer, (k_cache, v_cache)) in enumerate(zip(self.layers, cache, strict=True)):
             qkv = F.linear(x, layer.qkv, layer.qkv_bias)
-            q = rotate(qkv[:, :q_dim].view(-1, s.heads, s.head_dim), cos, sin)
-            k = rotate(qkv[:, q_dim:q_dim + kv_dim].view(-1, s.kv_heads, s.head_dim), cos, sin)
-            v = qkv[:, q_dim + kv_dim:].reshape(-1, s.kv_heads, s.head_dim)
+            q, k, v = ops.rope_qkv(qkv, self.cos, self.sin, positions, s.heads, s.kv_heads,
+                                   s.head_dim)
             write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
             o = attend(q, k, v, k_cache, v_cache, meta)
-            h = h + F.linear(o.reshape(-1, q_dim), layer.o, layer.o_bias)
-            x = rms_norm(h, layer.ln_post, s.eps)
-            gate, up = F.linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
+            h, x = ops.add_rms_norm(h, F.linear(o.reshape(-1, s.heads * s.head_dim), layer.o,
+                                                layer.o_bias), layer.ln_post, s.eps)
+            down = F.linear(ops.silu_mul(F.linear(x, layer.gate_up, layer.gate_up_bias)),
+                            layer.down, layer.down_bias)
+            if i + 1 < len(self.layers):  # the residual add fused with the next layer's norm
+                h, x = ops.add_rms_norm(h, down, self.layers[i + 1].ln_in, s.eps)
+            else:
+                h = h + down
         return h
 
 

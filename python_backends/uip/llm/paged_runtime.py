@@ -14,7 +14,9 @@ engine thread before each token and returns a bool tensor [vocab] of allowed tok
 
 CUDA graphs (GPU, spec parameter `cuda_graphs`, default on): decode-only steps replay a graph
 captured at start-up for their batch-size bucket (cuda_graphs.py); steps with prefill chunks
-run eagerly. On CPU nothing changes.
+run eagerly. Spec parameter `torch_compile` (GPU, default on): each layer's elementwise ops
+(norms, residual adds, RoPE, SiLU) run as kernels fused by torch.compile (llama.py). On CPU
+nothing changes.
 
 Admission: at most `max_requests_per_batch` sequences run at once; at most
 `max_waiting_requests` wait, beyond which `enqueue` raises `EngineOverloaded`.
@@ -76,6 +78,7 @@ class PagedEngineConfig:
     prefix_caching: bool = True
     torch_threads: int = 0
     cuda_graphs: bool = True  # GPU only: decode-only steps replay captured CUDA graphs
+    torch_compile: bool = True  # GPU only: a layer's elementwise ops fused by torch.compile
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> PagedEngineConfig:
@@ -94,6 +97,7 @@ class PagedEngineConfig:
             prefix_caching=settings.param("prefix_caching", True, bool),
             torch_threads=settings.param("torch_threads", 0, int),
             cuda_graphs=settings.param("cuda_graphs", True, bool),
+            torch_compile=settings.param("torch_compile", True, bool),
         )
 
 
@@ -125,7 +129,8 @@ class PagedEngine(Engine):
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         self.model_dir = Path(model_dir)
-        self.runner = LlamaRunner(self.model_dir, cfg.dtype, cfg.device, cfg.max_context)
+        self.runner = LlamaRunner(self.model_dir, cfg.dtype, cfg.device, cfg.max_context,
+                                  compile_elementwise=cfg.torch_compile)
         self.vocab_size = self.runner.shape.vocab
         self.max_context = self.runner.max_context
         self.default_eos = eos_ids(self.model_dir, self.runner.config)
@@ -151,6 +156,10 @@ class PagedEngine(Engine):
         self._failed: str | None = None
         self._tokens_generated = 0
         self._steps = 0
+        # seconds spent in the engine thread per phase of a step (host view; for profiling):
+        # schedule + inputs, forward launch (graph replay or eager), token choice (waits for
+        # the GPU: the step's one sync), delivery of the results
+        self.step_seconds = dict.fromkeys(("prepare", "launch", "choose", "deliver"), 0.0)
         self._thread = threading.Thread(target=self._loop, name="uip-paged-engine", daemon=True)
         self._thread.start()
 
@@ -330,6 +339,7 @@ class PagedEngine(Engine):
             return True
 
     def _step(self) -> None:
+        t0 = time.perf_counter()
         plan = self.scheduler.schedule()
         if not plan.chunks:  # cannot happen for validated requests; never spin hot
             time.sleep(0.001)
@@ -350,6 +360,8 @@ class PagedEngine(Engine):
             slots += [table[p // bs] * bs + p % bs for p in span]
             if c.samples:
                 rows.append(len(ids) - 1)
+        t1 = time.perf_counter()
+        self.step_seconds["prepare"] += t1 - t0
         if self.graphs is not None and not prefills and len(ids) <= self.graphs.max_batch:
             logits = self.graphs.run(ids, positions, slots, decode_tables, decode_lens)
         else:
@@ -359,6 +371,7 @@ class PagedEngine(Engine):
                                          self.cache, to_device(rows, dev))
         self.scheduler.complete(plan)
         self._steps += 1
+        self.step_seconds["launch"] += time.perf_counter() - t1
         self._deliver(plan, logits)
 
     def _deliver(self, plan: StepPlan, logits: torch.Tensor) -> None:
@@ -375,7 +388,10 @@ class PagedEngine(Engine):
             sampled.append(req)
         if len(rows) < logits.shape[0]:
             logits = logits[rows]
+        t0 = time.perf_counter()
         tokens = choose(logits, [req.row for req in sampled]) if sampled else []
+        t1 = time.perf_counter()
+        self.step_seconds["choose"] += t1 - t0
         with self._lock:
             for req, token in zip(sampled, tokens, strict=True):
                 if req.done:  # cancelled during the step: removed on the next one
@@ -389,6 +405,7 @@ class PagedEngine(Engine):
                 elif req.request.streaming:
                     req.results.put(GenerationResult(req.id, [token], is_final=False))
         self._delivered.set()
+        self.step_seconds["deliver"] += time.perf_counter() - t1
 
     def _finish(self, req: _Request, new_tokens: list[int], reason: FinishReason,
                 error: str | None = None) -> None:

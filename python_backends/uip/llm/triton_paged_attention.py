@@ -43,7 +43,7 @@ if AVAILABLE:
                        stride_qb, stride_qh, stride_kb, stride_kt, stride_kh,
                        stride_tb, stride_lb, stride_ob, stride_oh,
                        GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-                       HEAD_DIM: tl.constexpr, PAGE: tl.constexpr):
+                       HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, PRECISION: tl.constexpr):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         h = tl.arange(0, BLOCK_H)
@@ -64,13 +64,14 @@ if AVAILABLE:
             row = block.to(tl.int64) * stride_kb + (tok % PAGE) * stride_kt + kvh * stride_kh
             k = tl.load(k_ptr + row[:, None] + d[None, :], mask=ok[:, None], other=0.0)
             v = tl.load(v_ptr + row[:, None] + d[None, :], mask=ok[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION).to(tl.float32) * scale
             s = tl.where(ok[None, :], s, -float("inf"))
             m_new = tl.maximum(m, tl.max(s, 1))
             p = tl.exp(s - m_new[:, None])
             alpha = tl.exp(m - m_new)
             lsum = lsum * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v,
+                                                input_precision=PRECISION).to(tl.float32)
             m = m_new
         out = acc / lsum[:, None]
         tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :],
@@ -109,5 +110,5 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         tables.stride(0), lens.stride(0), out.stride(0), out.stride(1),
         GROUP=group, BLOCK_H=max(16, _next_pow2(group)), BLOCK_N=block_n, HEAD_DIM=dim,
-        PAGE=page, num_warps=4)
+        PAGE=page, PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4)
     return out
