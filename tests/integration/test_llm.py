@@ -257,3 +257,39 @@ def test_many_streams_with_cancels_keep_every_stub_alive(server, tokenizer, refe
     for model in MODELS:
         gen = generate_grpc(server.grpc_url, model, PROMPTS[0], max_tokens=6)
         assert gen.text == tokenizer.decode(reference[PROMPTS[0]][:6], skip_special_tokens=True)
+
+
+def _llm_bls_stub(server):
+    import psutil
+
+    for child in psutil.Process(server.proc.pid).children():
+        cmd = " ".join(child.cmdline())
+        if "triton_python_backend_stub" in cmd and "/llm_bls/" in cmd:
+            return child
+    raise AssertionError("no llm_bls stub found")
+
+
+def test_llm_bls_threads_stay_bounded_with_32_streams(server, tokenizer, reference):
+    """One driver thread and one shared gRPC stream to llm_engine serve every llm_bls request:
+    32 streams in flight leave the stub with fewer than 16 threads, and each still streams."""
+    stub = _llm_bls_stub(server)
+    streams = [GrpcStream(server.grpc_url, "llm_bls", PROMPTS[i % len(PROMPTS)],
+                          max_tokens=1000).start() for i in range(32)]
+    try:
+        iters = [s.responses(timeout=60) for s in streams]
+        for it in iters:  # every stream is in flight (its first delta came)
+            next(it)
+        threads = stub.num_threads()
+        assert threads < 16, f"the llm_bls stub runs {threads} threads with 32 streams"
+        for it in iters:  # and still streams (a stream may also have ended: EOS)
+            next(it, None)
+        assert stub.num_threads() < 16
+    finally:
+        for s in streams:
+            s.cancel()
+    t0 = time.monotonic()
+    while metric(server, "uip_llm_active_sequences") > 0:
+        assert time.monotonic() - t0 < 30, "the cancelled llm_bls streams still run"
+        time.sleep(0.1)
+    gen = generate_grpc(server.grpc_url, "llm_bls", PROMPTS[0], max_tokens=6)
+    assert gen.text == tokenizer.decode(reference[PROMPTS[0]][:6], skip_special_tokens=True)

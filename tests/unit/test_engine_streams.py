@@ -1,15 +1,28 @@
-"""llm_bls's gRPC engine stream, without a server: URL resolution, chunks, stop, errors."""
+"""llm_bls's multiplexed gRPC engine stream against an in-process gRPC server speaking Triton's
+protocol (tritonclient's generated servicer): one stream for every request, routing by request
+id (error responses included), stop requests, a broken stream failing what is in flight and a
+new stream after it, an unreachable address, close, and a bounded number of threads."""
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
+from concurrent import futures
+
+import grpc
 import numpy as np
 import pytest
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
 
-from uip.llm.engine_tensors import encode_stop
+from uip.llm.engine_tensors import RESPONSE_OUTPUTS, EngineChunk, encode_response, encode_stop
 from uip.llm.orchestrate import EngineStreamError
-from uip.triton import engine_streams
-from uip.triton.engine_streams import GrpcEngineStream, engine_url, to_chunk
+from uip.triton.engine_streams import GrpcEngineMux, engine_url, to_chunk
+
+TIMEOUT_S = 10.0
+INPUTS = {"input_ids": np.array([[1, 2, 3]], dtype=np.int32),
+          "request_output_len": np.array([[4]], dtype=np.int32)}
 
 
 class FakeResult:
@@ -19,36 +32,6 @@ class FakeResult:
 
     def as_numpy(self, name):
         return self.outputs.get(name)
-
-
-class FakeClient:
-    def __init__(self, url):
-        self.url, self.sent, self.callback, self.stopped, self.closed = url, [], None, False, False
-
-    def start_stream(self, callback):
-        self.callback = callback
-
-    def async_stream_infer(self, model, inputs, request_id, outputs):
-        self.sent.append((model, {i.name(): i for i in inputs}, request_id,
-                          [o.name() for o in outputs]))
-
-    def stop_stream(self, cancel_requests=False):
-        self.stopped = cancel_requests
-
-    def close(self):
-        self.closed = True
-
-
-@pytest.fixture
-def client(monkeypatch):
-    made = []
-
-    def factory(url):
-        made.append(FakeClient(url))
-        return made[-1]
-
-    monkeypatch.setattr(engine_streams.grpcclient, "InferenceServerClient", factory)
-    return made
 
 
 def test_engine_url_precedence(monkeypatch):
@@ -72,62 +55,206 @@ def test_stop_request_carries_stop_and_one_token():
     assert stop["request_output_len"][0, 0] == 1
 
 
-def test_stream_sends_reads_stops_and_closes(client):
-    inputs = {"input_ids": np.array([[1, 2, 3]], dtype=np.int32),
-              "request_output_len": np.array([[4]], dtype=np.int32)}
-    s = GrpcEngineStream("localhost:5", "llm_engine", inputs, "rid-1")
-    s.start()
-    (c,) = client
-    model, sent, rid, outputs = c.sent[0]
-    assert (model, rid, c.url) == ("llm_engine", "rid-1", "localhost:5")
-    assert set(sent) == {"input_ids", "request_output_len"} and outputs == ["output_ids",
-                                                                           "finish_reason"]
-    assert s.next(0.01) is None  # nothing yet
-    c.callback(FakeResult([7]), None)
-    assert s.next(1).tokens == [7] and not s.ended
-    s.stop()
-    s.stop()  # idempotent
-    assert len(c.sent) == 2 and c.sent[1][2] == "rid-1" and "stop" in c.sent[1][1]
-    c.callback(FakeResult([], "cancelled"), None)
-    assert s.next(1).finish_reason == "cancelled" and s.ended
-    assert s.next(0.01) is None
-    s.close()
-    assert c.stopped and c.closed
+# --- GrpcEngineMux over a fake Triton gRPC endpoint -------------------------------------------
 
 
-def test_stream_error_is_an_engine_error(client):
-    s = GrpcEngineStream("x:1", "llm_engine", {"input_ids": np.zeros((1, 2), np.int32)}, "r")
-    s.start()
-    client[0].callback(None, InferenceServerException("boom"))
-    with pytest.raises(EngineStreamError, match="boom"):
-        s.next(1)
-    assert s.ended
+def response(tid: str, ids=(), reason: str = "", error: str = ""):
+    """A ModelStreamInferResponse as Triton 2.51 sends it (the id echoed, errors included)."""
+    r = service_pb2.ModelStreamInferResponse()
+    r.infer_response.id = tid
+    if error:
+        r.error_message = error
+        return r
+    r.infer_response.model_name = "llm_engine"
+    for name, arr in encode_response(list(ids), reason or None).items():
+        if name not in RESPONSE_OUTPUTS:
+            continue
+        out = r.infer_response.outputs.add()
+        out.name, out.datatype = name, np_to_triton_dtype(arr.dtype)
+        out.shape.extend(arr.shape)
+        raw = serialize_byte_tensor(arr).item() if arr.dtype == object else arr.tobytes()
+        r.infer_response.raw_output_contents.append(raw)
+    return r
 
 
-def test_unreachable_engine_names_the_setting(monkeypatch):
-    def refuse(url):
-        raise InferenceServerException("connection refused")
-
-    monkeypatch.setattr(engine_streams.grpcclient, "InferenceServerClient", refuse)
-    s = GrpcEngineStream("nowhere:1", "llm_engine", {}, "r")
-    with pytest.raises(EngineStreamError, match="engine_url"):
-        s.start()
+def inputs_of(request) -> dict[str, np.ndarray]:
+    dtypes = {"INT32": np.int32, "BOOL": bool}
+    return {t.name: np.frombuffer(raw, dtypes[t.datatype]).reshape(tuple(t.shape))
+            for t, raw in zip(request.inputs, request.raw_input_contents, strict=True)}
 
 
-def test_queued_responses_merge_into_one_chunk_and_an_error_follows(client):
-    s = GrpcEngineStream("x:1", "llm_engine", {"input_ids": np.zeros((1, 2), np.int32)}, "r")
-    s.start()
-    cb = client[0].callback
-    cb(FakeResult([1]), None)
-    cb(FakeResult([2, 3]), None)
-    cb(None, InferenceServerException("late failure"))
-    chunk = s.next(1)
-    assert chunk.tokens == [1, 2, 3] and not chunk.final and not s.ended
-    with pytest.raises(EngineStreamError, match="late failure"):
-        s.next(1)
-    s2 = GrpcEngineStream("x:1", "llm_engine", {"input_ids": np.zeros((1, 2), np.int32)}, "r")
-    s2.start()
-    for r in (FakeResult([4]), FakeResult([5], "length"), FakeResult([9])):
-        client[1].callback(r, None)
-    last = s2.next(1)
-    assert last.tokens == [4, 5] and last.finish_reason == "length" and s2.ended
+class FakeEngine(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Each ModelStreamInfer call: its requests go to `requests`; the test answers through the
+    call's queue in `calls` (a response, None to end the stream, or a (code, text) to abort)."""
+
+    def __init__(self):
+        self.requests: queue.Queue = queue.Queue()
+        self.calls: list[queue.Queue] = []
+
+    def ModelStreamInfer(self, request_iterator, context):  # noqa: N802 - gRPC's name
+        answers: queue.Queue = queue.Queue()
+        self.calls.append(answers)
+
+        def pump():
+            try:
+                for r in request_iterator:
+                    self.requests.put((len(self.calls) - 1, r))
+            except Exception:  # noqa: BLE001 - the call ended
+                pass
+
+        threading.Thread(target=pump, daemon=True).start()
+        while context.is_active():
+            try:
+                item = answers.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            if isinstance(item, tuple):
+                context.abort(*item)
+            yield item
+
+    def request(self):
+        return self.requests.get(timeout=TIMEOUT_S)
+
+
+@pytest.fixture
+def engine():
+    fake = FakeEngine()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    fake.url = f"127.0.0.1:{port}"
+    yield fake
+    server.stop(0)
+
+
+class Events:
+    def __init__(self):
+        self.q: queue.Queue = queue.Queue()
+
+    def __call__(self, tid, item):
+        self.q.put((tid, item))
+
+    def next(self):
+        return self.q.get(timeout=TIMEOUT_S)
+
+    def none(self, wait=0.1):
+        time.sleep(wait)
+        return self.q.empty()
+
+
+@pytest.fixture
+def mux(engine):
+    events = Events()
+    m = GrpcEngineMux(engine.url, "llm_engine", events)
+    m.events = events
+    yield m
+    m.close()
+
+
+def test_mux_sends_every_request_on_one_stream_and_routes_by_id(engine, mux):
+    mux.submit("a", INPUTS)
+    mux.submit("b", INPUTS)
+    (ca, ra), (cb, rb) = engine.request(), engine.request()
+    assert ca == cb == 0 and len(engine.calls) == 1  # one stream
+    assert (ra.id, rb.id) == ("a", "b") and ra.model_name == "llm_engine"
+    assert [o.name for o in ra.outputs] == list(RESPONSE_OUTPUTS)
+    assert {k: v.tolist() for k, v in inputs_of(ra).items()} == \
+        {k: v.tolist() for k, v in INPUTS.items()}
+    (answers,) = engine.calls
+    answers.put(response("b", [7, 8]))
+    answers.put(response("a", error="'request_output_len' is 99999, above the cap"))
+    answers.put(response("b", [9], "length"))
+    tid, chunk = mux.events.next()
+    assert tid == "b" and chunk == EngineChunk([7, 8])
+    tid, err = mux.events.next()
+    assert tid == "a" and isinstance(err, EngineStreamError) and err.error is None
+    assert str(err) == "llm_engine: 'request_output_len' is 99999, above the cap"
+    assert mux.events.next() == ("b", EngineChunk([9], "length"))
+    assert mux.inflight() == 2
+    mux.finish("a")
+    mux.finish("b")
+    assert mux.inflight() == 0
+
+
+def test_mux_stop_goes_on_the_same_stream_with_the_same_id(engine, mux):
+    mux.submit("a", INPUTS)
+    engine.request()
+    mux.stop("a", INPUTS)
+    call, stop = engine.request()
+    assert call == 0 and stop.id == "a"
+    got = inputs_of(stop)
+    assert got["stop"].tolist() == [[True]] and got["input_ids"].tolist() == [[1]]
+    mux.finish("a")
+    mux.stop("a", INPUTS)  # over: nothing is sent
+    with pytest.raises(queue.Empty):
+        engine.requests.get(timeout=0.1)
+
+
+def test_mux_broken_stream_fails_what_is_in_flight_and_reconnects(engine, mux):
+    mux.submit("a", INPUTS)
+    mux.submit("b", INPUTS)
+    engine.request(), engine.request()
+    mux.finish("b")  # over already: not failed again
+    engine.calls[0].put((grpc.StatusCode.UNAVAILABLE, "going away"))
+    tid, err = mux.events.next()
+    assert tid == "a" and isinstance(err, EngineStreamError)
+    assert "the gRPC stream to llm_engine at" in str(err) and "UNAVAILABLE: going away" in str(err)
+    assert mux.events.none()
+    mux.stop("a", INPUTS)  # its stream is gone: nothing to send, no error
+    mux.submit("c", INPUTS)
+    call, rc = engine.request()
+    assert (call, rc.id) == (1, "c") and len(engine.calls) == 2  # a new stream
+    engine.calls[1].put(response("c", [], "length"))
+    assert mux.events.next() == ("c", EngineChunk([], "length"))
+
+
+def test_mux_stream_ended_by_the_server_fails_what_is_in_flight(engine, mux):
+    mux.submit("a", INPUTS)
+    engine.request()
+    engine.calls[0].put(None)
+    tid, err = mux.events.next()
+    assert tid == "a" and "the server ended the stream" in str(err)
+
+
+def test_mux_unreachable_engine_fails_the_request_naming_the_setting():
+    events = Events()
+    m = GrpcEngineMux("127.0.0.1:1", "llm_engine", events)
+    try:
+        m.submit("a", INPUTS)
+        tid, err = events.next()
+        assert tid == "a" and isinstance(err, EngineStreamError)
+        assert "UNAVAILABLE" in str(err) and "engine_url" in str(err)
+    finally:
+        m.close()
+
+
+def test_mux_close_cancels_the_stream_without_events(engine, mux):
+    mux.submit("a", INPUTS)
+    engine.request()
+    mux.close()
+    assert mux.events.none()
+    with pytest.raises(EngineStreamError, match="shutting down"):
+        mux.submit("b", INPUTS)
+
+
+def mux_threads() -> int:
+    return sum(1 for t in threading.enumerate()
+               if t.name == "uip-llm-bls-grpc" or "consume_request_iterator" in t.name)
+
+
+def test_mux_threads_stay_bounded_with_64_requests(engine, mux):
+    assert mux_threads() == 0
+    for i in range(64):
+        mux.submit(f"r{i}", INPUTS)
+    for _ in range(64):
+        engine.request()
+    assert mux.inflight() == 64 and len(engine.calls) == 1
+    assert mux_threads() <= 2  # the reader and gRPC's request consumer
+    for i in range(64):
+        engine.calls[0].put(response(f"r{i}", [i], "length"))
+    got = dict(mux.events.next() for _ in range(64))
+    assert got == {f"r{i}": EngineChunk([i], "length") for i in range(64)}
+    assert mux_threads() <= 2

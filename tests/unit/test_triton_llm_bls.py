@@ -1,5 +1,7 @@
-"""The llm_bls adapter over a fake EngineStream (error codes passed through or mapped, client
-cancel), and BlsEngineStream over the stand-in BLS (chunks merged, errors, stop once)."""
+"""The llm_bls adapter over a fake multiplexed engine stream (one driver thread for every
+request: text, merged chunks, stop strings, client cancels, error codes passed through or
+mapped, a broken stream, a bounded thread count with 64 streams), its `engine_transport: bls`
+path over the stand-in BLS, and BlsEngineStream (chunks merged, errors, stop once)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import pytest
 from support import fake_pb_utils as pbu
 
 from uip.llm.engine_tensors import EngineChunk, decode_request, encode_response
-from uip.llm.orchestrate import EngineStreamError
-from uip.triton.engine_streams import BlsEngineStream, GrpcEngineStream
+from uip.llm.orchestrate import EngineStreamError, TextPipeline
+from uip.triton.engine_streams import BlsEngineStream, GrpcEngineMux
+from uip.triton.models import llm_bls
 from uip.triton.models.llm_bls import LlmBlsModel
 
 FINAL = pbu.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -34,17 +37,373 @@ def finished(request):
     return request.sender.sent
 
 
-# --- the adapter -----------------------------------------------------------------------------
+# --- the adapter (grpc transport: one driver, one multiplexed stream) ------------------------
+
+
+class FakeMux:
+    """Stands in for GrpcEngineMux: records what the driver sends; the engine's responses are
+    played through `on_event` (from a script at submit, or by the test with `play`). A stop
+    is confirmed with a final 'cancelled' chunk, as llm_engine does, unless `confirm` is off."""
+
+    def __init__(self, url, model, on_event):
+        self.url, self.model, self.on_event = url, model, on_event
+        self.submitted: dict[str, dict] = {}  # request id -> engine inputs, in order
+        self.stops: list[str] = []
+        self.finished: list[str] = []
+        self.scripts: list[list] = []  # played at each submit, in order
+        self.confirm = True
+        self.refuse: Exception | None = None
+        self.closed = False
+
+    def submit(self, tid, inputs):
+        if self.refuse is not None:
+            raise self.refuse
+        self.submitted[tid] = inputs
+        self.play(tid, *(self.scripts.pop(0) if self.scripts else []))
+
+    def play(self, tid, *items):
+        for item in items:
+            self.on_event(tid, item)
+
+    def stop(self, tid, inputs):
+        assert inputs is self.submitted[tid]
+        self.stops.append(tid)
+        if self.confirm:
+            self.on_event(tid, EngineChunk([], "cancelled"))
+
+    def finish(self, tid):
+        self.finished.append(tid)
+
+    def close(self):
+        self.closed = True
+
+    def tids(self):
+        return list(self.submitted)
+
+
+@pytest.fixture(scope="module")
+def bls_config(llm_tiny_dir):
+    return pbu.repository_config("llm_bls", artifact=str(llm_tiny_dir), cancel_poll_s="0.01")
+
+
+@pytest.fixture
+def model(bls_config, monkeypatch):
+    monkeypatch.setattr(llm_bls, "GrpcEngineMux", FakeMux)
+    m = LlmBlsModel()
+    m.initialize(pbu.model_args(bls_config))
+    yield m
+    m.finalize()
+
+
+def use(model, *scripts):
+    """The next engine requests play `scripts` (one list of chunks/errors per request)."""
+    model.mux.scripts.extend(list(s) for s in scripts)
+
+
+def client_request(text="hello world", **extra):
+    inputs = {"text_input": np.array([[text.encode()]], dtype=object)}
+    for k, v in extra.items():
+        dtype = object if isinstance(v, bytes) else type(v)
+        inputs[k] = np.array([[v]], dtype=dtype if dtype is not int else np.int32)
+    return pbu.Request(inputs)
+
+
+def only_error(request):
+    sent = finished(request)
+    assert len(sent) == 1
+    resp, flags = sent[0]
+    assert flags == FINAL and resp.has_error()
+    return resp.error()
+
+
+def texts(sent):
+    out = []
+    for resp, flags in sent:
+        assert not resp.has_error()
+        o = resp.outputs()
+        out.append((o["text_output"][0, 0].decode(), o["finish_reason"][0, 0].decode(), flags))
+    return out
+
+
+def ids_of(model, text):
+    return model.tokenizer.encode(text, add_special_tokens=False)
+
+
+def one_by_one(ids, reason="length"):
+    return [EngineChunk([i], reason if k == len(ids) - 1 else None) for k, i in enumerate(ids)]
+
+
+def forgotten(model, tid):
+    """The driver dropped the request and told the mux so."""
+    wait_until(lambda: tid in model.mux.finished)
+    return tid not in model._active
+
+
+def test_initialize_reads_the_spec(model, llm_tiny_dir):
+    assert model.engine_model == "llm_engine" and model.transport == "grpc"
+    assert model.poll_s == 0.01 and model.pre.limits.max_tokens == 1024
+    assert model.settings.artifact == llm_tiny_dir
+    assert isinstance(model.mux, FakeMux) and model.mux.model == "llm_engine"
+    assert model._driver.is_alive()
+
+
+def test_engine_transport_picks_the_path(bls_config, monkeypatch):
+    monkeypatch.setenv("UIP_GRPC_URL", "localhost:4242")
+    m = LlmBlsModel()
+    m.initialize(pbu.model_args(bls_config))
+    try:
+        assert isinstance(m.mux, GrpcEngineMux) and m.mux.url == "localhost:4242"
+        assert m.mux.model == "llm_engine"
+    finally:
+        m.finalize()
+    assert not m._driver.is_alive()
+    config = {**bls_config, "parameters": {**bls_config["parameters"],
+                                           "engine_transport": {"string_value": "bls"}}}
+    b = LlmBlsModel()
+    b.initialize(pbu.model_args(config))
+    assert b.mux is None and b._driver is None
+    s = b._engine({"input_ids": np.array([[1]], dtype=np.int32)})
+    s2 = b._engine({"input_ids": np.array([[1]], dtype=np.int32)})
+    assert isinstance(s, BlsEngineStream) and s.model == "llm_engine"
+    assert s.request_id.startswith("llm_bls-") and s2.request_id != s.request_id
+    b.finalize()
+
+
+def test_initialize_refuses_an_unknown_transport(bls_config):
+    config = {**bls_config, "parameters": {**bls_config["parameters"],
+                                           "engine_transport": {"string_value": "http"}}}
+    with pytest.raises(ValueError, match="engine_transport"):
+        LlmBlsModel().initialize(pbu.model_args(config))
+
+
+def test_streams_text_as_the_engine_sends_it(model):
+    ids = ids_of(model, " hello world")
+    request = client_request("say", stream=True, max_tokens=len(ids))
+    model.execute([request])
+    wait_until(lambda: len(model.mux.submitted) == 1)
+    (tid,) = model.mux.tids()
+    for n, chunk in enumerate(one_by_one(ids), 1):
+        model.mux.play(tid, chunk)
+        wait_until(lambda n=n: len(request.sender.sent) == n)
+    out = texts(finished(request))
+    assert "".join(t for t, _, _ in out) == " hello world" and len(out) == len(ids)
+    assert out[-1][1:] == ("length", FINAL) and all(f == 0 for _, _, f in out[:-1])
+    call = decode_request(model.mux.submitted[tid], max_tokens=1024)
+    assert call.request.input_ids == model.tokenizer("say")["input_ids"]
+    assert call.request.streaming and call.request.max_new_tokens == len(ids)
+    assert tid.startswith("llm_bls-") and model.mux.stops == []
+    assert forgotten(model, tid)
+
+
+def test_queued_engine_responses_merge_into_one_client_response(model):
+    ids = ids_of(model, " hello world")
+    use(model, one_by_one(ids))  # all queued before the driver reads them
+    request = client_request("say", stream=True)
+    model.execute([request])
+    assert texts(finished(request)) == [(" hello world", "length", FINAL)]
+
+
+def test_requests_are_multiplexed_by_request_id(model):
+    a_ids, b_ids = ids_of(model, " alpha"), ids_of(model, " beta")
+    a, b = client_request("one"), client_request("two")
+    model.execute([a, b])
+    wait_until(lambda: len(model.mux.submitted) == 2)
+    ta, tb = model.mux.tids()
+    assert ta != tb
+    model.mux.play(tb, EngineChunk(b_ids, "stop"))
+    model.mux.play(ta, EngineChunk(a_ids, "length"))
+    assert texts(finished(a)) == [(" alpha", "length", FINAL)]
+    assert texts(finished(b)) == [(" beta", "stop", FINAL)]
+
+
+def test_stop_string_ends_the_output_stops_the_engine_and_drains(model):
+    model.mux.confirm = False
+    ids = ids_of(model, " hello world and more")
+    request = client_request(stream=True, stop_words=b" world")
+    model.execute([request])
+    wait_until(lambda: len(model.mux.submitted) == 1)
+    (tid,) = model.mux.tids()
+    model.mux.play(tid, *one_by_one(ids)[:-1])
+    out = texts(finished(request))
+    assert "".join(t for t, _, _ in out) == " hello" and out[-1][1:] == ("stop", FINAL)
+    assert model.mux.stops == [tid]
+    time.sleep(0.05)
+    assert tid in model._active and tid not in model.mux.finished  # until the engine confirms
+    model.mux.play(tid, EngineChunk([], "cancelled"))
+    assert forgotten(model, tid) and len(request.sender.sent) == len(out)
+
+
+def test_a_drain_gives_up_after_drain_s(model):
+    model.mux.confirm = False
+    model.drain_s = 0.05
+    use(model, [EngineChunk(ids_of(model, " hello world and more"))])
+    request = client_request(stop_words=b" world")
+    model.execute([request])
+    assert texts(finished(request)) == [(" hello", "stop", FINAL)]
+    (tid,) = model.mux.tids()
+    assert forgotten(model, tid)
+
+
+def test_client_cancel_stops_the_engine_and_ends_cancelled_after_its_end(model):
+    model.mux.confirm = False
+    request = client_request(stream=True)
+    model.execute([request])
+    wait_until(lambda: len(model.mux.submitted) == 1)
+    (tid,) = model.mux.tids()
+    model.mux.play(tid, EngineChunk(ids_of(model, " hello")))
+    wait_until(lambda: len(request.sender.sent) == 1)  # the first delta
+    assert not request.sender.finished
+    request.cancelled = True
+    wait_until(lambda: model.mux.stops == [tid])
+    time.sleep(0.05)
+    assert not request.sender.finished  # the engine did not confirm yet
+    model.mux.play(tid, EngineChunk([9]), EngineChunk([], "cancelled"))
+    out = texts(finished(request))
+    assert out == [(" hello", "", 0), ("", "cancelled", FINAL)]
+    assert model.mux.stops == [tid] and forgotten(model, tid)
+
+
+def test_engine_error_is_the_clients_error(model):
+    err = pbu.TritonError("llm_engine is overloaded", pbu.TritonError.UNAVAILABLE)
+    use(model, [EngineChunk([5]), EngineStreamError("llm_engine: overloaded", err)])
+    request = client_request()
+    model.execute([request])
+    got = only_error(request)
+    assert got is err and got.code() == pbu.TritonError.UNAVAILABLE
+    (tid,) = model.mux.tids()
+    assert model.mux.stops == [] and forgotten(model, tid)  # the engine ended it already
+
+
+def test_engine_error_message_over_grpc_is_internal(model):
+    # Triton's gRPC stream carries llm_engine's message without its code
+    use(model, [EngineStreamError("llm_engine: 'request_output_len' is 99999, above the cap")])
+    request = client_request()
+    model.execute([request])
+    got = only_error(request)
+    assert got.code() == pbu.TritonError.INTERNAL
+    assert got.message() == "EngineStreamError: llm_engine: 'request_output_len' is 99999, " \
+                            "above the cap"
+
+
+def test_broken_stream_fails_the_request_with_a_clear_error(model):
+    request = client_request(stream=True)
+    model.execute([request])
+    wait_until(lambda: len(model.mux.submitted) == 1)
+    (tid,) = model.mux.tids()
+    model.mux.play(tid, EngineChunk(ids_of(model, " hello")))
+    model.mux.play(tid, EngineStreamError("the gRPC stream to llm_engine at x:1 broke "
+                                          "(UNAVAILABLE: Socket closed)"))
+    sent = finished(request)
+    resp, flags = sent[-1]
+    assert flags == FINAL and resp.error().code() == pbu.TritonError.INTERNAL
+    assert "broke (UNAVAILABLE: Socket closed)" in resp.error().message()
+    assert model.mux.stops == [] and forgotten(model, tid)
+
+
+def test_unreachable_engine_is_internal_and_names_the_setting(model):
+    model.mux.refuse = EngineStreamError("cannot reach llm_engine at nowhere:1 (set the spec's "
+                                         "engine_url or $UIP_GRPC_URL): bad address")
+    request = client_request()
+    model.execute([request])
+    got = only_error(request)
+    assert got.code() == pbu.TritonError.INTERNAL and "engine_url" in got.message()
+    assert model._active == {} and model.mux.stops == []
+
+
+def test_other_failure_is_internal_and_stops_the_engine(model, monkeypatch):
+    def broken(self, chunk):
+        raise RuntimeError("detokenizer broke")
+
+    monkeypatch.setattr(TextPipeline, "feed", broken)
+    use(model, [EngineChunk([5])])
+    request = client_request()
+    model.execute([request])
+    got = only_error(request)
+    assert got.code() == pbu.TritonError.INTERNAL
+    assert got.message() == "RuntimeError: detokenizer broke"
+    (tid,) = model.mux.tids()
+    assert model.mux.stops == [tid] and forgotten(model, tid)
+
+
+@pytest.mark.parametrize("request_, message", [
+    (pbu.Request({}), "input 'text_input' is required"),
+    (client_request(max_tokens=1025), "1025"),
+    (client_request(temperature=np.float32(-1.0)), "temperature"),
+])
+def test_bad_client_input_is_invalid_arg_without_an_engine_call(model, request_, message):
+    model.execute([request_])
+    got = only_error(request_)
+    assert got.code() == pbu.TritonError.INVALID_ARG and message in got.message()
+    assert model.mux.submitted == {}
+
+
+def test_one_bad_request_does_not_fail_the_others(model):
+    use(model, [EngineChunk(ids_of(model, " ok"), "length")])
+    bad, good = pbu.Request({}), client_request()
+    model.execute([bad, good])
+    assert only_error(bad).code() == pbu.TritonError.INVALID_ARG
+    assert texts(finished(good)) == [(" ok", "length", FINAL)]
+
+
+def test_64_streams_run_on_a_bounded_number_of_threads(model):
+    """One driver for every request: 64 streams in flight add no thread; cancels, a stop
+    string and natural ends are all served by it."""
+    before = threading.active_count()
+    hello = ids_of(model, " hello world and more")
+    requests = [client_request(f"prompt {i}", stream=True,
+                               **({"stop_words": b" world"} if i % 4 == 1 else {}))
+                for i in range(64)]
+    model.execute(requests[:32])
+    model.execute(requests[32:])
+    wait_until(lambda: len(model.mux.submitted) == 64)
+    tids = model.mux.tids()
+    for tid in tids:
+        model.mux.play(tid, EngineChunk(hello[:1]))
+    wait_until(lambda: all(len(r.sender.sent) >= 1 for r in requests))
+    first = model.tokenizer.decode(hello[:1])
+    assert threading.active_count() <= before
+    assert len(model._active) == 64
+    for i, (tid, r) in enumerate(zip(tids, requests, strict=True)):
+        if i % 4 == 0:
+            r.cancelled = True
+        elif i % 4 == 1:  # the stop string, before the engine's end
+            model.mux.play(tid, *one_by_one(hello[1:])[:-1])
+        else:
+            model.mux.play(tid, *one_by_one(hello[1:]))
+    for i, r in enumerate(requests):
+        out = texts(finished(r))
+        reason = {0: "cancelled", 1: "stop"}.get(i % 4, "length")
+        assert out[-1][1:] == (reason, FINAL), i
+        text = "".join(t for t, _, _ in out)
+        assert text == {0: first, 1: " hello"}.get(i % 4, " hello world and more"), i
+    assert threading.active_count() <= before
+    wait_until(lambda: model._active == {})
+    assert sorted(model.mux.stops) == sorted(t for i, t in enumerate(tids) if i % 4 in (0, 1))
+
+
+def test_finalize_ends_what_is_in_flight(bls_config, monkeypatch):
+    monkeypatch.setattr(llm_bls, "GrpcEngineMux", FakeMux)
+    m = LlmBlsModel()
+    m.initialize(pbu.model_args(bls_config))
+    request = client_request(stream=True)
+    m.execute([request])
+    wait_until(lambda: len(m.mux.submitted) == 1)
+    m.finalize()
+    got = only_error(request)
+    assert got.code() == pbu.TritonError.INTERNAL and "shutting down" in got.message()
+    assert m.mux.closed and not m._driver.is_alive()
+
+
+# --- engine_transport: bls (a thread per request, as before) --------------------------------
 
 
 class FakeEngineStream:
     """Plays `chunks` (EngineChunk, or an exception to raise) one per `next`; then waits.
     After `stop()` it ends with a 'cancelled' chunk, as llm_engine does."""
 
-    def __init__(self, inputs, chunks=(), hold=False):
+    def __init__(self, inputs, chunks=()):
         self.inputs = inputs
         self.items = list(chunks)
-        self.hold = hold  # True: after the chunks, wait (for a stop) instead of ending
         self.started = self.stops = self.closes = 0
         self.ended = False
         self._stopped = threading.Event()
@@ -76,174 +435,64 @@ class FakeEngineStream:
         self.closes += 1
 
 
-@pytest.fixture(scope="module")
-def bls_config(llm_tiny_dir):
-    return pbu.repository_config("llm_bls", artifact=str(llm_tiny_dir), cancel_poll_s="0.01")
-
-
 @pytest.fixture
-def model(bls_config):
+def bls_model(bls_config, monkeypatch):
+    config = {**bls_config, "parameters": {**bls_config["parameters"],
+                                           "engine_transport": {"string_value": "bls"}}}
     m = LlmBlsModel()
-    m.initialize(pbu.model_args(bls_config))
-    m.streams = []
-    yield m
-    m.finalize()
-
-
-def use(model, monkeypatch, *chunks, hold=False):
-    """Make the model's next engine streams play `chunks` (one list per stream)."""
-    scripts = [list(c) for c in chunks]
+    m.initialize(pbu.model_args(config))
+    m.streams, m.scripts = [], []
 
     def engine(self, inputs):
-        s = FakeEngineStream(inputs, scripts.pop(0) if scripts else [], hold=hold)
+        s = FakeEngineStream(inputs, self.scripts.pop(0) if self.scripts else [])
         self.streams.append(s)
         return s
 
     monkeypatch.setattr(LlmBlsModel, "_engine", engine)
+    yield m
+    m.finalize()
 
 
-def client_request(text="hello world", **extra):
-    inputs = {"text_input": np.array([[text.encode()]], dtype=object)}
-    for k, v in extra.items():
-        dtype = object if isinstance(v, bytes) else type(v)
-        inputs[k] = np.array([[v]], dtype=dtype if dtype is not int else np.int32)
-    return pbu.Request(inputs)
-
-
-def only_error(request):
-    sent = finished(request)
-    assert len(sent) == 1
-    resp, flags = sent[0]
-    assert flags == FINAL and resp.has_error()
-    return resp.error()
-
-
-def texts(sent):
-    out = []
-    for resp, flags in sent:
-        assert not resp.has_error()
-        o = resp.outputs()
-        out.append((o["text_output"][0, 0].decode(), o["finish_reason"][0, 0].decode(), flags))
-    return out
-
-
-def test_initialize_reads_the_spec(model, llm_tiny_dir):
-    assert model.engine_model == "llm_engine" and model.transport == "grpc"
-    assert model.poll_s == 0.01 and model.pre.limits.max_tokens == 1024
-    assert model.settings.artifact == llm_tiny_dir
-
-
-def test_engine_transport_picks_the_stream(bls_config, monkeypatch):
-    monkeypatch.setenv("UIP_GRPC_URL", "localhost:4242")
-    m = LlmBlsModel()
-    m.initialize(pbu.model_args(bls_config))
-    s = m._engine({"input_ids": np.array([[1]], dtype=np.int32)})
-    assert isinstance(s, GrpcEngineStream) and s.url == "localhost:4242"
-    assert s.model == "llm_engine" and s.request_id.startswith("llm_bls-")
-    m.transport = "bls"
-    s2 = m._engine({"input_ids": np.array([[1]], dtype=np.int32)})
-    assert isinstance(s2, BlsEngineStream) and s2.request_id != s.request_id
-
-
-def test_initialize_refuses_an_unknown_transport(bls_config):
-    config = {**bls_config, "parameters": {**bls_config["parameters"],
-                                           "engine_transport": {"string_value": "http"}}}
-    with pytest.raises(ValueError, match="engine_transport"):
-        LlmBlsModel().initialize(pbu.model_args(config))
-
-
-def test_streams_text_from_the_engine(model, monkeypatch):
-    ids = model.tokenizer.encode(" hello world", add_special_tokens=False)
-    use(model, monkeypatch, [EngineChunk([i]) for i in ids[:-1]] + [EngineChunk(ids[-1:],
-                                                                                "length")])
-    request = client_request("say", stream=True, max_tokens=len(ids))
-    model.execute([request])
+def test_bls_transport_streams_text(bls_model):
+    ids = ids_of(bls_model, " hello world")
+    bls_model.scripts.append(one_by_one(ids))
+    request = client_request("say", stream=True)
+    bls_model.execute([request])
     out = texts(finished(request))
-    assert "".join(t for t, _, _ in out) == " hello world"
-    assert out[-1][1:] == ("length", FINAL) and all(f == 0 for _, _, f in out[:-1])
-    (engine,) = model.streams
-    call = decode_request(engine.inputs, max_tokens=1024)
-    assert call.request.input_ids == model.tokenizer("say")["input_ids"]
-    assert call.request.streaming and call.request.max_new_tokens == len(ids)
+    assert "".join(t for t, _, _ in out) == " hello world" and out[-1][1:] == ("length", FINAL)
+    (engine,) = bls_model.streams
     assert engine.started == 1 and engine.stops == 0 and engine.closes == 1
 
 
-def test_engine_triton_error_passes_through_with_its_code(model, monkeypatch):
-    err = pbu.TritonError("llm_engine is overloaded", pbu.TritonError.UNAVAILABLE)
-    use(model, monkeypatch, [EngineChunk([5]), EngineStreamError("llm_engine: overloaded", err)])
-    request = client_request()
-    model.execute([request])
-    got = only_error(request)
-    assert got is err
-    assert got.code() == pbu.TritonError.UNAVAILABLE
-    (engine,) = model.streams
-    assert engine.stops == 0 and engine.closes == 1  # the engine ended it already
-
-
-def test_engine_invalid_arg_passes_through(model, monkeypatch):
+def test_bls_transport_passes_the_engine_error_code(bls_model):
     err = pbu.TritonError("'request_output_len' must be <= 16", pbu.TritonError.INVALID_ARG)
-    use(model, monkeypatch, [EngineStreamError(err.message(), err)])
+    bls_model.scripts.append([EngineStreamError(err.message(), err)])
     request = client_request()
-    model.execute([request])
+    bls_model.execute([request])
     got = only_error(request)
     assert got.code() == pbu.TritonError.INVALID_ARG and got.message() == err.message()
 
 
-def test_transport_error_without_a_triton_error_is_internal(model, monkeypatch):
-    use(model, monkeypatch, [EngineStreamError("cannot reach llm_engine at localhost:1")])
+def test_bls_transport_other_failure_is_internal_and_stops_the_engine(bls_model):
+    bls_model.scripts.append([EngineChunk([5]), RuntimeError("detokenizer broke")])
     request = client_request()
-    model.execute([request])
-    got = only_error(request)
-    assert got.code() == pbu.TritonError.INTERNAL
-    assert got.message() == "EngineStreamError: cannot reach llm_engine at localhost:1"
-
-
-def test_other_failure_is_internal_and_stops_the_engine(model, monkeypatch):
-    use(model, monkeypatch, [EngineChunk([5]), RuntimeError("detokenizer broke")])
-    request = client_request()
-    model.execute([request])
+    bls_model.execute([request])
     got = only_error(request)
     assert got.code() == pbu.TritonError.INTERNAL
     assert got.message() == "RuntimeError: detokenizer broke"
-    (engine,) = model.streams
+    (engine,) = bls_model.streams
     assert engine.stops == 1 and engine.closes == 1
 
 
-@pytest.mark.parametrize("request_, message", [
-    (pbu.Request({}), "input 'text_input' is required"),
-    (client_request(max_tokens=1025), "1025"),
-    (client_request(temperature=np.float32(-1.0)), "temperature"),
-])
-def test_bad_client_input_is_invalid_arg_without_an_engine_call(model, monkeypatch, request_,
-                                                                message):
-    use(model, monkeypatch)
-    model.execute([request_])
-    got = only_error(request_)
-    assert got.code() == pbu.TritonError.INVALID_ARG and message in got.message()
-    assert model.streams == []
-
-
-def test_one_bad_request_does_not_fail_the_others(model, monkeypatch):
-    ids = model.tokenizer.encode(" ok", add_special_tokens=False)
-    use(model, monkeypatch, [EngineChunk(ids, "length")])
-    bad, good = pbu.Request({}), client_request()
-    model.execute([bad, good])
-    assert only_error(bad).code() == pbu.TritonError.INVALID_ARG
-    assert texts(finished(good)) == [(" ok", "length", FINAL)]
-
-
-def test_client_cancel_stops_the_engine_stream_and_ends_cancelled(model, monkeypatch):
-    ids = model.tokenizer.encode(" hello", add_special_tokens=False)
-    use(model, monkeypatch, [EngineChunk(ids)], hold=True)
+def test_bls_transport_client_cancel(bls_model):
+    bls_model.scripts.append([EngineChunk(ids_of(bls_model, " hello"))])
     request = client_request(stream=True)
-    model.execute([request])
-    wait_until(lambda: len(request.sender.sent) == 1)  # the first delta
-    assert not request.sender.finished
+    bls_model.execute([request])
+    wait_until(lambda: len(request.sender.sent) == 1)
     request.cancelled = True
     out = texts(finished(request))
-    assert out[0] == (" hello", "", 0)
-    assert out[-1][1:] == ("cancelled", FINAL) and len(out) == 2
-    (engine,) = model.streams
+    assert out == [(" hello", "", 0), ("", "cancelled", FINAL)]
+    (engine,) = bls_model.streams
     assert engine.stops == 1 and engine.closes == 1
 
 

@@ -8,9 +8,12 @@ What the BLS model does that an ensemble cannot:
   convention; a BLS caller in Triton 2.51 cannot cancel its own request);
 - exact incremental detokenization with per-request state (the request's own objects).
 
-`TextPipeline` turns engine chunks into client responses; `run` drives an `EngineStream`
-(`uip.triton.engine_streams` in production, a fake in tests) and polls the client's
-cancellation between chunks. Everything mutable is created per request.
+`TextPipeline` turns engine chunks into client responses; `RequestRun` is one request's drive
+as a step-able state machine (stop strings, cancels and errors, with `run`'s semantics), which
+llm_bls's one driver thread advances for every in-flight request; `run` drives one
+`EngineStream` (`uip.triton.engine_streams.BlsEngineStream`, a fake in tests) with it on the
+calling thread and polls the client's cancellation between chunks. Everything mutable is
+created per request.
 """
 
 from __future__ import annotations
@@ -128,38 +131,129 @@ class EngineStream(Protocol):
         """Ask the engine to stop this request (idempotent); its final chunk still comes."""
 
 
-def drain(engine: EngineStream, timeout: float) -> bool:
-    """Read until the engine's final chunk; False if it did not come within `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            chunk = engine.next(min(0.1, max(deadline - time.monotonic(), 0.001)))
-        except EngineStreamError:
-            return True
-        if chunk is not None and chunk.final:
-            return True
-    return False
+class RequestRun:
+    """One request's drive as a state machine (no threads, no waiting): the caller feeds it
+    what the engine sent (`on_chunk`, `on_error`), the client's cancel (`on_cancel`) and the
+    clock (`on_tick`); it sends the client's responses through `send` and stops the engine
+    request through `stop_engine`. `run` loops over it for one request; llm_bls's driver
+    thread steps every in-flight request's own instance.
+
+    - running: chunks go through the pipeline; an engine error is raised from `on_error` (the
+      caller turns it into the client's error response); a stop string ends the client's
+      output at once and stops the engine (draining);
+    - cancelled: the engine is stopped and, once it confirmed (its final chunk or an error) or
+      `drain_s` passed, the client gets its final `cancelled` response;
+    - draining (after a stop string): the client is done; waits for the engine's last word the
+      same way, so the engine request is not forgotten while it still runs;
+    - done: nothing more to do (`finished`).
+    """
+
+    RUNNING, CANCELLING, DRAINING, DONE = "running", "cancelling", "draining", "done"
+
+    def __init__(self, pipeline: TextPipeline, send: Callable[[ClientResponse], None],
+                 stop_engine: Callable[[], None], drain_s: float = 30.0):
+        self.pipeline = pipeline
+        self._send = send
+        self._stop_engine = stop_engine
+        self.drain_s = drain_s
+        self.state = self.RUNNING
+        self.finish_reason: str | None = None
+        self.client_done = False  # the client's final response went out (or was attempted)
+        self.engine_ended = False  # the engine's final chunk or an error was seen
+        self._stopped = False
+        self._deadline = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.state == self.RUNNING
+
+    @property
+    def finished(self) -> bool:
+        return self.state == self.DONE
+
+    def _respond(self, resp: ClientResponse) -> None:
+        self.client_done = self.client_done or resp.final
+        self._send(resp)
+
+    def stop_engine(self) -> None:
+        """Stop the engine request unless it ended already (once)."""
+        if not self._stopped and not self.engine_ended:
+            self._stopped = True
+            self._stop_engine()
+
+    def _drain(self, state: str, now: float) -> None:
+        self.state = state
+        self._deadline = now + self.drain_s
+        self.stop_engine()
+
+    def _drained(self) -> None:
+        if self.state == self.CANCELLING:
+            self.state = self.DONE
+            self._respond(self.pipeline.cancel())
+        self.state = self.DONE
+
+    def on_chunk(self, chunk: EngineChunk, now: float) -> None:
+        if self.finished:
+            return
+        if chunk.final:
+            self.engine_ended = True
+        if self.state != self.RUNNING:
+            if chunk.final:  # the engine confirmed the stop
+                self._drained()
+            return
+        resp = self.pipeline.feed(chunk)
+        if resp is not None:
+            self._respond(resp)
+        if self.pipeline.done:
+            self.finish_reason = resp.finish_reason if resp is not None else "stop"
+            if chunk.final:
+                self.state = self.DONE
+            else:  # a stop string ended the output before the engine did
+                self._drain(self.DRAINING, now)
+
+    def on_error(self, exc: EngineStreamError, now: float) -> None:
+        """The engine request failed: raised again while the client waits for text (the
+        caller reports it); the engine's last word while cancelling or draining."""
+        self.engine_ended = True
+        if self.state == self.RUNNING:
+            self.state = self.DONE
+            raise exc
+        if not self.finished:
+            self._drained()
+
+    def on_cancel(self, now: float) -> None:
+        """The client cancelled: stop the engine; the `cancelled` response follows its end."""
+        if self.state == self.RUNNING:
+            self.finish_reason = "cancelled"
+            self._drain(self.CANCELLING, now)
+
+    def on_tick(self, now: float) -> None:
+        """Give up waiting for a stopped engine request after `drain_s`."""
+        if self.state in (self.CANCELLING, self.DRAINING) and now >= self._deadline:
+            self._drained()
+
+    def abandon(self) -> None:
+        """The caller failed this request (and reported it): stop the engine, end here."""
+        self.state = self.DONE
+        self.stop_engine()
 
 
 def run(pipeline: TextPipeline, engine: EngineStream, send: Callable[[ClientResponse], None],
         cancelled: Callable[[], bool], poll_s: float = 0.02, drain_s: float = 30.0) -> str:
-    """Drive one request to its end; returns the finish reason. EngineStreamError propagates (the
-    caller turns it into the client's error response)."""
+    """Drive one request to its end on the calling thread; returns the finish reason.
+    EngineStreamError propagates (the caller turns it into the client's error response)."""
     engine.start()
+    r = RequestRun(pipeline, send, engine.stop, drain_s)
     while True:
-        if cancelled():
-            engine.stop()
-            drain(engine, drain_s)
-            send(pipeline.cancel())
-            return "cancelled"
-        chunk = engine.next(poll_s)
-        if chunk is None:
+        if r.running and cancelled():
+            r.on_cancel(time.monotonic())
+        r.on_tick(time.monotonic())
+        if r.finished:
+            return r.finish_reason or "stop"
+        try:
+            chunk = engine.next(poll_s)
+        except EngineStreamError as exc:
+            r.on_error(exc, time.monotonic())  # raises while running
             continue
-        resp = pipeline.feed(chunk)
-        if resp is not None:
-            send(resp)
-        if pipeline.done:
-            if not chunk.final:  # a stop string ended the output before the engine did
-                engine.stop()
-                drain(engine, drain_s)
-            return resp.finish_reason if resp is not None else "stop"
+        if chunk is not None:
+            r.on_chunk(chunk, time.monotonic())

@@ -1,20 +1,25 @@
-"""The two ways llm_bls reaches llm_engine, each an `EngineStream` (uip.llm.orchestrate).
+"""The two ways llm_bls reaches llm_engine.
 
-- `GrpcEngineStream` (`engine_transport: grpc`, the default): the server's own gRPC endpoint.
-  Why not a decoupled BLS call: Triton 2.51's Python stub builds every decoupled BLS
+- `GrpcEngineMux` (`engine_transport: grpc`, the default): the server's own gRPC endpoint,
+  ONE connection and ONE bidirectional `ModelStreamInfer` stream for every llm_bls request,
+  multiplexed by Triton request id (the server echoes the id on every response, error ones
+  included). Why not a decoupled BLS call: Triton 2.51's Python stub builds every decoupled BLS
   response's numpy arrays on its queue-monitor thread without holding the GIL
   (`Stub::ProcessBLSResponseDecoupled`). With other Python threads running, as in a model that
   serves many streams at once, that corrupts the interpreter's allocator: seen as segfaults in
   `_PyObject_Malloc` within seconds of 8 concurrent llm_bls streams. A gRPC stream keeps every
-  Python object on threads that hold the GIL, and its cancellation reaches llm_engine as a
-  real client cancel.
-- `BlsEngineStream` (`engine_transport: bls`): a decoupled BLS call, for Tritons without that
-  trap.
+  Python object on threads that hold the GIL. Why not tritonclient's stream
+  (`InferenceServerClient.start_stream`): its callback gets an error response as an
+  `InferenceServerException` without the request id, so one stream could not carry many
+  requests; the mux uses tritonclient's generated stub and reads `error_message` together with
+  `infer_response.id` itself. Its threads: one reader, and gRPC's request-iterator consumer.
+- `BlsEngineStream` (`engine_transport: bls`): one decoupled BLS call per request, an
+  `EngineStream` (uip.llm.orchestrate) driven by `run` on a thread of its own, for Tritons
+  without that trap (so it keeps a thread per request).
 
-Both put the engine's responses (or an exception) on one queue; `next` merges what is queued
-(a reader that fell behind catches up in one step). Stopping keeps TensorRT-LLM's convention:
-a second request with the same request id and `stop` true; the engine then ends the first
-request with its final, `cancelled`, response.
+Stopping keeps TensorRT-LLM's convention: a second request with the same request id and `stop`
+true; the engine then ends the first request with its final, `cancelled`, response (and
+answers the stop request with one more final, empty, `cancelled` response of the same id).
 """
 
 from __future__ import annotations
@@ -22,9 +27,13 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections.abc import Callable
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import _utils as grpc_utils
+from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import np_to_triton_dtype
 
 from uip.llm.engine_tensors import RESPONSE_OUTPUTS, EngineChunk, decode_response, encode_stop
@@ -41,8 +50,148 @@ def engine_url(configured: str = "") -> str:
     return configured or os.environ.get(URL_ENV) or DEFAULT_URL
 
 
+class _Call:
+    """One `ModelStreamInfer` call: its request queue, its responses and the request ids that
+    went out on it and are not finished yet."""
+
+    def __init__(self, stub):
+        self.requests: queue.Queue = queue.Queue()  # None ends the request stream
+        self.inflight: set[str] = set()
+        self.broken = False
+        self.responses = stub.ModelStreamInfer(iter(self.requests.get, None))
+        self.reader: threading.Thread | None = None
+
+
+class GrpcEngineMux:
+    """Every llm_bls request over ONE gRPC connection and ONE bidirectional stream to llm_engine.
+
+    `submit(tid, inputs)` sends a request with Triton request id `tid`; `stop(tid, inputs)` its
+    stop request (same id); `finish(tid)` forgets it. The reader thread calls
+    `on_event(tid, item)` once per response, with an `EngineChunk` or an `EngineStreamError`
+    (the engine's error message; Triton's gRPC stream carries no status code). If the stream
+    breaks (server gone, connection lost, unreachable address) every request still registered
+    on it gets an `EngineStreamError` naming the cause (so no client hangs), and the next
+    `submit` opens a new channel and stream.
+    """
+
+    def __init__(self, url: str, model: str,
+                 on_event: Callable[[str, EngineChunk | EngineStreamError], None]):
+        self.url = url
+        self.model = model
+        self.on_event = on_event
+        self._lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        self._call: _Call | None = None
+        self._closed = False
+
+    def _request(self, tid: str, inputs: dict[str, np.ndarray]):
+        return grpc_utils._get_inference_request(
+            model_name=self.model, inputs=infer_inputs(inputs), model_version="", request_id=tid,
+            outputs=[grpcclient.InferRequestedOutput(n) for n in RESPONSE_OUTPUTS],
+            sequence_id=0, sequence_start=False, sequence_end=False, priority=0, timeout=None,
+            parameters=None)
+
+    def _open(self) -> _Call:
+        """A new stream (and channel); under the lock."""
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.url)
+        call = _Call(service_pb2_grpc.GRPCInferenceServiceStub(self._channel))
+        call.reader = threading.Thread(target=self._read, args=(call,), daemon=True,
+                                       name="uip-llm-bls-grpc")
+        call.reader.start()
+        return call
+
+    def submit(self, tid: str, inputs: dict[str, np.ndarray]) -> None:
+        try:
+            request = self._request(tid, inputs)
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("llm_bls is shutting down")
+                if self._call is None or self._call.broken:
+                    self._call = self._open()
+                self._call.inflight.add(tid)
+                self._call.requests.put(request)
+        except Exception as exc:  # noqa: BLE001 - e.g. a malformed engine_url
+            raise EngineStreamError(f"cannot reach {self.model} at {self.url} (set the spec's "
+                                    f"engine_url or ${URL_ENV}): {exc}") from exc
+
+    def stop(self, tid: str, inputs: dict[str, np.ndarray]) -> None:
+        """Send `tid`'s stop request, unless its stream broke (then it is over already)."""
+        request = self._request(tid, encode_stop(inputs))
+        with self._lock:
+            call = self._call
+            if call is not None and not call.broken and tid in call.inflight:
+                call.requests.put(request)
+
+    def finish(self, tid: str) -> None:
+        with self._lock:
+            if self._call is not None:
+                self._call.inflight.discard(tid)
+
+    def inflight(self) -> int:
+        with self._lock:
+            return 0 if self._call is None else len(self._call.inflight)
+
+    def _read(self, call: _Call) -> None:
+        """The reader thread: every response of `call` to `on_event`, then its end."""
+        reason = "the server ended the stream"
+        try:
+            for resp in call.responses:
+                tid = resp.infer_response.id
+                if resp.error_message:
+                    item: EngineChunk | EngineStreamError = EngineStreamError(
+                        f"{self.model}: {resp.error_message}")
+                else:
+                    try:
+                        item = to_chunk(grpcclient.InferResult(resp.infer_response))
+                    except Exception as exc:  # noqa: BLE001 - that request fails, not the stream
+                        item = EngineStreamError(f"{self.model}: unreadable response: {exc}")
+                self.on_event(tid, item)
+        except grpc.RpcError as exc:
+            reason = f"{exc.code().name}: {exc.details()}"
+        except Exception as exc:  # noqa: BLE001 - reported to every request on the stream
+            reason = f"{type(exc).__name__}: {exc}"
+        self._broken(call, reason)
+
+    def _broken(self, call: _Call, reason: str) -> None:
+        with self._lock:
+            call.broken = True
+            call.requests.put(None)  # ends gRPC's request-iterator thread
+            tids, call.inflight = sorted(call.inflight), set()
+            channel = None
+            if self._call is call:
+                self._call = None
+                channel, self._channel = self._channel, None  # reconnect from scratch
+            closed = self._closed
+        if channel is not None:
+            channel.close()
+        if closed:
+            return
+        if tids:
+            pb.log.warning("llm_bls: the gRPC stream to %s at %s broke (%s); failing %d "
+                           "request(s)", self.model, self.url, reason, len(tids))
+        for tid in tids:
+            self.on_event(tid, EngineStreamError(
+                f"the gRPC stream to {self.model} at {self.url} broke ({reason}); if the "
+                f"address is wrong, set the spec's engine_url or ${URL_ENV}"))
+
+    def close(self) -> None:
+        """Cancel the stream (and whatever is in flight on it); no events follow."""
+        with self._lock:
+            self._closed = True
+            call, self._call = self._call, None
+            channel, self._channel = self._channel, None
+        if call is not None:
+            call.requests.put(None)
+            call.responses.cancel()
+            if call.reader is not None and call.reader is not threading.current_thread():
+                call.reader.join(timeout=2)
+        if channel is not None:
+            channel.close()
+
+
 class _QueuedStream:
-    """What both transports share: a response queue read by the request's own thread."""
+    """The BLS transport's per-request response queue, read by the request's own thread."""
 
     def __init__(self, model: str, inputs: dict[str, np.ndarray], request_id: str):
         self.model = model
@@ -98,52 +247,6 @@ class _QueuedStream:
         if not self._stopped:
             self._stopped = True
             self._send_stop()
-
-
-class GrpcEngineStream(_QueuedStream):
-    """One llm_engine request over its own gRPC stream."""
-
-    def __init__(self, url: str, model: str, inputs: dict[str, np.ndarray], request_id: str):
-        super().__init__(model, inputs, request_id)
-        self.url = url
-        self._client: grpcclient.InferenceServerClient | None = None
-
-    def _on_result(self, result, error) -> None:
-        self.queue.put(error if error is not None else result)
-
-    def _send(self, inputs: dict[str, np.ndarray]) -> None:
-        self._client.async_stream_infer(
-            self.model, infer_inputs(inputs), request_id=self.request_id,
-            outputs=[grpcclient.InferRequestedOutput(n) for n in RESPONSE_OUTPUTS])
-
-    def start(self) -> None:
-        try:
-            self._client = grpcclient.InferenceServerClient(self.url)
-            self._client.start_stream(callback=self._on_result)
-            self._send(self.inputs)
-        except Exception as exc:  # noqa: BLE001 - e.g. a wrong engine_url
-            self.close()
-            raise EngineStreamError(f"cannot reach {self.model} at {self.url} (set the spec's "
-                                    f"engine_url or ${URL_ENV}): {exc}") from exc
-
-    def _decode(self, item: object) -> EngineChunk:
-        if isinstance(item, Exception):
-            message = item.message() if hasattr(item, "message") else str(item)
-            raise EngineStreamError(f"{self.model}: {message}")
-        return to_chunk(item)
-
-    def _send_stop(self) -> None:
-        if self._client is not None:
-            self._send(encode_stop(self.inputs))
-
-    def close(self) -> None:
-        """End the stream (cancelling whatever is still in flight on it)."""
-        client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.stop_stream(cancel_requests=True)
-            finally:
-                client.close()
 
 
 def infer_inputs(inputs: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:

@@ -1,34 +1,50 @@
 """`llm_bls` (Orchestrator, decoupled): the `llm` contract in one Python model over llm_engine.
 
-Per client request, one thread runs `uip.llm.orchestrate.run`: the engine request is always
-streaming, so stop strings and cancellation act between engine steps, and its responses are
-queued so the request loop can poll `request.is_cancelled()` while it waits. A stop string or
-a client cancel stops the engine request at once through llm_engine's `stop` input (same
-request id, TensorRT-LLM's convention). All state is per request; the tokenizer is shared
-read-only.
+The engine request is always streaming, so stop strings and cancellation act between engine
+steps. A stop string or a client cancel stops the engine request at once through llm_engine's
+`stop` input (same request id, TensorRT-LLM's convention). Each request's logic is a
+`uip.llm.orchestrate.RequestRun` (per-request state; the tokenizer is shared read-only).
 
-The engine is reached through the server's own gRPC endpoint by default (`engine_transport:
-grpc`, see `uip.triton.engine_streams` for why); `engine_transport: bls` uses a decoupled BLS call,
-which Triton 2.51's stub makes unsafe with several requests in flight.
+`engine_transport: grpc` (the default) reaches the engine through the server's own gRPC
+endpoint (see `uip.triton.engine_streams` for why) with a bounded number of threads, whatever
+the number of streams: `execute` only validates and hands each request to ONE driver thread,
+which sends it on ONE shared gRPC stream (`GrpcEngineMux`, multiplexed by Triton request id),
+advances every request's `RequestRun` as its engine responses arrive (responses queued for one
+request are merged, so a slow client catches up in one step), polls every client's
+`is_cancelled()` every `cancel_poll_s`, and sends the client responses. Threads: the stub's
+own, the driver, and the mux's gRPC reader and request consumer.
+
+`engine_transport: bls` uses a decoupled BLS call per request on a thread of its own (today's
+path, `orchestrate.run` over `BlsEngineStream`); Triton 2.51's stub makes it unsafe with
+several requests in flight, so it is not bounded and not the default.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
 import uuid
+from dataclasses import dataclass
+
+import numpy as np
 
 from uip.core.settings import ModelSettings
+from uip.llm.engine_tensors import EngineChunk
 from uip.llm.orchestrate import (
     ClientResponse,
     EngineStreamError,
+    RequestRun,
     TextPipeline,
     client_outputs,
     run,
 )
-from uip.llm.preprocess import Limits, Preprocessor, model_max_positions
+from uip.llm.preprocess import Limits, LlmRequest, Preprocessor, model_max_positions
 from uip.llm.tokenizer import tokenizer_for
 from uip.triton import pb
-from uip.triton.engine_streams import BlsEngineStream, GrpcEngineStream, engine_url
+from uip.triton.engine_streams import BlsEngineStream, GrpcEngineMux, engine_url
+
+DRAIN_S = 30.0  # how long a stopped engine request may take to confirm its end
 
 
 def _error_response(exc: Exception):
@@ -36,6 +52,18 @@ def _error_response(exc: Exception):
     if isinstance(exc, EngineStreamError) and exc.error is not None:
         return pb.pb_utils.InferenceResponse(output_tensors=[], error=exc.error)
     return pb.error_response(exc)
+
+
+def _request_id() -> str:
+    return f"llm_bls-{uuid.uuid4().hex}"
+
+
+@dataclass(eq=False)
+class _Active:
+    """One in-flight request as the driver sees it."""
+
+    sender: object
+    run: RequestRun
 
 
 class LlmBlsModel:
@@ -49,20 +77,29 @@ class LlmBlsModel:
                                 Limits.from_settings(self.settings, model_max_positions(folder)))
         self.engine_model = self.settings.param("engine_model", "llm_engine")
         self.poll_s = self.settings.param("cancel_poll_s", 0.05, float)
+        self.drain_s = DRAIN_S
         self.transport = self.settings.param("engine_transport", "grpc")
         if self.transport not in ("grpc", "bls"):
             raise ValueError(f"llm_bls: engine_transport must be grpc or bls, not "
                              f"{self.transport!r}")
         self.engine_url = engine_url(self.settings.param("engine_url", ""))
+        self._events: queue.Queue = queue.Queue()  # ("start", ...) and ("engine", tid, item)
+        self._active: dict[str, _Active] = {}  # Triton request id -> request (driver only)
+        self._closing = threading.Event()
+        self.mux: GrpcEngineMux | None = None
+        self._driver: threading.Thread | None = None
+        if self.transport == "grpc":
+            self.mux = GrpcEngineMux(self.engine_url, self.engine_model, self._on_engine)
+            self._driver = threading.Thread(target=self._drive, name="uip-llm-bls-driver",
+                                            daemon=True)
+            self._driver.start()
 
-    def _engine(self, inputs) -> GrpcEngineStream | BlsEngineStream:
-        request_id = f"llm_bls-{uuid.uuid4().hex}"
-        if self.transport == "bls":
-            return BlsEngineStream(self.engine_model, inputs, request_id)
-        return GrpcEngineStream(self.engine_url, self.engine_model, inputs, request_id)
+    def _engine(self, inputs) -> BlsEngineStream:
+        return BlsEngineStream(self.engine_model, inputs, _request_id())
 
     def execute(self, requests):
-        # Parse in this (the stub's main) thread; each valid request then runs in its own.
+        # Parse in this (the stub's main) thread; the driver (or, over BLS, a thread per
+        # request) serves each valid request.
         for request in requests:
             sender = request.get_response_sender()
             try:
@@ -71,9 +108,127 @@ class LlmBlsModel:
             except Exception as exc:  # noqa: BLE001 - becomes this request's error
                 sender.send(pb.error_response(exc), flags=pb.final_flag())
                 continue
-            threading.Thread(target=self._serve, args=(sender, req, inputs), daemon=True,
-                             name="uip-llm-bls").start()
+            if self.mux is None:
+                threading.Thread(target=self._serve, args=(sender, req, inputs), daemon=True,
+                                 name="uip-llm-bls").start()
+            else:
+                self._events.put(("start", sender, req, inputs))
         return None
+
+    # ---------------------------------------------------------- grpc: the one driver thread
+
+    def _on_engine(self, tid: str, item: EngineChunk | EngineStreamError) -> None:
+        """The mux's reader thread: hand the response to the driver."""
+        self._events.put(("engine", tid, item))
+
+    def _drive(self) -> None:
+        last_poll = 0.0
+        while not self._closing.is_set():
+            batch = []
+            try:
+                batch.append(self._events.get(timeout=self.poll_s))
+                while True:
+                    batch.append(self._events.get_nowait())
+            except queue.Empty:
+                pass
+            try:
+                self._handle(batch)
+                now = time.monotonic()
+                if now - last_poll >= self.poll_s:
+                    last_poll = now
+                    self._poll(now)
+            except Exception:  # noqa: BLE001 - the driver must outlive any one request's bug
+                pb.log.exception("llm_bls: the driver failed a step")
+
+    def _handle(self, batch: list[tuple]) -> None:
+        """Starts, then each request's queued engine responses merged into one chunk."""
+        pending: dict[str, EngineChunk] = {}
+        for event in batch:
+            if event[0] == "start":
+                self._start(*event[1:])
+                continue
+            _, tid, item = event
+            if isinstance(item, EngineChunk):
+                prev = pending.get(tid)
+                if prev is None:
+                    pending[tid] = item
+                elif not prev.final:  # after its final chunk nothing counts
+                    pending[tid] = EngineChunk(prev.tokens + item.tokens, item.finish_reason)
+            else:  # an error: what came before it first
+                if tid in pending:
+                    self._deliver(tid, pending.pop(tid))
+                self._deliver(tid, item)
+        for tid, chunk in pending.items():
+            self._deliver(tid, chunk)
+
+    def _start(self, sender, req: LlmRequest, inputs: dict[str, np.ndarray]) -> None:
+        tid = _request_id()
+
+        def send(resp: ClientResponse) -> None:
+            pb.send(sender, client_outputs(resp, req), final=resp.final)
+
+        def stop() -> None:
+            self.mux.stop(tid, inputs)
+
+        active = None
+        try:
+            active = _Active(sender, RequestRun(TextPipeline(self.tokenizer, req), send, stop,
+                                                drain_s=self.drain_s))
+            self._active[tid] = active
+            self.mux.submit(tid, inputs)
+        except Exception as exc:  # noqa: BLE001 - the client gets the error
+            if active is not None:
+                active.run.engine_ended = True  # it never reached the engine
+            self._fail(tid, active, sender, exc)
+
+    def _deliver(self, tid: str, item: EngineChunk | EngineStreamError) -> None:
+        active = self._active.get(tid)
+        if active is None:  # over already (e.g. the stop request's own final response)
+            return
+        try:
+            if isinstance(item, EngineStreamError):
+                active.run.on_error(item, time.monotonic())
+            else:
+                active.run.on_chunk(item, time.monotonic())
+        except Exception as exc:  # noqa: BLE001 - the client gets the error, the model lives on
+            self._fail(tid, active, active.sender, exc)
+            return
+        if active.run.finished:
+            self._forget(tid)
+
+    def _poll(self, now: float) -> None:
+        """Every client's cancel, and the stopped requests' drain deadlines."""
+        for tid, active in list(self._active.items()):
+            try:
+                if active.run.running and active.sender.is_cancelled():
+                    active.run.on_cancel(now)
+                active.run.on_tick(now)
+            except Exception as exc:  # noqa: BLE001 - e.g. the stop could not be sent
+                self._fail(tid, active, active.sender, exc)
+                continue
+            if active.run.finished:
+                self._forget(tid)
+
+    def _fail(self, tid: str, active: _Active | None, sender, exc: Exception) -> None:
+        """As `_serve` does: stop the engine request if it runs, report unless done."""
+        if active is not None:
+            try:
+                active.run.abandon()
+            except Exception:  # noqa: BLE001 - report the first failure, not this
+                pb.log.exception("llm_bls: could not stop the engine request")
+        if active is None or not active.run.client_done:
+            try:
+                sender.send(_error_response(exc), flags=pb.final_flag())
+            except Exception:  # noqa: BLE001 - e.g. the client is gone
+                pb.log.exception("llm_bls: could not send the error response")
+        self._forget(tid)
+
+    def _forget(self, tid: str) -> None:
+        self._active.pop(tid, None)
+        if self.mux is not None:
+            self.mux.finish(tid)
+
+    # --------------------------------------------------- bls: one thread per request (as before)
 
     def _serve(self, sender, req, inputs) -> None:
         done = False
@@ -87,7 +242,7 @@ class LlmBlsModel:
         try:
             try:
                 run(TextPipeline(self.tokenizer, req), engine, send, sender.is_cancelled,
-                    poll_s=self.poll_s)
+                    poll_s=self.poll_s, drain_s=self.drain_s)
             except BaseException:
                 if not engine.ended:
                     try:
@@ -105,4 +260,12 @@ class LlmBlsModel:
             engine.close()
 
     def finalize(self) -> None:
+        self._closing.set()
+        if self._driver is not None:
+            self._driver.join(timeout=2)
+        if self.mux is not None:
+            self.mux.close()
+        if self._driver is None or not self._driver.is_alive():
+            for tid, active in list(self._active.items()):
+                self._fail(tid, active, active.sender, RuntimeError("llm_bls is shutting down"))
         self.pre = None
