@@ -12,7 +12,7 @@ which sends it on ONE shared gRPC stream (`GrpcEngineMux`, multiplexed by Triton
 advances every request's `RequestRun` as its engine responses arrive (responses queued for one
 request are merged, so a slow client catches up in one step), polls every client's
 `is_cancelled()` every `cancel_poll_s`, and sends the client responses. Threads: the stub's
-own, the driver, and the mux's gRPC reader and request consumer.
+own, the driver, the mux's reader and gRPC's own (a fixed set; see `engine_streams`).
 
 `engine_transport: bls` uses a decoupled BLS call per request on a thread of its own (today's
 path, `orchestrate.run` over `BlsEngineStream`); Triton 2.51's stub makes it unsafe with
