@@ -271,19 +271,27 @@ def _llm_bls_stub(server):
 
 def test_llm_bls_threads_stay_bounded_with_32_streams(server, tokenizer, reference):
     """One driver thread and one shared gRPC stream to llm_engine serve every llm_bls request:
-    32 streams in flight leave the stub with fewer than 16 threads, and each still streams."""
+    the stub's thread count does not grow from 1 stream to 32 (gRPC's own pool is sized by
+    the CPU count, so the bound is "no thread per request", not an absolute number)."""
     stub = _llm_bls_stub(server)
-    streams = [GrpcStream(server.grpc_url, "llm_bls", PROMPTS[i % len(PROMPTS)],
-                          max_tokens=1000).start() for i in range(32)]
-    try:
+
+    def in_flight(n: int) -> tuple[list, int]:
+        streams = [GrpcStream(server.grpc_url, "llm_bls", PROMPTS[i % len(PROMPTS)],
+                              max_tokens=1000).start() for i in range(n)]
         iters = [s.responses(timeout=60) for s in streams]
         for it in iters:  # every stream is in flight (its first delta came)
             next(it)
-        threads = stub.num_threads()
-        assert threads < 16, f"the llm_bls stub runs {threads} threads with 32 streams"
-        for it in iters:  # and still streams (a stream may also have ended: EOS)
-            next(it, None)
-        assert stub.num_threads() < 16
+        return streams, stub.num_threads()
+
+    one, baseline = in_flight(1)
+    streams = one
+    try:
+        more, threads = in_flight(31)
+        streams = one + more
+        assert threads <= baseline + 2, f"the llm_bls stub went from {baseline} threads with 1 " \
+            f"stream to {threads} with 32"
+        for s in streams:  # and each still streams (a stream may also have ended: EOS)
+            next(s.responses(timeout=60), None)
     finally:
         for s in streams:
             s.cancel()
