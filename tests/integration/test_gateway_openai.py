@@ -140,11 +140,14 @@ def test_errors_are_openai_shaped_4xx(gw):
     err = _error(post(f"{url}/chat/completions", json={**chat, "model": "nope"}), 404, "model")
     assert err["code"] == "model_not_found"
     _error(post(f"{url}/chat/completions", json={**chat, "model": "embedding"}), 400, "model")
-    # refused by llm_bls itself (INVALID_ARG) -> 400, streamed or not
+    _error(post(f"{url}/chat/completions", json={**chat, "max_tokens": 5000}), 400,
+           "max_tokens")  # limits.max_tokens of the gateway spec
+    # refused by llm_bls itself (INVALID_ARG: over the context) -> 400, streamed or not
+    long = [{"role": "user", "content": "word " * 2100}]
     for stream in (False, True):
-        err = _error(post(f"{url}/chat/completions",
-                          json={**chat, "max_tokens": 5000, "stream": stream}), 400)
-        assert "max_tokens" in err["message"]
+        err = _error(post(f"{url}/chat/completions", json={
+            **chat, "messages": long, "max_tokens": 8, "stream": stream}), 400)
+        assert "context" in err["message"], err
     _error(post(f"{url}/embeddings", json={"model": "embedding", "input": []}), 400, "input")
     _error(post(f"{url}/images/generations", json={"prompt": "x", "size": "9999x64"}), 400,
            "size")

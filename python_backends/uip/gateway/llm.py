@@ -11,6 +11,7 @@ import numpy as np
 from uip.clients.llm import grpc_inputs, parameters
 from uip.gateway.errors import ApiError
 from uip.gateway.schemas import Sampling
+from uip.gateway.spec import Limits
 from uip.gateway.triton import Triton
 
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
@@ -25,9 +26,12 @@ class GenParams:
     stop: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, body: Sampling, max_tokens: int | None, max_stop: int) -> GenParams:
+    def of(cls, body: Sampling, max_tokens: int | None, limits: Limits,
+           param: str = "max_tokens") -> GenParams:
         if body.n not in (None, 1):
             raise ApiError(400, "only n=1 is supported", "n", "unsupported_value")
+        check_max_tokens(max_tokens, limits, param)
+        max_stop = limits.max_stop
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > max_stop:
             raise ApiError(400, f"at most {max_stop} stop sequences (limits.max_stop)", "stop")
@@ -39,6 +43,12 @@ class GenParams:
         return parameters(max_tokens=self.max_tokens, temperature=self.temperature,
                           top_p=self.top_p, seed=self.seed, stop_words=self.stop or None,
                           return_num_output_tokens=True, stream=True)
+
+
+def check_max_tokens(max_tokens: int | None, limits: Limits, param: str) -> None:
+    if max_tokens is not None and max_tokens > limits.max_tokens:
+        raise ApiError(400, f"{param} must be <= {limits.max_tokens} (limits.max_tokens)",
+                       param, "invalid_value")
 
 
 @dataclass

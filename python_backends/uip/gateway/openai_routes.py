@@ -70,8 +70,9 @@ async def chat_completions(body: ChatRequest, caller: Caller = Depends(authorize
     if body.tools:
         raise ApiError(400, "tools are not supported by this gateway", "tools")
     targets = g.router.targets(body.model, "llm")
-    params = GenParams.of(body, body.max_completion_tokens or body.max_tokens,
-                          g.spec.limits.max_stop)
+    param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    params = GenParams.of(body, body.max_completion_tokens or body.max_tokens, g.spec.limits,
+                          param)
     messages = _messages(body, g.spec.limits.max_messages)
     job = textgen.TextJob(
         "chat", body.model, lambda fmt: fmt.render(messages), params,
@@ -88,7 +89,7 @@ async def completions(body: CompletionRequest, caller: Caller = Depends(authoriz
         raise ApiError(400, "send exactly one prompt", "prompt")
     prompt = prompts[0]
     targets = g.router.targets(body.model, "llm")
-    params = GenParams.of(body, body.max_tokens, g.spec.limits.max_stop)
+    params = GenParams.of(body, body.max_tokens, g.spec.limits)
     job = textgen.TextJob(
         "completion", body.model, lambda _fmt: prompt, params,
         body.model_dump(exclude_none=True), bool(body.stream),

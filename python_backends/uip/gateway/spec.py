@@ -56,6 +56,7 @@ class Route(_Strict):
 class Limits(_Strict):
     max_body_bytes: int = Field(4 << 20, ge=1024)
     max_messages: int = Field(256, ge=1)
+    max_tokens: int = Field(1024, ge=1)  # per generation; the model's own limit also applies
     max_stop: int = Field(4, ge=0)
     max_embedding_inputs: int = Field(256, ge=1)
     max_image_side: int = Field(1024, ge=8)

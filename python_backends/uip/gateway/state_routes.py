@@ -13,7 +13,7 @@ from uip.gateway import sse
 from uip.gateway.auth import authorize
 from uip.gateway.chat_template import formatter_for
 from uip.gateway.errors import ApiError, not_found
-from uip.gateway.llm import Delta, GenParams, generate
+from uip.gateway.llm import Delta, GenParams, check_max_tokens, generate
 from uip.gateway.routing import Target, first_available
 from uip.gateway.schemas import (
     ConversationCreate,
@@ -120,6 +120,7 @@ async def create_response(body: ResponseRequest, caller: Caller = Depends(author
     if len(messages) > g.spec.limits.max_messages:
         raise ApiError(400, f"the exchange holds more than {g.spec.limits.max_messages} "
                        "messages (limits.max_messages)", "input")
+    check_max_tokens(body.max_output_tokens, g.spec.limits, "max_output_tokens")
     params = GenParams(body.max_output_tokens, body.temperature, body.top_p)
     g.limiter.admit(caller)
 
