@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import httpx
 import openai
 import pytest
+from conftest import poll
 from support.gateway_fixtures import start_gateway
 
 from uip.gateway.store import Store
@@ -48,7 +50,8 @@ def test_keys_rate_limits_and_usage(gw):
     chat(client(gw, None))  # no key exists yet: open
     key = make_key(gw, "team-a", "--rpm", "3")
     store = Store.open(gw.database_url)
-    assert store.usage_rows()[-1].key_id is None
+    assert poll(store.usage_rows, bool)[-1].key_id is None
+    time.sleep(Store.NO_KEYS_TTL_S)  # the gateway's "no key yet" answer expires
     key_id = store.caller_for(key).key_id
     assert store.caller_for(key).rpm == 3
     with pytest.raises(openai.AuthenticationError):
@@ -67,7 +70,8 @@ def test_keys_rate_limits_and_usage(gw):
     retry = int(e.value.response.headers["Retry-After"])
     assert 1 <= retry <= 60
 
-    rows = store.usage_rows(key_id)
+    # usage rows are written just after each response
+    rows = poll(lambda: store.usage_rows(key_id), lambda r: len(r) >= 3)
     assert len(rows) == 3
     for row, answer in zip(rows[:2], answers, strict=True):
         assert (row.model, row.endpoint) == ("llm_bls", "/chat/completions")
@@ -86,6 +90,7 @@ def test_keys_rate_limits_and_usage(gw):
     ic = client(gw, image_key)
     ic.images.generate(model="stable_diffusion", prompt="a castle", size="64x64",
                        extra_body={"steps": 2, "seed": 1})
-    rows = store.usage_rows(store.caller_for(image_key).key_id)
+    image_id = store.caller_for(image_key).key_id
+    rows = poll(lambda: store.usage_rows(image_id), bool)
     assert [(r.endpoint, r.images) for r in rows] == [("/images/generations", 1)]
     store.close()

@@ -20,7 +20,7 @@ PROFILES = {
 
 
 def bench(
-    model: str = typer.Argument(..., help=f"one of {sorted(PROFILES)}"),
+    model: str = typer.Argument(..., help=f"one of {sorted(PROFILES)} or gateway"),
     concurrency: str = typer.Option("1,2,4,8", help="comma-separated concurrency levels"),
     url: str = typer.Option("", help="gRPC host:port of a running server (default: start one)"),
     model_repository: Path = typer.Option(DEFAULT_REPOSITORY),
@@ -32,15 +32,22 @@ def bench(
     ref_num_blocks: int = typer.Option(256, help="in-process LLM engine's KV blocks"),
     ref_max_batch_tokens: int = typer.Option(512, help="in-process LLM engine's batch tokens"),
 ) -> None:
-    """Benchmark MODEL through Triton with perf_analyzer and in-process, in the same run."""
+    """Benchmark MODEL through Triton with perf_analyzer and in-process, in the same run;
+    `gateway`: chat streaming through the OpenAI gateway vs llm_bls over gRPC directly."""
     from uip import artifacts
     from uip.bench.perf import run_perf
     from uip.bench.report import markdown, plot, write_csv
     from uip.launch.server import TritonServer
     from uip.repo.needed import needed
 
+    if model == "gateway":
+        from uip.bench.gateway_run import run_gateway_bench
+
+        run_gateway_bench(concurrency, url, model_repository, out, label)
+        return
     if model not in PROFILES:
-        raise typer.BadParameter(f"no benchmark profile for {model!r}; known: {sorted(PROFILES)}")
+        raise typer.BadParameter(f"no benchmark profile for {model!r}; known: "
+                                 f"{sorted(PROFILES) + ['gateway']}")
     profile = importlib.import_module(PROFILES[model])
     levels = [int(c) for c in concurrency.split(",")]
     label = label or platform.node().split(".")[0]

@@ -13,7 +13,10 @@ async def authorize(request: Request, g: Gateway = Depends(gateway)) -> Caller:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise ApiError(413, f"request body over {limit} bytes (limits.max_body_bytes)")
-    if g.store is None or not await g.store.run(g.store.has_keys):
+    if g.store is None:
+        return ANONYMOUS
+    known = g.store.keys_known_to_exist()
+    if known is False or (known is None and not await g.store.run(g.store.has_keys)):
         return ANONYMOUS
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")

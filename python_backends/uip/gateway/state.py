@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
 import httpx
@@ -10,6 +12,8 @@ from fastapi import Request
 from uip.gateway.routing import Router
 from uip.gateway.spec import GatewaySpec
 from uip.gateway.triton import Triton
+
+log = logging.getLogger("uip.gateway")
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,11 @@ class Gateway:
         self.http = httpx.AsyncClient()
         self.store = store
         self.limiter = limiter or Limiter()
+        self._writes: set[asyncio.Task] = set()
 
     async def close(self) -> None:
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
         await self.triton.close()
         await self.http.aclose()
         if self.store is not None:
@@ -45,10 +52,20 @@ class Gateway:
     async def record_usage(self, caller: Caller, model: str, endpoint: str,
                            prompt_tokens: int = 0, completion_tokens: int = 0,
                            images: int = 0) -> None:
+        """Count the tokens against the key's tpm now; write the usage row in the background
+        (the response does not wait for the database)."""
         self.limiter.spend(caller, prompt_tokens + completion_tokens)
         if self.store is not None:
-            await self.store.run(self.store.add_usage, caller.key_id, model, endpoint,
-                                 prompt_tokens, completion_tokens, images)
+            task = asyncio.ensure_future(self.store.run(
+                self.store.add_usage, caller.key_id, model, endpoint, prompt_tokens,
+                completion_tokens, images))
+            self._writes.add(task)
+            task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("usage row not written: %s", task.exception())
 
 
 def gateway(request: Request) -> Gateway:

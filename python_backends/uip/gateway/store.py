@@ -67,14 +67,22 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; no fsync per commit
     cur.execute("PRAGMA busy_timeout=5000")
     cur.close()
 
 
 class Store:
+    # `has_keys` is asked on every request: a "no key yet" answer is kept this long, so a key
+    # made by `uip keys create` in another process takes effect within it. Keys are never
+    # deleted here, so "keys exist" is kept for good.
+    NO_KEYS_TTL_S = 1.0
+
     def __init__(self, engine: Engine):
         self.engine = engine
         self._session = sessionmaker(engine, expire_on_commit=False)
+        self._keys_exist = False
+        self._no_keys_until = 0.0
 
     @classmethod
     def open(cls, url: str | None = None) -> Store:
@@ -107,11 +115,24 @@ class Store:
                      created_at=time.time())
         with self.session() as s, s.begin():
             s.add(row)
+        self._keys_exist = True
         return row.id, key
 
     def has_keys(self) -> bool:
+        if self._keys_exist:
+            return True
+        if time.monotonic() < self._no_keys_until:
+            return False
         with self.session() as s:
-            return s.scalar(select(func.count()).select_from(ApiKey)) > 0
+            self._keys_exist = s.scalar(select(func.count()).select_from(ApiKey)) > 0
+        self._no_keys_until = time.monotonic() + self.NO_KEYS_TTL_S
+        return self._keys_exist
+
+    def keys_known_to_exist(self) -> bool | None:
+        """The cached answer of `has_keys` when one holds (no database call), else None."""
+        if self._keys_exist:
+            return True
+        return False if time.monotonic() < self._no_keys_until else None
 
     def caller_for(self, key: str) -> Caller | None:
         with self.session() as s:
