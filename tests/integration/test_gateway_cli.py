@@ -63,3 +63,27 @@ def test_uip_gateway_refuses_a_taken_port():
                            capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "already in use" in r.stderr
+
+
+def test_triton_unreachable_is_503(tmp_path):
+    from support.gateway import GatewayProcess
+
+    gw = GatewayProcess(f"127.0.0.1:{free_port()}", f"sqlite:///{tmp_path / 'g.db'}",
+                        tmp_path / "gateway.log").start()
+    try:
+        url = gw.base_url
+        assert httpx.get(f"{url}/models").json()["data"] == []
+        calls = [("chat/completions", {"model": "llm_bls", "messages": [
+                     {"role": "user", "content": "x"}]}),
+                 ("chat/completions", {"model": "llm_bls", "stream": True, "messages": [
+                     {"role": "user", "content": "x"}]}),
+                 ("completions", {"model": "llm", "prompt": "x"}),
+                 ("embeddings", {"model": "embedding", "input": "x"}),
+                 ("images/generations", {"prompt": "x"}),
+                 ("responses", {"model": "llm_bls", "input": "x"})]
+        for path, body in calls:
+            r = httpx.post(f"{url}/{path}", json=body, timeout=30)
+            assert r.status_code == 503, (path, r.text)
+            assert r.json()["error"]["type"] == "service_unavailable"
+    finally:
+        gw.stop()

@@ -60,3 +60,8 @@ def test_fallbacks_in_order_and_kinds(tmp_path):
     with pytest.raises(ApiError) as e:
         Router(spec).targets("missing", "llm")
     assert e.value.status == 404
+
+
+def test_llm_needs_a_tokenizer(tmp_path):
+    with pytest.raises(GatewaySpecError, match="triton.x: .*tokenizer"):
+        _load(tmp_path, {"triton": {"x": {"kind": "llm"}}})

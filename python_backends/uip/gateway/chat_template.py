@@ -16,6 +16,7 @@ from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from uip.core.paths import resolve_artifact
+from uip.gateway.errors import ApiError
 from uip.llm.tokenizer import TextTokenizer
 
 
@@ -63,9 +64,27 @@ def _text(value) -> str | None:
 
 
 @lru_cache(maxsize=16)
-def formatter_for(artifact: str) -> ChatFormatter:
-    """The formatter of an artifact folder (relative to the artifacts root), loaded once."""
+def _formatter(artifact: str) -> ChatFormatter:
     return ChatFormatter(resolve_artifact(artifact))
+
+
+def formatter_for(artifact: str) -> ChatFormatter:
+    """The formatter of an artifact folder (relative to the artifacts root), loaded once;
+    503 while the artifact is missing."""
+    try:
+        return _formatter(artifact)
+    except (FileNotFoundError, OSError, ValueError) as e:
+        raise ApiError(503, f"tokenizer artifact {artifact!r} cannot be loaded: {e}") from None
+
+
+def prompt_of(artifact: str, messages: list[dict[str, str]]) -> tuple[str, int]:
+    """The chat prompt and its token count; a template that refuses the messages is a 400."""
+    fmt = formatter_for(artifact)
+    try:
+        prompt = fmt.render(messages)
+    except ChatTemplateError as e:
+        raise ApiError(400, str(e), "messages") from None
+    return prompt, fmt.count_tokens(prompt)
 
 
 @lru_cache(maxsize=16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -9,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+log = logging.getLogger("uip.gateway")
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
          404: "not_found_error", 413: "invalid_request_error", 422: "invalid_request_error",
          429: "rate_limit_error", 502: "api_error", 503: "service_unavailable",
@@ -52,7 +54,14 @@ def _http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
     return ApiError(status, message, headers=dict(exc.headers or {})).response()
 
 
+def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
+    """A bug of the gateway, not of the request: logged, answered in OpenAI's shape."""
+    log.exception("unexpected error", exc_info=exc)
+    return ApiError(500, f"internal gateway error ({type(exc).__name__})").response()
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(ApiError, lambda _r, e: e.response())
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -75,7 +75,7 @@ async def chat_completions(body: ChatRequest, caller: Caller = Depends(authorize
                           param)
     messages = _messages(body, g.spec.limits.max_messages)
     job = textgen.TextJob(
-        "chat", body.model, lambda fmt: fmt.render(messages), params,
+        "chat", body.model, messages, None, params,
         body.model_dump(exclude_none=True), bool(body.stream),
         bool(body.stream_options and body.stream_options.include_usage))
     return await textgen.run(g, caller, targets, job)
@@ -91,7 +91,7 @@ async def completions(body: CompletionRequest, caller: Caller = Depends(authoriz
     targets = g.router.targets(body.model, "llm")
     params = GenParams.of(body, body.max_tokens, g.spec.limits)
     job = textgen.TextJob(
-        "completion", body.model, lambda _fmt: prompt, params,
+        "completion", body.model, None, prompt, params,
         body.model_dump(exclude_none=True), bool(body.stream),
         bool(body.stream_options and body.stream_options.include_usage),
         echo=prompt if body.echo else "")

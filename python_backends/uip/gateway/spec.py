@@ -32,6 +32,13 @@ class TritonModel(_Strict):
     tokenizer: str | None = Field(None, description="artifact folder of an llm's tokenizer "
                                   "(chat template, prompt token counts)")
 
+    @model_validator(mode="after")
+    def _llm_has_tokenizer(self) -> TritonModel:
+        if self.kind == "llm" and not self.tokenizer:
+            raise ValueError("an llm needs 'tokenizer' (the artifact folder with its chat "
+                             "template)")
+        return self
+
 
 class External(_Strict):
     base_url: str = Field(pattern=r"^https?://")

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query
 
 from uip.gateway import sse
 from uip.gateway.auth import authorize
-from uip.gateway.chat_template import formatter_for
+from uip.gateway.chat_template import prompt_of
 from uip.gateway.errors import ApiError, not_found
 from uip.gateway.llm import Delta, GenParams, check_max_tokens, generate
 from uip.gateway.routing import Target, first_available
@@ -125,11 +125,10 @@ async def create_response(body: ResponseRequest, caller: Caller = Depends(author
     g.limiter.admit(caller)
 
     async def attempt(target: Target):
-        fmt = formatter_for(target.tokenizer or "llm-tiny")
-        prompt = fmt.render(messages)
+        prompt, tokens = prompt_of(target.tokenizer, messages)
         deltas = generate(g.triton, target.triton, prompt, params,
                           g.spec.limits.stream_timeout_s)
-        return fmt.count_tokens(prompt), await anext(deltas), deltas
+        return tokens, await anext(deltas), deltas
 
     prompt_tokens, first, deltas = await first_available(targets, attempt)
     turn = _Turn(g, caller, body, cid, new_items, prompt_tokens)

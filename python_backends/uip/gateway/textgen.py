@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 
 from uip.gateway import sse
-from uip.gateway.chat_template import ChatFormatter, formatter_for
+from uip.gateway.chat_template import formatter_for, prompt_of
 from uip.gateway.errors import ApiError
 from uip.gateway.llm import Delta, GenParams, collect, generate
 from uip.gateway.routing import Target, external_json, external_stream, first_available
@@ -27,7 +27,8 @@ class TextJob:
 
     kind: str  # "chat" | "completion"
     model: str  # the id the client asked for
-    prompt_for: Callable[[ChatFormatter], str]
+    messages: list[dict[str, str]] | None  # chat: rendered by the model's template
+    prompt: str | None  # completions: sent as is
     params: GenParams
     body: dict[str, Any]  # the client's body, forwarded to external APIs
     stream: bool
@@ -84,12 +85,16 @@ async def _open(g: Gateway, job: TextJob, target: Target) -> Opened:
             first = await anext(lines)  # connects: errors here fall back
             return Opened(target, 0, external=(first, lines))
         return Opened(target, 0, external=await external_json(g.http, target, job.path, body))
-    fmt = formatter_for(target.tokenizer or "llm-tiny")
-    prompt = job.prompt_for(fmt)
+    assert target.tokenizer is not None  # the spec requires one for llm models
+    if job.messages is not None:
+        prompt, tokens = prompt_of(target.tokenizer, job.messages)
+    else:
+        prompt = job.prompt or ""
+        tokens = formatter_for(target.tokenizer).count_tokens(prompt)
     deltas = generate(g.triton, target.triton, prompt, job.params,
                       g.spec.limits.stream_timeout_s)
     first = await anext(deltas)
-    return Opened(target, fmt.count_tokens(prompt), first, deltas)
+    return Opened(target, tokens, first, deltas)
 
 
 async def run(g: Gateway, caller: Caller, targets: list[Target], job: TextJob):

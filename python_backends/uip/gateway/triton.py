@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
@@ -85,6 +86,9 @@ class Triton:
             done = True
         except InferenceServerException as e:
             raise api_error(e, model) from None
+        except grpc.RpcError as e:  # the stream's own errors are not wrapped by tritonclient
+            raise api_error(InferenceServerException(e.details(), str(e.code())), model) \
+                from None
         finally:
             if not done:
                 call.cancel()
