@@ -21,7 +21,8 @@ PROFILES = {
 
 def bench(
     model: str = typer.Argument(..., help=f"one of {sorted(PROFILES)} or gateway"),
-    concurrency: str = typer.Option("1,2,4,8", help="comma-separated concurrency levels"),
+    concurrency: str = typer.Option(None, help="comma-separated concurrency levels "
+                                    "(default 1,2,4,8; gateway: 1,8,32)"),
     url: str = typer.Option("", help="gRPC host:port of a running server (default: start one)"),
     model_repository: Path = typer.Option(DEFAULT_REPOSITORY),
     out: Path = typer.Option(PROJECT_ROOT / "benchmarks" / "results"),
@@ -43,8 +44,9 @@ def bench(
     if model == "gateway":
         from uip.bench.gateway_run import run_gateway_bench
 
-        run_gateway_bench(concurrency, url, model_repository, out, label)
+        run_gateway_bench(concurrency or "1,8,32", url, model_repository, out, label)
         return
+    concurrency = concurrency or "1,2,4,8"
     if model not in PROFILES:
         raise typer.BadParameter(f"no benchmark profile for {model!r}; known: "
                                  f"{sorted(PROFILES) + ['gateway']}")

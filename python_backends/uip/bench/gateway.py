@@ -101,8 +101,12 @@ async def compare(grpc_url: str, gateway_url: str, levels: list[int], requests: 
             direct = await _sweep(lambda: _direct_one(client, prompt, max_tokens), c, requests)
             via = await _sweep(lambda: _gateway_one(http, gateway_url, max_tokens), c,
                                requests)
+            if direct.tokens != via.tokens:  # greedy: both paths must make the same tokens
+                raise RuntimeError(f"{c} streams: direct made {direct.tokens} tokens, the "
+                                   f"gateway {via.tokens}; they are not the same work")
             rows.append({
                 "streams": c,
+                "tokens_per_request": direct.tokens / (c * requests),
                 "direct_tok_per_s": direct.tok_per_s,
                 "gateway_tok_per_s": via.tok_per_s,
                 "gateway/direct": via.tok_per_s / direct.tok_per_s,

@@ -46,7 +46,7 @@ def run_gateway_bench(concurrency: str, url: str, model_repository: Path, out: P
     from uip.launch.server import TritonServer
     from uip.repo.needed import needed
 
-    levels = [int(c) for c in concurrency.split(",")] if concurrency != "1,2,4,8" else [1, 8, 32]
+    levels = [int(c) for c in concurrency.split(",")]
     label = label or platform.node().split(".")[0]
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"gateway-{label}"

@@ -31,6 +31,7 @@ class GenParams:
         if body.n not in (None, 1):
             raise ApiError(400, "only n=1 is supported", "n", "unsupported_value")
         check_max_tokens(max_tokens, limits, param)
+        max_tokens = max_tokens or limits.default_max_tokens
         max_stop = limits.max_stop
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > max_stop:

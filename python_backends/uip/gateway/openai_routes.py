@@ -173,10 +173,13 @@ async def images(body: ImageRequest, caller: Caller = Depends(authorize),
     if body.steps is not None and body.steps > lim.max_image_steps:
         raise ApiError(400, f"steps must be <= {lim.max_image_steps} (limits.max_image_steps)",
                        "steps")
+    n = body.n or 1
+    if n > lim.max_images:
+        raise ApiError(400, f"n must be <= {lim.max_images} (limits.max_images)", "n")
     targets = [t for t in g.router.targets(body.model, "image") if t.triton]
     g.limiter.admit(caller)
-    n = body.n or 1
-    options = {"negative_prompt": body.negative_prompt, "steps": body.steps,
+    options = {"negative_prompt": body.negative_prompt,
+               "steps": body.steps or lim.default_image_steps,
                "guidance_scale": body.guidance_scale, "height": height, "width": width,
                "scheduler": body.scheduler}
 

@@ -64,10 +64,14 @@ class Limits(_Strict):
     max_body_bytes: int = Field(4 << 20, ge=1024)
     max_messages: int = Field(256, ge=1)
     max_tokens: int = Field(1024, ge=1)  # per generation; the model's own limit also applies
+    default_max_tokens: int | None = Field(None, ge=1)  # when a request gives none (None:
+    # the model's own default)
     max_stop: int = Field(4, ge=0)
     max_embedding_inputs: int = Field(256, ge=1)
     max_image_side: int = Field(1024, ge=8)
     max_image_steps: int = Field(100, ge=1)
+    default_image_steps: int | None = Field(None, ge=1)  # None: the model's own default
+    max_images: int = Field(4, ge=1)  # n of one images request
     stream_timeout_s: float = Field(300.0, gt=0)
     max_context_items: int = Field(1000, ge=1)  # conversation items / chained turns read back
     max_list_items: int = Field(100, ge=1)  # page size cap of item lists

@@ -121,7 +121,8 @@ async def create_response(body: ResponseRequest, caller: Caller = Depends(author
         raise ApiError(400, f"the exchange holds more than {g.spec.limits.max_messages} "
                        "messages (limits.max_messages)", "input")
     check_max_tokens(body.max_output_tokens, g.spec.limits, "max_output_tokens")
-    params = GenParams(body.max_output_tokens, body.temperature, body.top_p)
+    params = GenParams(body.max_output_tokens or g.spec.limits.default_max_tokens,
+                       body.temperature, body.top_p)
     g.limiter.admit(caller)
 
     async def attempt(target: Target):

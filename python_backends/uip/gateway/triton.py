@@ -46,8 +46,11 @@ class Triton:
     def __init__(self, url: str):
         self.url = url
         self.client = grpcaio.InferenceServerClient(url)
+        self._pending: set[asyncio.Future] = set()  # unary requests still running
 
     async def close(self) -> None:
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=30)
         await self.client.close()
 
     async def ready_models(self) -> set[str]:
@@ -59,12 +62,23 @@ class Triton:
         return {m["name"] for m in index.get("models", []) if m.get("state") == "READY"}
 
     async def infer(self, model: str, inputs: list, timeout_s: float) -> grpcaio.InferResult:
+        """One request. It is never cancelled once sent (a timeout or a client that leaves
+        answers without waiting for it): cancelling an in-flight request of a BLS
+        orchestrator (stable_diffusion) crashed its Triton 2.51 stub."""
+        task = asyncio.ensure_future(self.client.infer(model, inputs))
+        self._pending.add(task)
+        task.add_done_callback(self._settled)
         try:
-            return await asyncio.wait_for(self.client.infer(model, inputs), timeout_s)
+            return await asyncio.wait_for(asyncio.shield(task), timeout_s)
         except InferenceServerException as e:
             raise api_error(e, model) from None
         except TimeoutError:
             raise ApiError(504, f"{model}: no answer within {timeout_s:g} s") from None
+
+    def _settled(self, task: asyncio.Future) -> None:
+        self._pending.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an answer nobody waits for any more is dropped
 
     async def stream(self, model: str, inputs: list,
                      timeout_s: float) -> AsyncIterator[dict[str, np.ndarray]]:
