@@ -32,8 +32,11 @@ def serve(
     world_size: int = typer.Option(None, help="GPU ranks of a TensorRT-LLM engine (tp x pp): "
                                    "one tritonserver per rank under mpirun"),
     dry_run: bool = typer.Option(False, help="Print the command(s) without running anything"),
+    gateway_port: int = typer.Option(9000, help="port of the OpenAI-compatible gateway"),
+    no_gateway: bool = typer.Option(False, "--no-gateway", help="serve without the gateway"),
 ) -> None:
-    """Run tritonserver in the foreground on the repository. Unknown flags go to tritonserver."""
+    """Run tritonserver in the foreground on the repository, and the OpenAI-compatible gateway
+    beside it. Unknown flags go to tritonserver."""
     from uip import artifacts
     from uip.launch.command import Ports, check_repository
     from uip.launch.server import run_foreground
@@ -55,7 +58,18 @@ def serve(
         for name in artifacts.ensure(missing):
             typer.echo(f"built artifact {name}", err=True)
     ports = Ports(http_port, grpc_port, metrics_port)
-    raise typer.Exit(run_foreground(model_repository, ports, list(ctx.args)))
+    if no_gateway:
+        raise typer.Exit(run_foreground(model_repository, ports, list(ctx.args)))
+    from uip.gateway.cli import start_beside
+
+    gw = start_beside(grpc_port, gateway_port)
+    typer.echo(f"gateway: http://localhost:{gateway_port}/v1", err=True)
+    try:
+        rc = run_foreground(model_repository, ports, list(ctx.args))
+    finally:
+        gw.terminate()
+        gw.wait(30)
+    raise typer.Exit(rc)
 
 
 @repo_app.command("build")
@@ -108,7 +122,7 @@ def _register_optional() -> None:
     """Commands contributed by other modules (LLM/SD clients, benchmarks)."""
     import importlib
 
-    for module in ("uip.bench.cli", "uip.clients.cli"):
+    for module in ("uip.bench.cli", "uip.clients.cli", "uip.gateway.cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
@@ -120,13 +134,15 @@ def _register_optional() -> None:
 
 def main() -> None:
     from uip.core.settings import ArtifactError
+    from uip.gateway.spec import GatewaySpecError
+    from uip.gateway.store import StoreError
     from uip.launch.command import LaunchError
     from uip.spec.schema import SpecError
 
     _register_optional()
     try:
         app()
-    except (UserError, LaunchError, SpecError, ArtifactError) as e:
+    except (UserError, LaunchError, SpecError, ArtifactError, GatewaySpecError, StoreError) as e:
         typer.echo(f"uip: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

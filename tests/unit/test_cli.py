@@ -62,10 +62,10 @@ def test_serve_fails_clearly_when_a_model_fails_to_load(tmp_path):
                 ).returncode == 0
     from uip.launch.command import free_port
 
-    ports = [str(free_port()) for _ in range(3)]
+    ports = [str(free_port()) for _ in range(4)]
     r = subprocess.run(
         [*UIP, "serve", "--model-repository", str(repo), "--http-port", ports[0],
-         "--grpc-port", ports[1], "--metrics-port", ports[2]],
+         "--grpc-port", ports[1], "--metrics-port", ports[2], "--gateway-port", ports[3]],
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=180)
     assert r.returncode == 1
     assert "Traceback" not in r.stderr

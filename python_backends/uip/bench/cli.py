@@ -149,6 +149,19 @@ def bench_sd(
         skip_diffusers=skip_diffusers, skip_triton=skip_triton, out=out))
 
 
+def bench_gateway(
+    concurrency: str = typer.Option("1,8,32", help="comma-separated concurrency levels"),
+    url: str = typer.Option("", help="gRPC host:port of a running server (default: start one)"),
+    model_repository: Path = typer.Option(DEFAULT_REPOSITORY),
+    out: Path = typer.Option(PROJECT_ROOT / "benchmarks" / "results"),
+    label: str = typer.Option("", help="name suffix for the result files (default: host kind)"),
+) -> None:
+    """Chat streaming through the OpenAI gateway vs llm_bls over gRPC directly, same run."""
+    from uip.bench.gateway_run import run_gateway_bench
+
+    run_gateway_bench(concurrency, url, model_repository, out, label)
+
+
 def profile_command(model: str):
     """`uip bench MODEL` for one profile: bench's options, with MODEL fixed."""
 
@@ -168,4 +181,5 @@ def register(app: typer.Typer) -> None:
     for model in PROFILES:
         bench_app.command(model)(profile_command(model))
     bench_app.command("sd")(bench_sd)
+    bench_app.command("gateway")(bench_gateway)
     app.add_typer(bench_app, name="bench")

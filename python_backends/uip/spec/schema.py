@@ -178,9 +178,14 @@ def load_spec(path: Path) -> DeploymentSpec:
         raise SpecError("\n".join(lines)) from None
 
 
+# Files in specs/ that configure something other than a deployment (uip.gateway.spec).
+NOT_DEPLOYMENTS = {"gateway.yaml"}
+
+
 def load_specs(folder: Path) -> list[DeploymentSpec]:
     """All specs of a folder; model names must be unique and ensemble steps must resolve."""
-    files = sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml"))
+    files = [f for f in sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml"))
+             if f.name not in NOT_DEPLOYMENTS]
     if not files:
         raise SpecError(f"{folder}: no *.yaml specs found")
     specs = [load_spec(f) for f in files]

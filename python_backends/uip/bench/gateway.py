@@ -1,0 +1,118 @@
+"""`uip bench gateway`: chat streaming through the gateway vs `llm_bls` over gRPC directly.
+
+Same run, same server, same tokens: the direct path sends the chat-templated prompt the
+gateway would render, so both ask llm_bls for the same generation. At each concurrency every
+stream runs `requests` generations back to back (asyncio clients in this process: tritonclient's
+gRPC aio for the direct path, httpx SSE for the gateway). Reported: output tokens/s, the p50
+time to first token of each, and the gateway's ratio and added p50 TTFT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+
+MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+MODEL = "llm_bls"
+
+
+@dataclass
+class Run:
+    tokens: int = 0
+    ttft_ms: list[float] | None = None
+    seconds: float = 0.0
+
+    @property
+    def tok_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def ttft_p50_ms(self) -> float:
+        return statistics.median(self.ttft_ms or [0.0])
+
+
+async def _direct_one(client, prompt: str, max_tokens: int) -> tuple[float, int]:
+    from uip.clients.llm import grpc_inputs, parameters
+
+    inputs = grpc_inputs(prompt, parameters(max_tokens=max_tokens, stream=True,
+                                            return_num_output_tokens=True))
+
+    async def requests():
+        yield {"model_name": MODEL, "inputs": inputs}
+
+    t0, first, tokens = time.perf_counter(), None, 0
+    async for result, error in client.stream_infer(requests()):
+        if error is not None:
+            raise RuntimeError(str(error))
+        n = result.as_numpy("num_output_tokens")
+        if first is None and result.as_numpy("text_output") is not None:
+            first = time.perf_counter() - t0
+        tokens += int(np.asarray(n).reshape(-1)[0]) if n is not None else 0
+    return (first or 0.0) * 1000, tokens
+
+
+async def _gateway_one(http: httpx.AsyncClient, url: str, max_tokens: int
+                       ) -> tuple[float, int]:
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": max_tokens, "stream": True,
+            "stream_options": {"include_usage": True}}
+    t0, first, tokens = time.perf_counter(), None, 0
+    async with http.stream("POST", f"{url}/chat/completions", json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                first = time.perf_counter() - t0
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return (first or 0.0) * 1000, tokens
+
+
+async def _sweep(one, concurrency: int, requests: int) -> Run:
+    async def stream() -> list[tuple[float, int]]:
+        return [await one() for _ in range(requests)]
+
+    t0 = time.perf_counter()
+    results = [r for rs in await asyncio.gather(*[stream() for _ in range(concurrency)])
+               for r in rs]
+    return Run(sum(n for _, n in results), [t for t, _ in results], time.perf_counter() - t0)
+
+
+async def compare(grpc_url: str, gateway_url: str, levels: list[int], requests: int,
+                  max_tokens: int) -> list[dict[str, float]]:
+    import tritonclient.grpc.aio as grpcaio
+
+    from uip.gateway.chat_template import formatter_for
+
+    prompt = formatter_for("llm-tiny").render(MESSAGES)
+    client = grpcaio.InferenceServerClient(grpc_url)
+    rows = []
+    async with httpx.AsyncClient(timeout=600) as http:
+        await _gateway_one(http, gateway_url, 4)  # warm both paths
+        await _direct_one(client, prompt, 4)
+        for c in levels:
+            direct = await _sweep(lambda: _direct_one(client, prompt, max_tokens), c, requests)
+            via = await _sweep(lambda: _gateway_one(http, gateway_url, max_tokens), c,
+                               requests)
+            if direct.tokens != via.tokens:  # greedy: both paths must make the same tokens
+                raise RuntimeError(f"{c} streams: direct made {direct.tokens} tokens, the "
+                                   f"gateway {via.tokens}; they are not the same work")
+            rows.append({
+                "streams": c,
+                "tokens_per_request": direct.tokens / (c * requests),
+                "direct_tok_per_s": direct.tok_per_s,
+                "gateway_tok_per_s": via.tok_per_s,
+                "gateway/direct": via.tok_per_s / direct.tok_per_s,
+                "direct_ttft_p50_ms": direct.ttft_p50_ms,
+                "gateway_ttft_p50_ms": via.ttft_p50_ms,
+                "added_ttft_p50_ms": via.ttft_p50_ms - direct.ttft_p50_ms,
+            })
+    await client.close()
+    return rows

@@ -1,0 +1,134 @@
+"""`specs/gateway.yaml`: which model ids the gateway offers and where each one goes.
+
+Triton models are listed by what they serve (`kind`); `models` adds ids that alias a Triton
+model or an external OpenAI-compatible API (key from an environment variable), each with
+fallbacks tried in order when its target is unavailable. `limits` caps every request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from uip.core.paths import DEFAULT_SPECS
+
+DEFAULT_GATEWAY_SPEC = DEFAULT_SPECS / "gateway.yaml"
+Kind = Literal["llm", "embedding", "image"]
+
+
+class GatewaySpecError(ValueError):
+    """An unusable gateway spec; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TritonModel(_Strict):
+    kind: Kind
+    tokenizer: str | None = Field(None, description="artifact folder of an llm's tokenizer "
+                                  "(chat template, prompt token counts)")
+
+    @model_validator(mode="after")
+    def _llm_has_tokenizer(self) -> TritonModel:
+        if self.kind == "llm" and not self.tokenizer:
+            raise ValueError("an llm needs 'tokenizer' (the artifact folder with its chat "
+                             "template)")
+        return self
+
+
+class External(_Strict):
+    base_url: str = Field(pattern=r"^https?://")
+    api_key_env: str | None = Field(None, description="environment variable holding the key")
+    model: str | None = Field(None, description="model id there (default: the same id)")
+    timeout_s: float = Field(120.0, gt=0)
+
+
+class Route(_Strict):
+    triton: str | None = None
+    external: External | None = None
+    kind: Kind | None = Field(None, description="what an external model serves (default llm)")
+    fallbacks: list[str] = []
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Route:
+        if (self.triton is None) == (self.external is None):
+            raise ValueError("give exactly one of 'triton' or 'external'")
+        return self
+
+
+class Limits(_Strict):
+    max_body_bytes: int = Field(4 << 20, ge=1024)
+    max_messages: int = Field(256, ge=1)
+    max_tokens: int = Field(1024, ge=1)  # per generation; the model's own limit also applies
+    default_max_tokens: int | None = Field(None, ge=1)  # when a request gives none (None:
+    # the model's own default)
+    max_stop: int = Field(4, ge=0)
+    max_embedding_inputs: int = Field(256, ge=1)
+    max_image_side: int = Field(1024, ge=8)
+    max_image_steps: int = Field(100, ge=1)
+    default_image_steps: int | None = Field(None, ge=1)  # None: the model's own default
+    max_images: int = Field(4, ge=1)  # n of one images request
+    stream_timeout_s: float = Field(300.0, gt=0)
+    max_context_items: int = Field(1000, ge=1)  # conversation items / chained turns read back
+    max_list_items: int = Field(100, ge=1)  # page size cap of item lists
+
+
+class GatewaySpec(_Strict):
+    triton: dict[str, TritonModel] = {}
+    models: dict[str, Route] = {}
+    limits: Limits = Limits()
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> GatewaySpec:
+        known = set(self.triton) | set(self.models)
+        for name, route in self.models.items():
+            if name in self.triton:
+                raise ValueError(f"models.{name}: the id is already a Triton model in 'triton'")
+            if route.triton is not None and route.triton not in self.triton:
+                raise ValueError(f"models.{name}.triton: {route.triton!r} is not listed under "
+                                 f"'triton' (known: {sorted(self.triton)})")
+            for fb in route.fallbacks:
+                if fb not in known:
+                    raise ValueError(f"models.{name}.fallbacks: unknown model id {fb!r}")
+        for name in self.models:
+            self.chain(name)  # raises on a cycle
+        return self
+
+    def kind_of(self, model_id: str) -> Kind | None:
+        if model_id in self.triton:
+            return self.triton[model_id].kind
+        route = self.models.get(model_id)
+        if route is None:
+            return None
+        if route.triton is not None:
+            return self.triton[route.triton].kind
+        return route.kind or "llm"
+
+    def chain(self, model_id: str, seen: tuple[str, ...] = ()) -> list[str]:
+        """`model_id` then its fallbacks (depth first), each id once."""
+        if model_id in seen:
+            raise ValueError(f"models.{model_id}.fallbacks: cycle {' -> '.join(seen)}")
+        out = [model_id]
+        route = self.models.get(model_id)
+        for fb in route.fallbacks if route else []:
+            out += [m for m in self.chain(fb, (*seen, model_id)) if m not in out]
+        return out
+
+
+def load_gateway_spec(path: Path | None = None) -> GatewaySpec:
+    path = Path(path or DEFAULT_GATEWAY_SPEC)
+    if not path.is_file():
+        raise GatewaySpecError(f"{path}: gateway spec not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        return GatewaySpec.model_validate(data)
+    except yaml.YAMLError as e:
+        raise GatewaySpecError(f"{path}: not valid YAML: {e}") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise GatewaySpecError(f"{path}: {where}: {first['msg']}") from None

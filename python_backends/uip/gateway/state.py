@@ -1,0 +1,72 @@
+"""The gateway's shared state: spec, router, Triton channel, HTTP client, database, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import httpx
+from fastapi import Request
+
+from uip.gateway.routing import Router
+from uip.gateway.spec import GatewaySpec
+from uip.gateway.triton import Triton
+
+log = logging.getLogger("uip.gateway")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls: an API key (id, name, limits), or nobody while no key exists."""
+
+    key_id: str | None = None
+    name: str | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+ANONYMOUS = Caller()
+
+
+class Gateway:
+    def __init__(self, spec: GatewaySpec, triton_url: str, store=None, limiter=None):
+        from uip.gateway.limits import Limiter
+
+        self.spec = spec
+        self.router = Router(spec)
+        self.triton = Triton(triton_url)
+        self.http = httpx.AsyncClient()
+        self.store = store
+        self.limiter = limiter or Limiter()
+        self._writes: set[asyncio.Task] = set()
+
+    async def close(self) -> None:
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        await self.triton.close()
+        await self.http.aclose()
+        if self.store is not None:
+            self.store.close()
+
+    async def record_usage(self, caller: Caller, model: str, endpoint: str,
+                           prompt_tokens: int = 0, completion_tokens: int = 0,
+                           images: int = 0) -> None:
+        """Count the tokens against the key's tpm now; write the usage row in the background
+        (the response does not wait for the database)."""
+        self.limiter.spend(caller, prompt_tokens + completion_tokens)
+        if self.store is not None:
+            task = asyncio.ensure_future(self.store.run(
+                self.store.add_usage, caller.key_id, model, endpoint, prompt_tokens,
+                completion_tokens, images))
+            self._writes.add(task)
+            task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("usage row not written: %s", task.exception())
+
+
+def gateway(request: Request) -> Gateway:
+    return request.app.state.gateway

@@ -1,0 +1,118 @@
+"""Triton as the gateway's client sees it: gRPC (tritonclient.grpc.aio), errors mapped to HTTP.
+
+One channel for all requests. `stream` yields a decoupled model's responses and cancels the
+gRPC call (Triton cancels the request, llm_bls frees its engine slot) when the consumer stops
+early: a client that disconnects, a timeout, an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from uip.gateway.errors import ApiError
+
+# gRPC status -> HTTP status of the gateway's answer
+STATUS = {"INVALID_ARGUMENT": 400, "OUT_OF_RANGE": 400, "FAILED_PRECONDITION": 400,
+          "NOT_FOUND": 404, "UNIMPLEMENTED": 404, "RESOURCE_EXHAUSTED": 429,
+          "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "CANCELLED": 503}
+# Triton 2.51's stream responses carry no status code: infer one from the message
+_UNAVAILABLE_HINTS = ("not healthy", "unavailable", "not ready", "unknown model",
+                      "failed to connect", "shutting down")
+
+
+def api_error(e: InferenceServerException, model: str) -> ApiError:
+    code = str(e.status() or "").removeprefix("StatusCode.")
+    message = e.message() or str(e)
+    status = STATUS.get(code)
+    if status is None:
+        unavailable = any(h in message.lower() for h in _UNAVAILABLE_HINTS)
+        # no code (a stream error): our models answer bad input this way, unless it says
+        # the model is unavailable; INTERNAL/UNKNOWN: the server failed, not the client
+        status = 503 if unavailable or code else 400
+    if status == 404:  # the model id was valid for the gateway: Triton lacks it now
+        status = 503
+    return ApiError(status, f"{model}: {message}", code=code.lower() or "model_error")
+
+
+class Triton:
+    def __init__(self, url: str):
+        self.url = url
+        self.client = grpcaio.InferenceServerClient(url)
+        self._pending: set[asyncio.Future] = set()  # unary requests still running
+
+    async def close(self) -> None:
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=30)
+        await self.client.close()
+
+    async def ready_models(self) -> set[str]:
+        """Names of the models that are READY (empty when Triton is unreachable)."""
+        try:
+            index = await self.client.get_model_repository_index(as_json=True)
+        except InferenceServerException:
+            return set()
+        return {m["name"] for m in index.get("models", []) if m.get("state") == "READY"}
+
+    async def infer(self, model: str, inputs: list, timeout_s: float) -> grpcaio.InferResult:
+        """One request. It is never cancelled once sent (a timeout or a client that leaves
+        answers without waiting for it): cancelling an in-flight request of a BLS
+        orchestrator (stable_diffusion) crashed its Triton 2.51 stub."""
+        task = asyncio.ensure_future(self.client.infer(model, inputs))
+        self._pending.add(task)
+        task.add_done_callback(self._settled)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except InferenceServerException as e:
+            raise api_error(e, model) from None
+        except TimeoutError:
+            raise ApiError(504, f"{model}: no answer within {timeout_s:g} s") from None
+
+    def _settled(self, task: asyncio.Future) -> None:
+        self._pending.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an answer nobody waits for any more is dropped
+
+    async def stream(self, model: str, inputs: list,
+                     timeout_s: float) -> AsyncIterator[dict[str, np.ndarray]]:
+        """Each response's outputs until the stream ends; cancels the request if not drained."""
+        async def requests():
+            yield {"model_name": model, "inputs": inputs,
+                   "request_id": f"gw-{uuid.uuid4().hex}"}
+
+        call = self.client.stream_infer(requests(), stream_timeout=timeout_s)
+        done = False
+        try:
+            async for result, error in call:
+                if error is not None:
+                    raise api_error(error, model)
+                resp = result.get_response()
+                outputs = {o.name: result.as_numpy(o.name) for o in resp.outputs}
+                if outputs:
+                    yield outputs
+            done = True
+        except InferenceServerException as e:
+            raise api_error(e, model) from None
+        except grpc.RpcError as e:  # the stream's own errors are not wrapped by tritonclient
+            raise api_error(InferenceServerException(e.details(), str(e.code())), model) \
+                from None
+        finally:
+            if not done:
+                call.cancel()
+
+
+def tensor(name: str, array: np.ndarray) -> Any:
+    """A gRPC InferInput holding `array`."""
+    from tritonclient.utils import np_to_triton_dtype
+
+    dtype = "BYTES" if array.dtype == object else np_to_triton_dtype(array.dtype)
+    t = grpcaio.InferInput(name, list(array.shape), dtype)
+    t.set_data_from_numpy(array)
+    return t

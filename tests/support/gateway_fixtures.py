@@ -1,0 +1,79 @@
+"""pytest fixtures of the gateway tests (imported by tests/integration/test_gateway*.py)."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from support.gateway import GatewayProcess
+from support.postgres import Postgres
+from uip.core.paths import artifacts_root
+from uip.gateway.spec import DEFAULT_GATEWAY_SPEC
+from uip.launch.command import free_port
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    pg = Postgres().start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(scope="session")
+def llm_reference():
+    """chat messages (or a prompt) -> greedy text of transformers `generate` on the tokens
+    the chat template (or the tokenizer) gives, with the ids generated."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = artifacts_root() / "llm-tiny"
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+
+    def reference(messages_or_prompt, max_tokens: int):
+        if isinstance(messages_or_prompt, str):
+            ids = tok(messages_or_prompt)["input_ids"]
+        else:
+            ids = tok.apply_chat_template(messages_or_prompt, add_generation_prompt=True,
+                                          tokenize=True)["input_ids"]
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=max_tokens,
+                                 do_sample=False)
+        gen = out[0, len(ids):].tolist()
+        return tok.decode(gen, skip_special_tokens=True), len(ids), gen, tok.eos_token_id
+
+    return reference
+
+
+def write_spec(folder: Path, port: int) -> Path:
+    """The default gateway spec plus test routes: an external API (this gateway itself) and
+    an unreachable one that falls back to llm_bls."""
+    data = yaml.safe_load(DEFAULT_GATEWAY_SPEC.read_text())
+    data["models"]["self-external"] = {
+        "external": {"base_url": f"http://127.0.0.1:{port}/v1", "model": "llm_bls",
+                     "api_key_env": "UIP_TEST_EXTERNAL_KEY"}}
+    data["models"]["unreachable"] = {
+        "external": {"base_url": f"http://127.0.0.1:{free_port()}/v1", "timeout_s": 5},
+        "fallbacks": ["llm_bls"]}
+    path = folder / "gateway.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def start_gateway(server, folder: Path, database_url: str) -> GatewayProcess:
+    port = free_port()
+    return GatewayProcess(server.grpc_url, database_url, folder / "gateway.log",
+                          write_spec(folder, port), port,
+                          env={"UIP_TEST_EXTERNAL_KEY": "unused"}).start()
+
+
+def metric(server, name: str) -> float:
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as r:
+        text = r.read().decode()
+    values = [float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M)]
+    assert values, f"metric {name} not exported"
+    return sum(values)
