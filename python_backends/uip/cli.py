@@ -32,8 +32,13 @@ def serve(
     world_size: int = typer.Option(None, help="GPU ranks of a TensorRT-LLM engine (tp x pp): "
                                    "one tritonserver per rank under mpirun"),
     dry_run: bool = typer.Option(False, help="Print the command(s) without running anything"),
+    admin_key: str = typer.Option(None, envvar="UIP_ADMIN_KEY",
+                                  help="key (header uip-admin-key) for the model-repository, "
+                                  "model-config, shared-memory, statistics, trace and logging "
+                                  "APIs; generated and printed once when not set"),
 ) -> None:
-    """Run tritonserver in the foreground on the repository. Unknown flags go to tritonserver."""
+    """Run tritonserver in the foreground on the repository, supervised (a model whose stub
+    dies is reloaded). Unknown flags go to tritonserver."""
     from uip import artifacts
     from uip.launch.command import Ports, check_repository
     from uip.launch.server import run_foreground
@@ -55,7 +60,14 @@ def serve(
         for name in artifacts.ensure(missing):
             typer.echo(f"built artifact {name}", err=True)
     ports = Ports(http_port, grpc_port, metrics_port)
-    raise typer.Exit(run_foreground(model_repository, ports, list(ctx.args)))
+    from uip.launch.admin import ADMIN_HEADER, KEY_ENV
+    from uip.launch.admin import admin_key as resolve_key
+
+    key, generated = resolve_key(admin_key)
+    if generated:
+        typer.echo(f"uip: admin APIs need the header '{ADMIN_HEADER}: {key}' (generated for this "
+                   f"run; set --admin-key or ${KEY_ENV} to choose it)", err=True)
+    raise typer.Exit(run_foreground(model_repository, ports, list(ctx.args), key))
 
 
 @repo_app.command("build")

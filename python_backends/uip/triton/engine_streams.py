@@ -11,6 +11,10 @@
 - `BlsEngineStream` (`engine_transport: bls`): a decoupled BLS call, for Tritons without that
   trap.
 
+Both watch the engine's stub: in Triton 2.51 a request in flight in a stub that dies never gets
+an answer, so a stream silent for `SILENCE_S` whose engine stub (a sibling process) has gone
+ends with UNAVAILABLE, and the launcher's watchdog reloads the engine.
+
 Both put the engine's responses (or an exception) on one queue; `next` merges what is queued
 (a reader that fell behind catches up in one step). Stopping keeps TensorRT-LLM's convention:
 a second request with the same request id and `stop` true; the engine then ends the first
@@ -22,11 +26,14 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype
 
+from uip.core.faults import is_unavailable
+from uip.core.stubs import StubCensus
 from uip.llm.engine_tensors import RESPONSE_OUTPUTS, EngineChunk, decode_response, encode_stop
 from uip.llm.orchestrate import EngineStreamError
 from uip.triton import pb
@@ -34,6 +41,16 @@ from uip.triton import pb
 DEFAULT_URL = "localhost:8001"
 URL_ENV = "UIP_GRPC_URL"  # set by `uip serve` to the server's own gRPC address
 _END = object()  # the transport's stream ended
+SILENCE_S = 1.0  # a stream silent this long checks that its engine's stub is alive
+_census: StubCensus | None = None
+
+
+def _stubs() -> StubCensus:
+    """The stubs of the server this stub runs in (its parent process)."""
+    global _census
+    if _census is None:
+        _census = StubCensus(os.getppid())
+    return _census
 
 
 def engine_url(configured: str = "") -> str:
@@ -52,6 +69,18 @@ class _QueuedStream:
         self.ended = False  # the engine's final response (or an error) was seen
         self._stopped = False
         self._held: object = None
+        self._engine_pids = _stubs().pids(model)  # empty when the engine runs elsewhere
+        self._heard = time.monotonic()
+
+    def _check_engine(self) -> None:
+        """Raise UNAVAILABLE when a stub of the engine that took this request has died."""
+        if not self._engine_pids or time.monotonic() - self._heard < SILENCE_S:
+            return
+        if self._engine_pids - _stubs().pids(self.model):
+            self.ended = True
+            message = (f"{self.model}'s stub process died with this request in flight; the "
+                       "model is being reloaded")
+            raise EngineStreamError(message, pb.triton_error(message, "UNAVAILABLE"))
 
     def _decode(self, item: object) -> EngineChunk | None:
         """A queued response as a chunk (None: nothing in it); raises for an error."""
@@ -67,9 +96,13 @@ class _QueuedStream:
         if self.ended:
             return None
         try:
-            chunk = self._decode(self._get(timeout))
+            item = self._get(timeout)
         except queue.Empty:
+            self._check_engine()
             return None
+        self._heard = time.monotonic()
+        try:
+            chunk = self._decode(item)
         except EngineStreamError:
             self.ended = True  # an error is the engine's last word
             raise
@@ -123,13 +156,15 @@ class GrpcEngineStream(_QueuedStream):
             self._send(self.inputs)
         except Exception as exc:  # noqa: BLE001 - e.g. a wrong engine_url
             self.close()
-            raise EngineStreamError(f"cannot reach {self.model} at {self.url} (set the spec's "
-                                    f"engine_url or ${URL_ENV}): {exc}") from exc
+            message = (f"cannot reach {self.model} at {self.url} (set the spec's engine_url or "
+                       f"${URL_ENV}): {exc}")
+            raise EngineStreamError(message, pb.triton_error(message, "UNAVAILABLE")) from exc
 
     def _decode(self, item: object) -> EngineChunk:
-        if isinstance(item, Exception):
-            message = item.message() if hasattr(item, "message") else str(item)
-            raise EngineStreamError(f"{self.model}: {message}")
+        if isinstance(item, Exception):  # keeps the engine's code; a dead engine: UNAVAILABLE
+            message = f"{self.model}: {item.message() if hasattr(item, 'message') else item}"
+            status = str(item.status()) if hasattr(item, "status") else "INTERNAL"
+            raise EngineStreamError(message, pb.triton_error(message, status or "INTERNAL"))
         return to_chunk(item)
 
     def _send_stop(self) -> None:
@@ -189,6 +224,8 @@ class BlsEngineStream(_QueuedStream):
             raise item
         if item.has_error():
             err = item.error()
+            if is_unavailable(err.message()):
+                err = pb.triton_error(err.message(), "UNAVAILABLE")
             raise EngineStreamError(err.message(), err)
         ids = pb.output(item, "output_ids")
         if ids is None:  # a response carrying only the FINAL flag
