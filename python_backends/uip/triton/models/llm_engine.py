@@ -15,6 +15,7 @@ import threading
 import time
 from collections import defaultdict
 
+from uip.core.faults import Unavailable
 from uip.core.inputs import InvalidInput
 from uip.core.settings import ModelSettings
 from uip.llm import engine_tensors
@@ -33,6 +34,8 @@ class LlmEngineModel:
             raise ValueError("llm_engine must be decoupled (model_transaction_policy)")
         self.max_tokens = self.settings.limit("max_tokens", 1024)
         self.max_context = self.settings.limit("max_context", 2048)
+        self.max_inflight = self.settings.limit("max_inflight", 512)
+        self._active = 0  # requests between enqueue and their final response (under _lock)
         self.engine = create_engine(self.settings)
         self._lock = threading.Lock()
         self._inflight: dict[str, set[int]] = defaultdict(set)  # Triton request id -> engine ids
@@ -58,7 +61,17 @@ class LlmEngineModel:
                 self._stop_by_id(request.request_id())
                 pb.send(sender, engine_tensors.encode_response([], "cancelled"), final=True)
                 return
-            rid = self.engine.enqueue(call.request)
+            with self._lock:
+                if self._active >= self.max_inflight:
+                    raise Unavailable(f"llm_engine has {self._active} requests in flight, its "
+                                      "limit (limits.max_inflight)")
+                self._active += 1
+            try:
+                rid = self.engine.enqueue(call.request)
+            except BaseException:
+                with self._lock:
+                    self._active -= 1
+                raise
         except Exception as exc:  # noqa: BLE001 - becomes this request's error response
             if isinstance(exc, ValueError) and not isinstance(exc, InvalidInput):
                 exc = InvalidInput(str(exc))
@@ -98,6 +111,8 @@ class LlmEngineModel:
             except Exception:  # noqa: BLE001 - the response may be complete already
                 pb.log.exception("llm_engine: could not send the error response")
         finally:
+            with self._lock:
+                self._active -= 1
             if tid:
                 with self._lock:
                     ids = self._inflight.get(tid)
