@@ -50,4 +50,7 @@ def http_status(url: str, method: str = "GET", body: bytes | None = None,
 
 
 def model_ready(http_url: str, model: str) -> bool:
-    return http_status(f"http://{http_url}/v2/models/{model}/ready") == 200
+    try:
+        return http_status(f"http://{http_url}/v2/models/{model}/ready") == 200
+    except OSError:  # not listening (yet)
+        return False

@@ -69,7 +69,9 @@ class SoakReport:
         return not self.problems
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, default=str)
+        data = asdict(self)  # asdict turns a Counter's items into keys: take them as they are
+        data["outcomes"] = {k: dict(v) for k, v in self.outcomes.items()}
+        return json.dumps(data, indent=1, default=str)
 
 
 class _Run:

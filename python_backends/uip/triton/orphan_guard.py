@@ -1,27 +1,26 @@
 """Stub side of "no orphans": a Python backend stub exits when tritonserver goes away.
 
 Triton 2.51's stub outlives a SIGKILLed server (seen: reparented to pid 1 for 25 minutes,
-ignoring SIGTERM). A daemon thread compares the parent pid with the one at start-up and ends
-the process (`os._exit`, no clean-up that could hang) as soon as it changes.
+ignoring SIGTERM): a thread of it blocks forever, holding the GIL, in a call that waits for the
+server (seen: `pb_utils.Metric.set`), so no Python code can run in it any more. The guard is
+therefore a tiny shell process beside the stub, which needs no GIL: it polls the stub's parent
+pid and SIGKILLs the stub as soon as that is no longer the server (the stub was reparented).
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import threading
+import subprocess
 
 POLL_S = 0.5
-_started = False
+_guard: subprocess.Popen | None = None
 
-
-def _watch(parent: int, poll_s: float) -> None:
-    event = threading.Event()
-    while not event.wait(poll_s):
-        if os.getppid() != parent:
-            print(f"uip: tritonserver (pid {parent}) is gone; stub {os.getpid()} exits",
-                  file=sys.stderr, flush=True)
-            os._exit(1)
+_SCRIPT = """
+stat() {{ s=$(cat /proc/{stub}/stat 2>/dev/null) || return 1; s=${{s##*) }}; set -- $s; echo $2; }}
+while [ "$(stat)" = "{server}" ]; do sleep {poll}; done
+[ -e /proc/{stub} ] && kill -9 {stub} 2>/dev/null
+exit 0
+"""
 
 
 def _parent_is_tritonserver() -> bool:
@@ -32,12 +31,17 @@ def _parent_is_tritonserver() -> bool:
         return False
 
 
+def script(stub: int, server: int, poll_s: float = POLL_S) -> str:
+    """The guard's shell script: kill `stub` once its parent is no longer `server`."""
+    return _SCRIPT.format(stub=stub, server=server, poll=poll_s)
+
+
 def start(poll_s: float = POLL_S) -> None:
     """Start the guard once per process, only in a stub (a child of tritonserver: unit tests
     import this module too)."""
-    global _started
-    if _started or not _parent_is_tritonserver():
+    global _guard
+    if _guard is not None or not _parent_is_tritonserver():
         return
-    _started = True
-    threading.Thread(target=_watch, args=(os.getppid(), poll_s), name="uip-orphan-guard",
-                     daemon=True).start()
+    _guard = subprocess.Popen(["/bin/sh", "-c", script(os.getpid(), os.getppid(), poll_s)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, close_fds=True)
