@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from uip.core.inputs import InvalidInput
-from uip.llm.engine_tensors import outputs, parse, to_word_list, word_list
+from uip.llm.engine_tensors import decode_request as parse
+from uip.llm.engine_tensors import encode_response as outputs
+from uip.llm.engine_tensors import to_word_list, word_list
 
 
 def base(**extra) -> dict[str, np.ndarray]:

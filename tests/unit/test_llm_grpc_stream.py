@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import support.fake_pb_utils  # noqa: F401 - registers the stand-in before uip.triton imports
 from tritonclient.utils import InferenceServerException
 
-from uip.llm.orchestrate import EngineStreamError, stop_inputs
+from uip.llm.engine_tensors import encode_stop as stop_inputs
+from uip.llm.orchestrate import EngineStreamError
 from uip.triton import engine_streams
 from uip.triton.engine_streams import GrpcEngineStream, engine_url, to_chunk
 

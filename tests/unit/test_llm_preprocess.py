@@ -9,8 +9,8 @@ from llm_text_fixtures import MULTIBYTE, tiny_tokenizer
 from uip.core.inputs import InvalidInput
 from uip.core.paths import DEFAULT_SPECS
 from uip.core.settings import ModelSettings, sha256_file
-from uip.llm.engine_tensors import outputs as engine_outputs
-from uip.llm.engine_tensors import parse as engine_parse
+from uip.llm.engine_tensors import decode_request as engine_parse
+from uip.llm.engine_tensors import encode_response as engine_outputs
 from uip.llm.engine_tensors import word_list
 from uip.llm.preprocess import Limits, Preprocessor, new_stream_key
 from uip.spec import load_spec

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,11 +51,15 @@ def test_special_token_ids(pair):
 
 
 def test_no_torch_import():
-    code = ("import sys; from uip.llm.tokenizer import load_tokenizer; "
+    # the stand-in for triton_python_backend_utils (only inside a stub) lets engine_streams import
+    code = ("import sys; import support.fake_pb_utils; "
+            "from uip.llm.tokenizer import load_tokenizer; "
             f"load_tokenizer({str(artifacts_root() / 'llm-tiny')!r}); "
             "import uip.llm.orchestrate, uip.llm.detokenize, uip.triton.engine_streams; "
             "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=env)
     assert out.stdout.strip() == "False"
 
 

@@ -19,7 +19,8 @@ from uip.core.inputs import InvalidInput
 from uip.core.paths import artifacts_root
 from uip.core.settings import ModelSettings
 from uip.llm.engine import GenerationRequest, SamplingParams
-from uip.llm.torch_runtime import TorchEngine, TorchEngineConfig, effective_sampling
+from uip.llm.sampling import effective as effective_sampling
+from uip.llm.torch_runtime import TorchEngine, TorchEngineConfig
 
 TEXTS = [
     "Hello world",
@@ -99,7 +100,7 @@ class TestTorchEngine(EngineContract):
         # 48 blocks x 32 tokens = 1536 < max_context 2048: refused up front, not stuck
         with pytest.raises(InvalidInput, match="KV cache"):
             engine.enqueue(GenerationRequest(input_ids=prompts[0], max_new_tokens=1600))
-        with pytest.raises(InvalidInput, match="context length"):
+        with pytest.raises(InvalidInput, match="exceeds the context of"):
             engine.enqueue(GenerationRequest(input_ids=prompts[0], max_new_tokens=2048))
 
 

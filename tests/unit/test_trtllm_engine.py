@@ -159,7 +159,7 @@ def test_sampling_request_translation():
     (GenerationRequest([1], 0), "max_new_tokens"),
     (GenerationRequest([100], 4), "vocabulary"),
     (GenerationRequest([1] * 9, 4), "max_input_len"),
-    (GenerationRequest([1] * 8, 13), "context length of 20"),
+    (GenerationRequest([1] * 8, 13), "context of 20 tokens"),
     (GenerationRequest([1], 4, stop_words=[[500]]), "stop_words"),
     (GenerationRequest([1], 4, end_id=100), "end_id"),
     (GenerationRequest([1], 4, sampling=SamplingParams(top_p=1.5)), "top_p"),

@@ -95,7 +95,11 @@ class Watchdog(threading.Thread):
 
     def heal(self, model: str, dead: set[int]) -> None:
         pids = ", ".join(map(str, sorted(dead)))
-        if self.api.states().get(model) != "READY":
+        try:
+            state = self.api.states().get(model)
+        except OSError:  # not serving yet: the stub of a model being loaded came and went
+            return
+        if state != "READY":
             return  # unloaded on purpose, or failed to load: not ours to bring back
         recent = self._recent[model]
         now = time.monotonic()
