@@ -32,7 +32,8 @@ from uip.triton.engine_streams import BlsEngineStream, GrpcEngineStream, engine_
 
 
 def _error_response(exc: Exception):
-    """The client's error: llm_engine's own error (code kept) or ours (INVALID_ARG/INTERNAL)."""
+    """The client's error: llm_engine's own error (its code kept, but a dead or reloading engine
+    is UNAVAILABLE, never INVALID_ARG: see uip.triton.engine_streams) or ours."""
     if isinstance(exc, EngineStreamError) and exc.error is not None:
         return pb.pb_utils.InferenceResponse(output_tensors=[], error=exc.error)
     return pb.error_response(exc)
