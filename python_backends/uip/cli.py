@@ -34,9 +34,14 @@ def serve(
     dry_run: bool = typer.Option(False, help="Print the command(s) without running anything"),
     gateway_port: int = typer.Option(9000, help="port of the OpenAI-compatible gateway"),
     no_gateway: bool = typer.Option(False, "--no-gateway", help="serve without the gateway"),
+    admin_key: str = typer.Option(None, envvar="UIP_ADMIN_KEY",
+                                  help="key (header uip-admin-key) for the model-repository, "
+                                  "model-config, shared-memory, statistics, trace and logging "
+                                  "APIs; generated and printed once when not set"),
 ) -> None:
-    """Run tritonserver in the foreground on the repository, and the OpenAI-compatible gateway
-    beside it. Unknown flags go to tritonserver."""
+    """Run tritonserver in the foreground on the repository, supervised (a model whose stub
+    dies is reloaded), and the OpenAI-compatible gateway beside it. Unknown flags go to
+    tritonserver."""
     from uip import artifacts
     from uip.launch.command import Ports, check_repository
     from uip.launch.server import run_foreground
@@ -58,14 +63,21 @@ def serve(
         for name in artifacts.ensure(missing):
             typer.echo(f"built artifact {name}", err=True)
     ports = Ports(http_port, grpc_port, metrics_port)
+    from uip.launch.admin import ADMIN_HEADER, KEY_ENV
+    from uip.launch.admin import admin_key as resolve_key
+
+    key, generated = resolve_key(admin_key)
+    if generated:
+        typer.echo(f"uip: admin APIs need the header '{ADMIN_HEADER}: {key}' (generated for this "
+                   f"run; set --admin-key or ${KEY_ENV} to choose it)", err=True)
     if no_gateway:
-        raise typer.Exit(run_foreground(model_repository, ports, list(ctx.args)))
+        raise typer.Exit(run_foreground(model_repository, ports, list(ctx.args), key))
     from uip.gateway.cli import start_beside
 
     gw = start_beside(grpc_port, gateway_port)
     typer.echo(f"gateway: http://localhost:{gateway_port}/v1", err=True)
     try:
-        rc = run_foreground(model_repository, ports, list(ctx.args))
+        rc = run_foreground(model_repository, ports, list(ctx.args), key)
     finally:
         gw.terminate()
         gw.wait(30)

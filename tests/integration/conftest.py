@@ -20,16 +20,15 @@ from uip.repo.needed import needed, read_config
 TEST_FLAGS = ["--exit-on-error=false", "--strict-readiness=false", "--log-verbose=0"]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory) -> TritonServer:
-    repo = Path(os.environ.get("UIP_TEST_REPOSITORY", DEFAULT_REPOSITORY))
+def start_test_server(repo: Path, folder: Path, extra: list[str] | None = None) -> TritonServer:
+    """A tritonserver on `repo` with every stub alive (retried, see below); log in `folder`."""
     artifacts.ensure(needed(repo))
-    folder = tmp_path_factory.mktemp("tritonserver")
     # tritonserver 2.51 sometimes aborts at start-up when many Python stubs start at once on a
     # loaded machine (boost::interprocess::lock_exception, triton-inference-server/server#8882):
     # try again, on fresh ports, before failing the session.
     for attempt in range(3):
-        srv = TritonServer(repo, folder / f"server-{attempt}.log", extra=TEST_FLAGS)
+        srv = TritonServer(repo, folder / f"server-{attempt}.log",
+                           extra=TEST_FLAGS if extra is None else extra)
         try:
             srv.start()
             srv.wait_models()
@@ -37,16 +36,19 @@ def server(tmp_path_factory) -> TritonServer:
             srv.stop()
             if attempt == 2 or "lock_exception" not in srv.log():
                 raise
-            srv = None
             continue
         if stubs_alive(srv, repo):
-            break
+            return srv
         # A stub that died right after loading leaves its model READY but deaf (seen in 2.51:
         # a segfault in libpython during start-up). Start again rather than hang every test.
         srv.stop()
-        if attempt == 2:
-            raise RuntimeError("a Python backend stub died after start-up three times; see "
-                               f"{folder}")
+    raise RuntimeError(f"a Python backend stub died after start-up three times; see {folder}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> TritonServer:
+    repo = Path(os.environ.get("UIP_TEST_REPOSITORY", DEFAULT_REPOSITORY))
+    srv = start_test_server(repo, tmp_path_factory.mktemp("tritonserver"))
     yield srv
     srv.stop()
 

@@ -71,7 +71,12 @@ def test_truncation_matters(server):
 
 def test_concurrent_requests_are_batched(server):
     client = httpclient.InferenceServerClient(server.http_url)
-    before = client.get_inference_statistics("embedding")["model_stats"][0]
+
+    def stats() -> dict:  # statistics is a restricted API: the admin key's header
+        return client.get_inference_statistics("embedding", headers=server.admin_headers())[
+            "model_stats"][0]
+
+    before = stats()
     barrier = threading.Barrier(16)  # 16 requests arrive together, three times
 
     def one(i: int):
@@ -82,8 +87,7 @@ def test_concurrent_requests_are_batched(server):
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(48)))
     assert all(r.shape == (1, 384) for r in results)
-    after = poll(lambda: client.get_inference_statistics("embedding")["model_stats"][0],
-                 lambda a: a["inference_count"] - before["inference_count"] >= 48)
+    after = poll(stats, lambda a: a["inference_count"] - before["inference_count"] >= 48)
     inferences = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert inferences == 48, (before, after)

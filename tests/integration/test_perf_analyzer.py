@@ -10,7 +10,11 @@ from uip.bench.perf import parse_csv, perf_analyzer_path
 
 def test_perf_analyzer_runs_against_embedding(server, tmp_path):
     out = tmp_path / "perf.csv"
-    cmd = [perf_analyzer_path(), "-m", "embedding", "-i", "grpc", "-u", server.grpc_url,
+    # HTTP: perf_analyzer reads the model config (a restricted API) and sends headers (-H) only
+    # over HTTP
+    (header,) = (f"{k}:{v}" for k, v in server.admin_headers().items())
+    cmd = [perf_analyzer_path(), "-m", "embedding", "-i", "http", "-u", server.http_url,
+           "-H", header,
            "--concurrency-range", "2", "--measurement-mode", "count_windows",
            "--measurement-request-count", "20", "--stability-percentage", "1000",
            "--max-trials", "4", "-f", str(out), *PERF_ARGS]

@@ -54,8 +54,9 @@ def _generate(mod, client, prompt=PROMPT, **opts) -> np.ndarray:
     return out[0]
 
 
-def _unet_executions(grpc) -> tuple[int, int]:
-    s = grpc.get_inference_statistics("sd_unet").model_stats[0]
+def _unet_executions(grpc, server) -> tuple[int, int]:
+    hdrs = server.admin_headers("grpc")  # statistics is a restricted API
+    s = grpc.get_inference_statistics("sd_unet", headers=hdrs).model_stats[0]
     return s.execution_count, s.inference_count
 
 
@@ -123,7 +124,7 @@ def test_concurrent_requests_are_batched(two_loops, reference):
         barrier.wait()
         return client.infer("stable_diffusion", inputs).as_numpy("image")[0]
 
-    before = _unet_executions(grpc)
+    before = _unet_executions(grpc, server)
     with ThreadPoolExecutor(n) as pool:
         got = list(pool.map(one, range(n)))
     calls = 0  # UNet calls of the n loops (PNDM repeats one timestep: steps + 1)
@@ -131,7 +132,7 @@ def test_concurrent_requests_are_batched(two_loops, reference):
         sched = reference.scheduler(o["scheduler"])
         sched.set_timesteps(steps)
         calls += len(sched.timesteps)
-    after = poll(lambda: _unet_executions(grpc), lambda a: a[1] - before[1] >= 2 * calls)
+    after = poll(lambda: _unet_executions(grpc, server), lambda a: a[1] - before[1] >= 2 * calls)
     executions, inferences = after[0] - before[0], after[1] - before[1]
     assert inferences == 2 * calls  # every step of every request: its [neg, pos] pair
     assert executions < calls, f"{executions} UNet executions for {calls} loop steps"
@@ -152,21 +153,21 @@ def test_grpc_cancel_stops_the_loop(server, grpc):
         outcome["error"] = error
         done.set()
 
-    before = _unet_executions(grpc)[0]
+    before = _unet_executions(grpc, server)[0]
     ctx = grpc.async_infer("stable_diffusion",
                            infer_inputs(grpcclient, PROMPT, steps=1000, scheduler="euler"),
                            callback=callback)
     deadline = time.monotonic() + 60
-    while _unet_executions(grpc)[0] - before < 3:  # the loop is running
+    while _unet_executions(grpc, server)[0] - before < 3:  # the loop is running
         assert time.monotonic() < deadline, "the request never reached its UNet steps"
         time.sleep(0.05)
     ctx.cancel()
     assert done.wait(10)
     assert outcome["error"] is not None and "CANCELLED" in str(outcome["error"]).upper()
     time.sleep(1.0)  # the step in flight when the cancel arrived may still finish
-    stopped_at = _unet_executions(grpc)[0]
+    stopped_at = _unet_executions(grpc, server)[0]
     time.sleep(2.0)
-    assert _unet_executions(grpc)[0] == stopped_at, "sd_unet kept executing after the cancel"
+    assert _unet_executions(grpc, server)[0] == stopped_at, "sd_unet ran on after the cancel"
     assert stopped_at - before < 500, "the loop ran to the end"
     # the server and the model stay healthy: the next request is served
     assert grpc.is_server_live() and grpc.is_model_ready("stable_diffusion")

@@ -13,11 +13,13 @@ from concurrent import futures
 import grpc
 import numpy as np
 import pytest
+from support import fake_pb_utils as pbu
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
 
 from uip.llm.engine_tensors import RESPONSE_OUTPUTS, EngineChunk, encode_response, encode_stop
 from uip.llm.orchestrate import EngineStreamError
+from uip.triton import engine_streams
 from uip.triton.engine_streams import GrpcEngineMux, engine_url, to_chunk
 
 TIMEOUT_S = 10.0
@@ -209,6 +211,43 @@ def test_mux_broken_stream_fails_what_is_in_flight_and_reconnects(engine, mux):
     assert (call, rc.id) == (1, "c") and len(engine.calls) == 2  # a new stream
     engine.calls[1].put(response("c", [], "length"))
     assert mux.events.next() == ("c", EngineChunk([], "length"))
+
+
+def test_mux_broken_stream_is_unavailable_for_the_client(engine, mux):
+    mux.submit("a", INPUTS)
+    engine.request()
+    engine.calls[0].put((grpc.StatusCode.UNAVAILABLE, "going away"))
+    _, err = mux.events.next()
+    assert err.error.code() == pbu.TritonError.UNAVAILABLE
+    assert err.error.message().startswith("unavailable, retry later: ")
+
+
+class FakeCensus:
+    def __init__(self, pids):
+        self.alive = set(pids)
+
+    def pids(self, model):
+        assert model == "llm_engine"
+        return set(self.alive)
+
+
+def test_mux_ends_requests_of_a_dead_engine_stub_with_unavailable(engine, mux, monkeypatch):
+    """Triton 2.51 never answers a request whose stub died: the mux notices and fails it."""
+    census = FakeCensus({101, 102})
+    monkeypatch.setattr(engine_streams, "_stubs", lambda: census)
+    mux.submit("a", INPUTS)
+    engine.request()
+    mux.check_engine()  # the engine's stubs are alive: nothing happens
+    assert mux.events.none()
+    census.alive.discard(102)  # kill -9 of an llm_engine stub
+    mux.check_engine()
+    tid, err = mux.events.next()
+    assert tid == "a" and err.error.code() == pbu.TritonError.UNAVAILABLE
+    assert "stub process died" in str(err)
+    census.alive.add(103)  # reloaded: the next request gets a new stream
+    mux.submit("b", INPUTS)
+    call, rb = engine.request()
+    assert (call, rb.id) == (1, "b")
 
 
 def test_mux_stream_ended_by_the_server_fails_what_is_in_flight(engine, mux):

@@ -114,3 +114,17 @@ def test_files_of_dead_servers_are_swept(key):
     assert not dead.exists()  # a new gate sweeps it
     assert sweep(key["folder"]) == []  # a live gate's file stays
     live.close()
+
+
+def test_a_call_of_a_dead_process_does_not_block(key):
+    """A stub killed mid-call leaves its entry in flight: the next loops skip it at once."""
+    import subprocess
+
+    a, b = StepGate(**key), StepGate(**key, max_wait_s=5.0)
+    a.begin(1)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    a._pids[a.slot] = dead.pid  # a's call now belongs to a process that is gone
+    b.start_loop()
+    time.sleep(0.01)
+    assert b.wait(1) < 0.5

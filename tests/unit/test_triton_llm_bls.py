@@ -54,6 +54,7 @@ class FakeMux:
         self.confirm = True
         self.refuse: Exception | None = None
         self.closed = False
+        self.engine_checks = 0
 
     def submit(self, tid, inputs):
         if self.refuse is not None:
@@ -73,6 +74,9 @@ class FakeMux:
 
     def finish(self, tid):
         self.finished.append(tid)
+
+    def check_engine(self):
+        self.engine_checks += 1
 
     def close(self):
         self.closed = True
@@ -295,7 +299,7 @@ def test_broken_stream_fails_the_request_with_a_clear_error(model):
                                           "(UNAVAILABLE: Socket closed)"))
     sent = finished(request)
     resp, flags = sent[-1]
-    assert flags == FINAL and resp.error().code() == pbu.TritonError.INTERNAL
+    assert flags == FINAL and resp.error().code() == pbu.TritonError.UNAVAILABLE  # retry
     assert "broke (UNAVAILABLE: Socket closed)" in resp.error().message()
     assert model.mux.stops == [] and forgotten(model, tid)
 
@@ -617,3 +621,9 @@ def test_bls_stream_stop_sends_the_stop_request_once(bls, caplog):
     assert got["stop"].tolist() == [[True]] and got["input_ids"].tolist() == [[11]]
     assert got["request_output_len"].tolist() == [[1]]
     assert "stopping rid-10 failed: not found" in caplog.text  # logged, not raised
+
+
+def test_the_driver_watches_the_engine_stub(model):
+    """A dead llm_engine stub never answers in Triton 2.51: the driver asks the mux to check
+    for one every poll (the mux then fails the requests in flight with UNAVAILABLE)."""
+    wait_until(lambda: model.mux.engine_checks >= 3)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from support import fake_pb_utils as pbu
 
-from uip.core.inputs import InvalidInput, Unavailable
+from uip.core.faults import Unavailable
+from uip.core.inputs import InvalidInput
 from uip.triton import pb
 
 FINAL = pbu.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -26,7 +27,7 @@ def test_error_unavailable_is_unavailable_with_the_message():
     for exc in (Unavailable("queue full"), EngineOverloaded("queue full")):
         err = pb.error(exc)
         assert err.code() == pbu.TritonError.UNAVAILABLE
-        assert err.message() == "queue full"
+        assert err.message() == "unavailable, retry later: queue full"
 
 
 @pytest.mark.parametrize("exc, message", [

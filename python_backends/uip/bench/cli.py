@@ -55,7 +55,9 @@ def bench(
         # Load only what this benchmark calls (the profile's LOAD list, or the model itself).
         load = getattr(profile, "LOAD", {}).get(model, [model])
         flags = ["--model-control-mode=explicit", *[f"--load-model={m}" for m in load]]
-        server = TritonServer(model_repository, stem.with_suffix(".server.log"), flags).start()
+        # perf_analyzer reads the model config and cannot send the admin key over gRPC
+        server = TritonServer(model_repository, stem.with_suffix(".server.log"), flags,
+                              open_apis=("model-config",)).start()
         url = server.grpc_url
     try:
         per_request = profile.calibrate(url, model) if hasattr(profile, "calibrate") else 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import os
 import platform
 import statistics
 import sys
@@ -154,9 +155,10 @@ def options(args, seed: int) -> dict:
                 seed=seed, height=args.size, width=args.size, scheduler=args.scheduler)
 
 
-def unet_stats(client) -> tuple[int, int, int, int]:
-    """sd_unet's executions, inferences, and nanoseconds queued / computing (all requests)."""
-    s = client.get_inference_statistics("sd_unet").model_stats[0]
+def unet_stats(client, headers: dict[str, str] | None = None) -> tuple[int, int, int, int]:
+    """sd_unet's executions, inferences, and nanoseconds queued / computing (all requests);
+    `headers`: the admin key's gRPC metadata (statistics is a restricted API)."""
+    s = client.get_inference_statistics("sd_unet", headers=headers).model_stats[0]
     st = s.inference_stats
     return (s.execution_count, s.inference_count, st.queue.ns,
             st.compute_input.ns + st.compute_infer.ns + st.compute_output.ns)
@@ -192,11 +194,11 @@ def run_level(args, url: str, c: int, total: int) -> tuple[list[float], float]:
     return latencies, time.perf_counter() - start
 
 
-def triton_level(args, url: str, admin, c: int) -> dict:
+def triton_level(args, url: str, admin, c: int, headers: dict[str, str]) -> dict:
     total = max(args.requests_per_level, c * args.rounds)
-    e0 = unet_stats(admin)
+    e0 = unet_stats(admin, headers)
     latencies, wall = run_level(args, url, c, total)
-    e1 = unet_stats(admin)
+    e1 = unet_stats(admin, headers)
     execs, infs = e1[0] - e0[0], e1[1] - e0[1]
     per_req = 2 if args.guidance > 1 else 1
     requests = infs / per_req  # UNet requests (one per loop step)
@@ -209,10 +211,13 @@ def triton_level(args, url: str, admin, c: int) -> dict:
                 unet=f"{compute_ms:.1f} / {queue_ms:.1f}")
 
 
-def bench_triton(args, url: str) -> list[dict]:
+def bench_triton(args, url: str, admin_key: str | None = None) -> list[dict]:
     import tritonclient.grpc as grpcclient
 
+    from uip.launch.admin import KEY_ENV, headers
+
     admin = grpcclient.InferenceServerClient(url)
+    hdrs = headers(admin_key or os.environ.get(KEY_ENV), "grpc")
     rows = []
     # warm-up: every orchestrator instance and the models' first calls
     warm = [threading.Thread(target=lambda i=i: grpcclient.InferenceServerClient(url).infer(
@@ -225,7 +230,7 @@ def bench_triton(args, url: str) -> list[dict]:
     for c in args.concurrency:
         best = None
         for _ in range(args.repeat):  # best of N: a busy shared machine only ever slows a run
-            row = triton_level(args, url, admin, c)
+            row = triton_level(args, url, admin, c, hdrs)
             if best is None or row["ips"] > best["ips"]:
                 best = row
         rows.append(best)
@@ -337,7 +342,7 @@ def bench_own_server(args: Settings, folder: Path) -> list[dict]:
             states = srv.wait_models()
             if any(v != "READY" for v in states.values()):
                 raise RuntimeError(f"models not ready: {states}")
-            return bench_triton(args, srv.grpc_url)
+            return bench_triton(args, srv.grpc_url, srv.admin_key)
         except Exception:
             print("tritonserver log (last 80 lines):\n"
                   + "\n".join(srv.log().splitlines()[-80:]), file=sys.stderr)

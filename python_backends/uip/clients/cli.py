@@ -98,6 +98,55 @@ def check_scheduler(name: str) -> None:
                                  param_hint="'--scheduler'")
 
 
+def soak(
+    streams: int = typer.Option(256, help="concurrent LLM gRPC streams"),
+    minutes: float = typer.Option(10.0, help="how long"),
+    cancel_fraction: float = typer.Option(0.5, help="share of streams cancelled at random"),
+    max_tokens: int = typer.Option(64, help="max_tokens is drawn from 1..this"),
+    sd_clients: int = typer.Option(1), embedding_clients: int = typer.Option(2),
+    model: str = typer.Option("llm_bls", help="llm_bls (cancels reach the engine) or llm"),
+    url: str = typer.Option("", help="gRPC host:port of a running server (default: start "
+                            "one on the default repository; stub RSS and log checked then)"),
+    metrics_url: str = typer.Option("http://localhost:8002/metrics", help="with --url"),
+    report: Path = typer.Option(None, help="write the JSON report here"),
+) -> None:
+    """Soak: LLM streams (half cancelled) + SD + embedding; exit 1 when a check fails."""
+    from uip.clients.soak import SoakConfig, run_soak
+    from uip.core.paths import DEFAULT_REPOSITORY
+
+    server = None
+    if not url:
+        import tempfile
+
+        from uip import artifacts
+        from uip.launch.server import TritonServer
+        from uip.repo.needed import needed
+
+        artifacts.ensure(needed(DEFAULT_REPOSITORY))
+        log = Path(tempfile.mkdtemp(prefix="uip-soak-")) / "server.log"
+        typer.echo(f"starting tritonserver (log {log}) ...", err=True)
+        server = TritonServer(DEFAULT_REPOSITORY, log, ["--log-verbose=0"]).start()
+        server.wait_models()
+        url, metrics_url = server.grpc_url, server.metrics_url
+    cfg = SoakConfig(grpc_url=url, metrics_url=metrics_url, streams=streams,
+                     seconds=minutes * 60, cancel_fraction=cancel_fraction, max_tokens=max_tokens,
+                     sd_clients=sd_clients, embedding_clients=embedding_clients, model=model,
+                     server_pid=server.proc.pid if server else None,
+                     log_path=server.log_path if server else None)
+    try:
+        rep = run_soak(cfg, progress=lambda m: typer.echo(m, err=True))
+    finally:
+        if server is not None:
+            server.stop()
+    text = rep.to_json()
+    if report:
+        report.write_text(text)
+    typer.echo(text)
+    typer.echo("soak: OK" if rep.ok else "soak: FAILED: " + "; ".join(rep.problems), err=True)
+    raise typer.Exit(0 if rep.ok else 1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("generate")(generate)
     app.command("txt2img")(txt2img)
+    app.command("soak")(soak)

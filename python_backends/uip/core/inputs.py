@@ -1,5 +1,4 @@
-"""Request validation shared by every model: one contract, one validator, and the two
-request errors that are not server faults (pure)."""
+"""Request validation shared by every model: one contract, one validator (pure)."""
 
 from __future__ import annotations
 
@@ -11,11 +10,6 @@ import numpy as np
 
 class InvalidInput(ValueError):
     """A bad request input; becomes INVALID_ARG with this message."""
-
-
-class Unavailable(RuntimeError):
-    """The server cannot take the request now (a full queue, a model reloading); becomes
-    UNAVAILABLE (HTTP 503): the client should retry with backoff."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
@@ -12,6 +11,8 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 
+from uip.launch.admin import AdminApi, headers, restricted_flags
+from uip.launch.admin import admin_key as _admin_key
 from uip.launch.command import (
     LaunchError,
     Ports,
@@ -23,6 +24,8 @@ from uip.launch.command import (
     server_command,
     server_env,
 )
+from uip.launch.lifeline import die_with_parent
+from uip.launch.watchdog import Watchdog
 
 _UNAVAILABLE = re.compile(r"^\|\s*(\S+)\s*\|\s*\S+\s*\|\s*UNAVAILABLE:\s*(.*?)\s*\|?$")
 
@@ -46,37 +49,77 @@ def diagnose(log_lines: list[str], returncode: int) -> str:
 
 # tritonserver 2.51 can abort (boost::interprocess::lock_exception, heap corruption) when many
 # Python backend stubs start at once on a busy machine: load one model at a time by default.
-SAFE_DEFAULTS = ["--model-load-thread-count=1"]
+# Explicit model control (every model loaded at start) lets the watchdog reload a model.
+SAFE_DEFAULTS = ["--model-load-thread-count=1", "--model-control-mode=explicit"]
+LOAD_ALL = "--load-model=*"
 
 
-def prepare(repository: Path, ports: Ports, extra: list[str] | None = None):
+def _flag(extra: list[str], name: str) -> str | None:
+    """The value of `--name=value` in extra (the last one), None when absent."""
+    values = [e.split("=", 1)[1] for e in extra if e.startswith(f"{name}=")]
+    return values[-1] if values else None
+
+
+def server_flags(extra: list[str] | None, admin_key: str | None = None,
+                 open_apis: tuple[str, ...] = ()) -> list[str]:
+    """The user's flags plus ours: safe defaults, every model loaded under explicit control
+    (unless the user picked models or another mode), admin APIs behind `admin_key`."""
+    extra = list(extra or [])
+    for flag in SAFE_DEFAULTS:
+        if _flag(extra, flag.split("=")[0]) is None:
+            extra.append(flag)
+    if _flag(extra, "--model-control-mode") == "explicit" and _flag(extra, "--load-model") is None:
+        extra.append(LOAD_ALL)
+    if admin_key and not any(e.startswith(("--http-restricted-api", "--grpc-restricted-protocol"))
+                             for e in extra):
+        extra += restricted_flags(admin_key, open_apis)
+    return extra
+
+
+def supervised(extra: list[str]) -> bool:
+    """The watchdog can reload models only under explicit model control."""
+    return _flag(extra, "--model-control-mode") == "explicit"
+
+
+def prepare(repository: Path, ports: Ports, extra: list[str] | None = None,
+            admin_key: str | None = None, open_apis: tuple[str, ...] = ()):
     """Checks, then the command line and environment to start tritonserver."""
     check_repository(repository)
     check_ports(ports)
-    extra = list(extra or [])
-    for flag in SAFE_DEFAULTS:
-        if not any(e.startswith(flag.split("=")[0]) for e in extra):
-            extra.append(flag)
-    cmd = server_command(
-        find_tritonserver(), repository.resolve(), prepare_backend_dir(), ports, extra
-    )
+    cmd = server_command(find_tritonserver(), repository.resolve(), prepare_backend_dir(), ports,
+                         server_flags(extra, admin_key, open_apis))
     return cmd, server_env(ports=ports)
 
 
-def run_foreground(repository: Path, ports: Ports, extra: list[str] | None = None) -> int:
-    """Run tritonserver until it exits; SIGINT/SIGTERM are forwarded for a clean shutdown."""
-    cmd, env = prepare(repository, ports, extra)
+def _printer(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_foreground(repository: Path, ports: Ports, extra: list[str] | None = None,
+                   admin_key: str | None = None) -> int:
+    """Run tritonserver until it exits, with the watchdog; SIGINT/SIGTERM are forwarded for a
+    clean shutdown. tritonserver is SIGKILLed if this process dies (lifeline)."""
+    cmd, env = prepare(repository, ports, extra, admin_key)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
+                            text=True, bufsize=1, preexec_fn=die_with_parent())
+    dog = None
+    if supervised(cmd):
+        dog = Watchdog(proc.pid, AdminApi(f"localhost:{ports.http}", admin_key), repository,
+                       log=_printer)
+        dog.start()
+    stopping = []
 
     def forward(signum, _frame):
+        stopping.append(signum)
+        if dog is not None:
+            dog.stop()
         proc.send_signal(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, forward)
     tail = echo_output(proc)
     rc = proc.wait()
-    if rc != 0 and rc not in (-signal.SIGINT, -signal.SIGTERM):
+    if rc != 0 and not stopping:
         raise LaunchError(diagnose(tail, rc))
     return 0
 
@@ -92,15 +135,21 @@ def echo_output(proc: subprocess.Popen, keep: int = 400) -> list[str]:
 
 
 class TritonServer:
-    """A tritonserver in the background on free ports, with its log in a file."""
+    """A tritonserver in the background on free ports, with its log in a file, supervised by
+    the watchdog and with its admin APIs behind `admin_key` (generated when not given; the
+    APIs in `open_apis` stay open, e.g. model-config for perf_analyzer over gRPC)."""
 
     def __init__(self, repository: Path, log_path: Path, extra: list[str] | None = None,
-                 ports: Ports | None = None):
+                 ports: Ports | None = None, admin_key: str | None = None,
+                 open_apis: tuple[str, ...] = ()):
         self.repository = repository
         self.log_path = log_path
         self.ports = ports or Ports(free_port(), free_port(), free_port())
         self.extra = extra or []
+        self.admin_key = admin_key or _admin_key()[0]
+        self.open_apis = open_apis
         self.proc: subprocess.Popen | None = None
+        self.watchdog: Watchdog | None = None
 
     @property
     def http_url(self) -> str:
@@ -114,10 +163,28 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://localhost:{self.ports.metrics}/metrics"
 
+    def admin_headers(self, protocol: str = "http") -> dict[str, str]:
+        """Headers (HTTP) or metadata (gRPC) for the restricted APIs (statistics, ...)."""
+        return headers(self.admin_key, protocol)
+
+    @property
+    def admin(self) -> AdminApi:
+        return AdminApi(self.http_url, self.admin_key)
+
+    def _log_line(self, msg: str) -> None:
+        self._log.write(msg + "\n")
+        self._log.flush()
+
     def start(self, timeout: float = 600.0) -> TritonServer:
-        cmd, env = prepare(self.repository, self.ports, self.extra)
+        cmd, env = prepare(self.repository, self.ports, self.extra, self.admin_key,
+                           self.open_apis)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     preexec_fn=die_with_parent())
+        if supervised(cmd):
+            self.watchdog = Watchdog(self.proc.pid, self.admin, self.repository,
+                                     log=self._log_line)
+            self.watchdog.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -138,10 +205,7 @@ class TritonServer:
 
     def model_states(self) -> dict[str, str]:
         """Model name -> state (READY, UNAVAILABLE, LOADING...) from the repository index."""
-        req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}",
-                                     method="POST")
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return {m["name"]: m.get("state", "") for m in json.load(r)}
+        return self.admin.states()
 
     def wait_models(self, timeout: float = 600.0) -> dict[str, str]:
         """Wait until no model is loading; returns the final states."""
@@ -157,6 +221,8 @@ class TritonServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 60.0) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from uip.core.inputs import InvalidInput, Unavailable
+from uip.core.faults import Unavailable
+from uip.core.inputs import InvalidInput
 from uip.llm import validation
 from uip.llm.engine import (
     Engine,

@@ -11,7 +11,7 @@ memory-mapped file: before its UNet call a loop waits while another loop's call 
 before this loop's last call ended (an earlier cohort) is still in flight; calls that began
 since then are its own cohort, and it goes at once to join them within the batcher's queue
 delay. Only calls of the same latent shape count (others cannot share a batch). Alone, a loop
-never waits. Entries of a process that died go stale; waiting is capped.
+never waits. Entries of a process that died are skipped; waiting is capped.
 """
 
 from __future__ import annotations
@@ -120,12 +120,19 @@ class StepGate:
         now = time.monotonic()
         ref = self._ref if self._ref is not None else now
         deadline = now + self.max_wait_s
+        swept = False
         while True:
             since = self._since.copy()
             since[self.slot] = 0.0
             t = time.monotonic()
             busy = (since > 0) & (since < ref) & (t - since < self.stale_after_s) & (
                 self._shape == shape_key)
+            if busy.any() and not swept:  # a loop whose process died mid-call never ends it
+                swept = True
+                for i in np.flatnonzero(busy):
+                    if not _alive(int(self._pids[i])):
+                        self._since[i] = 0.0
+                continue
             if not busy.any() or t > deadline:
                 waited = t - now
                 self.waited_s += waited

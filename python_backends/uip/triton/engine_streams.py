@@ -22,6 +22,12 @@
 Stopping keeps TensorRT-LLM's convention: a second request with the same request id and `stop`
 true; the engine then ends the first request with its final, `cancelled`, response (and
 answers the stop request with one more final, empty, `cancelled` response of the same id).
+
+Server faults are UNAVAILABLE for the client (retry), never a client error: a broken stream,
+an unreachable engine, and a dead engine stub. In Triton 2.51 a request in flight in a stub
+that dies never gets an answer, so the mux watches the engine's stub processes (siblings of
+this stub) while requests are in flight: when one has gone, those requests end with
+UNAVAILABLE and the launcher's watchdog reloads the engine.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from tritonclient.grpc import _utils as grpc_utils
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import np_to_triton_dtype
 
+from uip.core.faults import is_unavailable
+from uip.core.stubs import StubCensus
 from uip.llm.engine_tensors import RESPONSE_OUTPUTS, EngineChunk, decode_response, encode_stop
 from uip.llm.orchestrate import EngineStreamError
 from uip.triton import pb
@@ -45,6 +53,19 @@ from uip.triton import pb
 DEFAULT_URL = "localhost:8001"
 URL_ENV = "UIP_GRPC_URL"  # set by `uip serve` to the server's own gRPC address
 _END = object()  # the transport's stream ended
+_census: StubCensus | None = None
+
+
+def _stubs() -> StubCensus:
+    """The stub processes of the server this stub runs in (its parent process)."""
+    global _census
+    if _census is None:
+        _census = StubCensus(os.getppid())
+    return _census
+
+
+def _unavailable(message: str) -> EngineStreamError:
+    return EngineStreamError(message, pb.triton_error(message, "UNAVAILABLE"))
 
 
 def engine_url(configured: str = "") -> str:
@@ -60,6 +81,7 @@ class _Call:
         self.requests: queue.Queue = queue.Queue()  # None ends the request stream
         self.inflight: set[str] = set()
         self.broken = False
+        self.engine_pids: set[int] = set()  # the engine's stubs when the stream opened
         self.responses = stub.ModelStreamInfer(iter(self.requests.get, None))
         self.reader: threading.Thread | None = None
 
@@ -98,6 +120,7 @@ class GrpcEngineMux:
         if self._channel is None:
             self._channel = grpc.insecure_channel(self.url)
         call = _Call(service_pb2_grpc.GRPCInferenceServiceStub(self._channel))
+        call.engine_pids = _stubs().pids(self.model)  # empty when the engine runs elsewhere
         call.reader = threading.Thread(target=self._read, args=(call,), daemon=True,
                                        name="uip-llm-bls-grpc")
         call.reader.start()
@@ -114,8 +137,8 @@ class GrpcEngineMux:
                 self._call.inflight.add(tid)
                 self._call.requests.put(request)
         except Exception as exc:  # noqa: BLE001 - e.g. a malformed engine_url
-            raise EngineStreamError(f"cannot reach {self.model} at {self.url} (set the spec's "
-                                    f"engine_url or ${URL_ENV}): {exc}") from exc
+            raise _unavailable(f"cannot reach {self.model} at {self.url} (set the spec's "
+                               f"engine_url or ${URL_ENV}): {exc}") from exc
 
     def stop(self, tid: str, inputs: dict[str, np.ndarray]) -> None:
         """Send `tid`'s stop request, unless its stream broke (then it is over already)."""
@@ -129,6 +152,18 @@ class GrpcEngineMux:
         with self._lock:
             if self._call is not None:
                 self._call.inflight.discard(tid)
+
+    def check_engine(self) -> None:
+        """End the requests in flight with UNAVAILABLE when a stub of the engine that took
+        them has died (Triton 2.51 would never answer them); the next submit reconnects."""
+        with self._lock:
+            call = self._call
+        if call is None or call.broken or not call.inflight or not call.engine_pids:
+            return
+        if call.engine_pids - _stubs().pids(self.model):
+            self._broken(call, f"{self.model}'s stub process died with requests in flight; the "
+                         "model is being reloaded")
+            call.responses.cancel()
 
     def inflight(self) -> int:
         with self._lock:
@@ -173,7 +208,7 @@ class GrpcEngineMux:
             pb.log.warning("llm_bls: the gRPC stream to %s at %s broke (%s); failing %d "
                            "request(s)", self.model, self.url, reason, len(tids))
         for tid in tids:
-            self.on_event(tid, EngineStreamError(
+            self.on_event(tid, _unavailable(
                 f"the gRPC stream to {self.model} at {self.url} broke ({reason}); if the "
                 f"address is wrong, set the spec's engine_url or ${URL_ENV}"))
 
@@ -294,6 +329,8 @@ class BlsEngineStream(_QueuedStream):
             raise item
         if item.has_error():
             err = item.error()
+            if is_unavailable(err.message()):
+                err = pb.triton_error(err.message(), "UNAVAILABLE")
             raise EngineStreamError(err.message(), err)
         ids = pb.output(item, "output_ids")
         if ids is None:  # a response carrying only the FINAL flag

@@ -8,9 +8,22 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from uip.core.inputs import InvalidInput, Unavailable
+from uip.core.faults import Unavailable, is_unavailable
+from uip.core.inputs import InvalidInput
+from uip.triton import orphan_guard
 
 log = logging.getLogger("uip")
+orphan_guard.start()  # every adapter imports this module: the stub exits with its server
+RETRY = "unavailable, retry later: "  # leads every UNAVAILABLE message
+
+# gRPC status of an error from another model (llm_bls's engine stream) -> Triton error code.
+_GRPC_CODES = {
+    "StatusCode.INVALID_ARGUMENT": "INVALID_ARG",
+    "StatusCode.CANCELLED": "CANCELLED",
+    "StatusCode.UNAVAILABLE": "UNAVAILABLE",
+    "StatusCode.RESOURCE_EXHAUSTED": "UNAVAILABLE",
+    "StatusCode.NOT_FOUND": "UNAVAILABLE",  # the other model is being reloaded
+}
 
 
 def inputs_of(request) -> dict[str, np.ndarray]:
@@ -23,14 +36,27 @@ def tensor(name: str, value: np.ndarray) -> pb_utils.Tensor:
 
 
 def error(exc: BaseException) -> pb_utils.TritonError:
-    """INVALID_ARG for bad input, UNAVAILABLE when the server is full; INTERNAL (with the
-    message, never a traceback) otherwise."""
+    """INVALID_ARG for bad input; UNAVAILABLE for a server state worth a retry (a dead or
+    reloading model, a full queue); INTERNAL (the message, never a traceback) otherwise."""
     if isinstance(exc, InvalidInput):
         return pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-    if isinstance(exc, Unavailable):
-        return pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE)
+    if isinstance(exc, Unavailable) or is_unavailable(str(exc)):
+        log.warning("request refused, server unavailable: %s", exc)
+        return triton_error(str(exc), "UNAVAILABLE")
     log.exception("request failed")
     return pb_utils.TritonError(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
+
+
+def triton_error(message: str, code: str = "INTERNAL") -> pb_utils.TritonError:
+    """A Triton error for another model's error: `code` is a Triton code name or a gRPC
+    status; a message saying the server is unavailable always becomes UNAVAILABLE."""
+    code = _GRPC_CODES.get(code, code)
+    if is_unavailable(message):
+        code = "UNAVAILABLE"
+    if code == "UNAVAILABLE" and not message.startswith(RETRY):
+        message = RETRY + message  # gRPC streams carry the message only, not the code
+    return pb_utils.TritonError(message, getattr(pb_utils.TritonError, code,
+                                                 pb_utils.TritonError.INTERNAL))
 
 
 def response(outputs: Mapping[str, np.ndarray]) -> pb_utils.InferenceResponse:
@@ -126,7 +152,8 @@ def infer(model: str, inputs: Mapping[str, object], outputs: list[str], device=N
     )
     resp = req.exec()
     if resp.has_error():
-        raise ModelCallError(f"model '{model}' failed: {resp.error().message()}")
+        message = f"model '{model}' failed: {resp.error().message()}"
+        raise Unavailable(message) if is_unavailable(message) else ModelCallError(message)
     return {n: to_torch(pb_utils.get_output_tensor_by_name(resp, n), device) for n in outputs}
 
 

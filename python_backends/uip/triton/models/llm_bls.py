@@ -48,7 +48,8 @@ DRAIN_S = 30.0  # how long a stopped engine request may take to confirm its end
 
 
 def _error_response(exc: Exception):
-    """The client's error: llm_engine's own error (code kept) or ours (INVALID_ARG/INTERNAL)."""
+    """The client's error: llm_engine's own error (its code kept, but a dead or reloading engine
+    is UNAVAILABLE, never INVALID_ARG: see uip.triton.engine_streams) or ours."""
     if isinstance(exc, EngineStreamError) and exc.error is not None:
         return pb.pb_utils.InferenceResponse(output_tensors=[], error=exc.error)
     return pb.error_response(exc)
@@ -197,7 +198,10 @@ class LlmBlsModel:
             self._forget(tid)
 
     def _poll(self, now: float) -> None:
-        """Every client's cancel, and the stopped requests' drain deadlines."""
+        """Every client's cancel, the stopped requests' drain deadlines, and whether the
+        engine's stub died under the requests in flight."""
+        if self.mux is not None:
+            self.mux.check_engine()
         for tid, active in list(self._active.items()):
             try:
                 if active.run.running and active.sender.is_cancelled():

@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+from uip.core.faults import Unavailable
 from uip.core.inputs import InvalidInput
 from uip.core.settings import ModelSettings
 from uip.llm import engine_tensors
@@ -53,6 +54,7 @@ class LlmEngineModel:
             raise ValueError("llm_engine must be decoupled (model_transaction_policy)")
         self.max_tokens = self.settings.limit("max_tokens", 1024)
         self.max_context = self.settings.limit("max_context", 2048)
+        self.max_inflight = self.settings.limit("max_inflight", 512)
         self.engine = create_engine(self.settings)
         self._lock = threading.Lock()
         self._streams: dict[int, _Stream] = {}  # engine request id -> stream
@@ -84,6 +86,9 @@ class LlmEngineModel:
                 return
             tid = request.request_id()
             with self._lock:  # registered before the dispatcher can see the first result
+                if len(self._streams) >= self.max_inflight:
+                    raise Unavailable(f"llm_engine has {len(self._streams)} requests in flight, "
+                                      "its limit (limits.max_inflight)")
                 rid = self.engine.enqueue(call.request)
                 self._streams[rid] = _Stream(request, sender, tid, call.stream_key,
                                              call.request.streaming, time.monotonic())
