@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from conftest import expected_stubs, live_stubs
 
 from uip.clients.llm import (
     GenerateError,
@@ -232,7 +233,6 @@ def test_grpc_cancel_of_llm_bls_frees_the_engine_slot(server):
 def test_many_streams_with_cancels_keep_every_stub_alive(server, tokenizer, reference):
     """Regression: Triton 2.51's stub builds decoupled BLS responses off the GIL and prunes
     unrequested outputs off the GIL; both crashed stubs within seconds of this load."""
-    from conftest import expected_stubs, live_stubs
 
     def one(i: int) -> None:
         model = MODELS[i % 2]

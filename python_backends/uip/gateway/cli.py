@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,13 +56,16 @@ def keys_create(
 def start_beside(grpc_port: int, port: int) -> subprocess.Popen:
     """`uip gateway` as a child process next to a tritonserver being started (`uip serve`)."""
     from uip.launch.command import LaunchError, port_in_use
+    from uip.launch.lifeline import die_with_parent
 
     if port_in_use(port):
         raise LaunchError(f"Port {port} (gateway) is already in use; choose another with "
                           "--gateway-port N, or --no-gateway.")
     cmd = [sys.executable, "-m", "uip.gateway", "--triton-grpc", f"localhost:{grpc_port}",
            "--port", str(port)]
-    return subprocess.Popen(cmd, env=dict(os.environ))
+    # SIGTERM when `uip serve` dies by any signal: no gateway left holding the port
+    return subprocess.Popen(cmd, env=dict(os.environ),
+                            preexec_fn=die_with_parent(signal.SIGTERM))
 
 
 def register(app: typer.Typer) -> None:

@@ -37,7 +37,7 @@ def _model(model_id: str, owner: str) -> dict:
 @router.get("/models")
 async def list_models(caller: Caller = Depends(authorize), g: Gateway = Depends(gateway)):
     """Triton models that are READY, aliases of them, and external models."""
-    ready = await g.triton.ready_models()
+    ready = await g.triton.ready_models(g.spec.triton)
     data = [_model(m, "uip") for m in g.spec.triton if m in ready]
     for name, route in g.spec.models.items():
         if route.external is not None:

@@ -53,13 +53,19 @@ class Triton:
             await asyncio.wait(self._pending, timeout=30)
         await self.client.close()
 
-    async def ready_models(self) -> set[str]:
-        """Names of the models that are READY (empty when Triton is unreachable)."""
-        try:
-            index = await self.client.get_model_repository_index(as_json=True)
-        except InferenceServerException:
-            return set()
-        return {m["name"] for m in index.get("models", []) if m.get("state") == "READY"}
+    async def ready_models(self, names) -> set[str]:
+        """Those of `names` that are READY (none when Triton is unreachable). Through the
+        health API, which stays open when the repository API needs the admin key."""
+        names = list(names)
+
+        async def ready(name: str) -> bool:
+            try:
+                return bool(await self.client.is_model_ready(name))
+            except InferenceServerException:
+                return False
+
+        flags = await asyncio.gather(*(ready(n) for n in names))
+        return {n for n, ok in zip(names, flags, strict=True) if ok}
 
     async def infer(self, model: str, inputs: list, timeout_s: float) -> grpcaio.InferResult:
         """One request. It is never cancelled once sent (a timeout or a client that leaves
