@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import types
 from collections.abc import Callable
 
@@ -216,6 +217,37 @@ def repository_config(name: str, **parameters: str) -> dict:
     config.setdefault("parameters", {}).update(
         {k: {"string_value": v} for k, v in parameters.items()})
     return config
+
+
+
+# --- waiting on a decoupled model's responses (test helpers, not pb_utils API) --------------
+
+TIMEOUT_S = 10.0  # generous: only a failing test waits this long
+
+
+def wait_until(cond, timeout: float = TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.005)
+
+
+def finished(request: Request) -> list[tuple[InferenceResponse, int]]:
+    """Every response of a request, once its FINAL one came (and nothing followed)."""
+    wait_until(lambda: request.sender.finished)
+    time.sleep(0.02)  # nothing may follow the FINAL response
+    return request.sender.sent
+
+
+def only_error(request: Request) -> TritonError:
+    """The request's one response: an error with the FINAL flag and no outputs."""
+    sent = finished(request)
+    assert len(sent) == 1
+    resp, flags = sent[0]
+    assert flags == TRITONSERVER_RESPONSE_COMPLETE_FINAL and resp.has_error()
+    assert resp.output_tensors() == []
+    return resp.error()
 
 
 def install() -> types.ModuleType:

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 from support import fake_pb_utils as pbu
+from support.fake_pb_utils import TIMEOUT_S, finished, only_error, wait_until
 
 from uip.llm.engine_tensors import EngineChunk, decode_request, encode_response
 from uip.llm.orchestrate import EngineStreamError, TextPipeline
@@ -20,21 +21,8 @@ from uip.triton.models import llm_bls
 from uip.triton.models.llm_bls import LlmBlsModel
 
 FINAL = pbu.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-TIMEOUT_S = 10.0  # generous: only a failing test waits this long
 
 
-def wait_until(cond, timeout=TIMEOUT_S):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.005)
-
-
-def finished(request):
-    wait_until(lambda: request.sender.finished)
-    time.sleep(0.02)  # nothing may follow the FINAL response
-    return request.sender.sent
 
 
 # --- the adapter (grpc transport: one driver, one multiplexed stream) ------------------------
@@ -111,13 +99,6 @@ def client_request(text="hello world", **extra):
         inputs[k] = np.array([[v]], dtype=dtype if dtype is not int else np.int32)
     return pbu.Request(inputs)
 
-
-def only_error(request):
-    sent = finished(request)
-    assert len(sent) == 1
-    resp, flags = sent[0]
-    assert flags == FINAL and resp.has_error()
-    return resp.error()
 
 
 def texts(sent):

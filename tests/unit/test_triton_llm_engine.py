@@ -9,13 +9,13 @@ import time
 import numpy as np
 import pytest
 from support import fake_pb_utils as pbu
+from support.fake_pb_utils import finished, only_error, wait_until
 
 from uip.llm.engine import Engine, EngineStats, GenerationRequest, GenerationResult
 from uip.triton.models import llm_engine
 from uip.triton.models.llm_engine import LlmEngineModel
 
 FINAL = pbu.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-TIMEOUT_S = 10.0  # generous: only a failing test waits this long
 
 
 class ScriptedEngine(Engine):
@@ -135,27 +135,7 @@ def stop_request(request_id=""):
                         "stop": np.array([[True]], dtype=bool)}, request_id=request_id)
 
 
-def wait_until(cond, timeout=TIMEOUT_S):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.005)
 
-
-def finished(request):
-    wait_until(lambda: request.sender.finished)
-    time.sleep(0.02)  # nothing may follow the FINAL response
-    return request.sender.sent
-
-
-def only_error(request):
-    """The request's one response: an error with the FINAL flag."""
-    sent = finished(request)
-    assert len(sent) == 1
-    resp, flags = sent[0]
-    assert flags == FINAL and resp.has_error() and resp.output_tensors() == []
-    return resp.error()
 
 
 def data(sent):
