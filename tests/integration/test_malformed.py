@@ -19,8 +19,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from conftest import live_stubs
 from support.calls import PUBLIC, call, http_status
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
+from uip.clients.tensors import grpc_inputs
 from uip.core.paths import DEFAULT_REPOSITORY
 from uip.repo.needed import read_config
 
@@ -87,20 +88,11 @@ def cases(model: str) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def _inputs(values: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
-    out = []
-    for name, v in values.items():
-        t = grpcclient.InferInput(name, list(v.shape), np_to_triton_dtype(v.dtype))
-        t.set_data_from_numpy(v)
-        out.append(t)
-    return out
-
-
 def grpc_answer(url: str, model: str, values: dict[str, np.ndarray]) -> tuple[str, str]:
     """(status, message) of one request: "ok", a gRPC status, or "stream" (a stream error)."""
     client = grpcclient.InferenceServerClient(url)
     try:
-        inputs = _inputs(values)
+        inputs = grpc_inputs(values)
     except Exception as e:  # noqa: BLE001 - the client library refused to build it
         return "client", str(e)
     if not decoupled(model):

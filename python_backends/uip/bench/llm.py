@@ -33,15 +33,12 @@ def calibrate(grpc_url: str, model: str, max_tokens: int = MAX_TOKENS) -> int:
     import numpy as np
     import tritonclient.grpc as grpcclient
 
+    from uip.clients.tensors import grpc_inputs
+
     client = grpcclient.InferenceServerClient(grpc_url)
-    values = {"text_input": (np.array([[PROMPT.encode()]], dtype=object), "BYTES"),
-              "max_tokens": (np.array([[max_tokens]], dtype=np.int32), "INT32"),
-              "return_num_output_tokens": (np.array([[True]]), "BOOL")}
-    inputs = []
-    for name, (arr, dtype) in values.items():
-        inp = grpcclient.InferInput(name, list(arr.shape), dtype)
-        inp.set_data_from_numpy(arr)
-        inputs.append(inp)
+    inputs = grpc_inputs({"text_input": np.array([[PROMPT.encode()]], dtype=object),
+                          "max_tokens": np.array([[max_tokens]], dtype=np.int32),
+                          "return_num_output_tokens": np.array([[True]])})
     results: list = []
     client.start_stream(callback=lambda result, error: results.append((result, error)))
     try:

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from uip.clients.tensors import grpc_input
+
 DeltaFn = Callable[[str], None]
 
 # contract input -> (dtype of the gRPC tensor, holds a list)
@@ -170,16 +172,7 @@ def generate_sse(url: str, model: str, prompt: str, on_delta: DeltaFn | None = N
 
 def grpc_inputs(prompt: str, params: dict[str, Any]):
     """tritonclient.grpc InferInputs for one prompt (batch dimension 1)."""
-    import tritonclient.grpc as grpcclient
-
-    def tensor(name: str, array: np.ndarray):
-        dtype = "BYTES" if array.dtype == object else None
-        t = grpcclient.InferInput(name, list(array.shape),
-                                  dtype or _triton_dtype(array.dtype))
-        t.set_data_from_numpy(array)
-        return t
-
-    out = [tensor("text_input", np.array([[prompt.encode()]], dtype=object))]
+    out = [grpc_input("text_input", np.array([[prompt.encode()]], dtype=object))]
     for name, value in params.items():
         dtype, is_list = INPUTS[name]
         if is_list:
@@ -187,14 +180,8 @@ def grpc_inputs(prompt: str, params: dict[str, Any]):
             array = np.array([[v.encode() for v in values]], dtype=object)
         else:
             array = np.array([[value]], dtype=dtype)
-        out.append(tensor(name, array))
+        out.append(grpc_input(name, array))
     return out
-
-
-def _triton_dtype(dtype) -> str:
-    from tritonclient.utils import np_to_triton_dtype
-
-    return np_to_triton_dtype(dtype)
 
 
 class GrpcStream:

@@ -12,6 +12,7 @@ import time
 import numpy as np
 from fastapi import APIRouter, Depends
 
+from uip.clients.tensors import grpc_input as tensor
 from uip.gateway import textgen
 from uip.gateway.auth import authorize
 from uip.gateway.errors import ApiError
@@ -25,7 +26,6 @@ from uip.gateway.schemas import (
     text_of,
 )
 from uip.gateway.state import Caller, Gateway, gateway
-from uip.gateway.triton import tensor
 
 router = APIRouter(prefix="/v1")
 

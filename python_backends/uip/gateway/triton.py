@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import numpy as np
@@ -114,11 +113,3 @@ class Triton:
                 call.cancel()
 
 
-def tensor(name: str, array: np.ndarray) -> Any:
-    """A gRPC InferInput holding `array`."""
-    from tritonclient.utils import np_to_triton_dtype
-
-    dtype = "BYTES" if array.dtype == object else np_to_triton_dtype(array.dtype)
-    t = grpcaio.InferInput(name, list(array.shape), dtype)
-    t.set_data_from_numpy(array)
-    return t
