@@ -407,7 +407,7 @@ class FakeEngineStream:
             return None
         item = self.items.pop(0)
         if isinstance(item, Exception):
-            self.ended = isinstance(item, EngineStreamError)  # as _QueuedStream marks it
+            self.ended = isinstance(item, EngineStreamError)  # as BlsEngineStream marks it
             raise item
         self.ended = item.final
         return item

@@ -227,8 +227,22 @@ class GrpcEngineMux:
             channel.close()
 
 
-class _QueuedStream:
-    """The BLS transport's per-request response queue, read by the request's own thread."""
+def infer_inputs(inputs: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
+    out = []
+    for name, value in inputs.items():
+        t = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+        t.set_data_from_numpy(value)
+        out.append(t)
+    return out
+
+
+def to_chunk(result) -> EngineChunk:
+    return decode_response(result.as_numpy("output_ids"), result.as_numpy("finish_reason"))
+
+
+class BlsEngineStream:
+    """One llm_engine request through a decoupled BLS call; its responses go to a queue read
+    by the request's own thread (`next` merges what is queued)."""
 
     def __init__(self, model: str, inputs: dict[str, np.ndarray], request_id: str):
         self.model = model
@@ -238,10 +252,6 @@ class _QueuedStream:
         self.ended = False  # the engine's final response (or an error) was seen
         self._stopped = False
         self._held: object = None
-
-    def _decode(self, item: object) -> EngineChunk | None:
-        """A queued response as a chunk (None: nothing in it); raises for an error."""
-        raise NotImplementedError
 
     def _get(self, timeout: float | None) -> object:
         if self._held is not None:
@@ -277,30 +287,10 @@ class _QueuedStream:
             self.ended = True
         return chunk
 
-    def _send_stop(self) -> None:
-        raise NotImplementedError
-
     def stop(self) -> None:
         if not self._stopped:
             self._stopped = True
             self._send_stop()
-
-
-def infer_inputs(inputs: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
-    out = []
-    for name, value in inputs.items():
-        t = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-        t.set_data_from_numpy(value)
-        out.append(t)
-    return out
-
-
-def to_chunk(result) -> EngineChunk:
-    return decode_response(result.as_numpy("output_ids"), result.as_numpy("finish_reason"))
-
-
-class BlsEngineStream(_QueuedStream):
-    """One llm_engine request through a decoupled BLS call."""
 
     def _request(self, inputs: dict[str, np.ndarray]):
         return pb.pb_utils.InferenceRequest(
