@@ -88,7 +88,9 @@ def test_killed_stub_is_reloaded_under_load(supervised, killed):
     stop.set()
     for t in load:
         t.join(30)
-    log = "\n".join(map(str, outcomes[-8:])) + "\n" + supervised.log()[-3000:]
+    timeline = "\n".join(f"sent {o[0] - killed_at:+7.2f} s, ended {o[3] - killed_at:+7.2f} s: "
+                         f"{o[1]} {o[2][:120]}" for o in outcomes)
+    log = f"{timeline}\n--- server log ---\n{supervised.log()[-4000:]}"
     assert went_down is not None, f"{killed} stayed ready after its stub died\n{log}"
     assert served is not None, f"no {target} request served {RECOVERY_S} s after the kill\n{log}"
     bad = [o for o in outcomes if o[1] in CLIENT_ERRORS]
@@ -100,7 +102,7 @@ def test_killed_stub_is_reloaded_under_load(supervised, killed):
     # Triton 2.51 never answers a request that was inside a decoupled stub when it died (the
     # killed model itself); every request sent after the kill gets an answer
     hung = [o for o in outcomes if o[1] == "hung" and o[0] > killed_at]
-    assert not hung, f"requests sent after the kill hung: {hung[:3]}"
+    assert not hung, f"requests sent after the kill hung: {hung[:3]}\n{log}"
     assert not any(t.is_alive() for t in load)
     assert len(supervised.watchdog.reloads) == reloads + 1, log
     assert supervised.watchdog.reloads[-1][0] == killed

@@ -250,6 +250,27 @@ def test_mux_ends_requests_of_a_dead_engine_stub_with_unavailable(engine, mux, m
     assert (call, rb.id) == (1, "b")
 
 
+def test_mux_adopts_the_engine_stubs_of_a_reload_while_idle(engine, mux, monkeypatch):
+    """The engine was reloaded while the stream had nothing in flight: the stream stays, and
+    its requests are checked against the new stubs (not failed for the old ones' death)."""
+    census = FakeCensus({101})
+    monkeypatch.setattr(engine_streams, "_stubs", lambda: census)
+    mux.submit("a", INPUTS)
+    engine.request()
+    engine.calls[0].put(response("a", [7], "length"))
+    assert mux.events.next()[0] == "a"
+    mux.finish("a")
+    census.alive = {201}  # reloaded while idle
+    mux.submit("b", INPUTS)
+    call, _ = engine.request()
+    mux.check_engine()
+    assert call == 0 and mux.events.none()  # same stream, nothing failed
+    census.alive = set()  # now the new stub dies with "b" in flight
+    mux.check_engine()
+    tid, err = mux.events.next()
+    assert tid == "b" and err.error.code() == pbu.TritonError.UNAVAILABLE
+
+
 def test_mux_stream_ended_by_the_server_fails_what_is_in_flight(engine, mux):
     mux.submit("a", INPUTS)
     engine.request()

@@ -81,7 +81,7 @@ class _Call:
         self.requests: queue.Queue = queue.Queue()  # None ends the request stream
         self.inflight: set[str] = set()
         self.broken = False
-        self.engine_pids: set[int] = set()  # the engine's stubs when the stream opened
+        self.engine_pids: set[int] = set()  # the engine's stubs when the stream was last idle
         self.responses = stub.ModelStreamInfer(iter(self.requests.get, None))
         self.reader: threading.Thread | None = None
 
@@ -134,6 +134,9 @@ class GrpcEngineMux:
                     raise RuntimeError("llm_bls is shutting down")
                 if self._call is None or self._call.broken:
                     self._call = self._open()
+                elif not self._call.inflight or not self._call.engine_pids:
+                    # the engine may have been reloaded while this stream was idle
+                    self._call.engine_pids = _stubs().pids(self.model)
                 self._call.inflight.add(tid)
                 self._call.requests.put(request)
         except Exception as exc:  # noqa: BLE001 - e.g. a malformed engine_url
