@@ -1,4 +1,5 @@
-"""No orphans: when `uip serve` or its tritonserver dies by SIGKILL, every stub exits.
+"""No orphans: when `uip serve` or its tritonserver dies by SIGKILL, or their process group
+gets SIGTERM as its launcher dies, every stub exits.
 
 `uip serve` runs as a subprocess on two models (llm_engine, the decoupled stub seen left
 running for 25 minutes, and embedding); its stubs are counted before the kill, then must all
@@ -47,7 +48,7 @@ def _alive(procs: list[psutil.Process]) -> list[int]:
     return alive
 
 
-@pytest.mark.parametrize("victim", ["uip serve", "tritonserver"])
+@pytest.mark.parametrize("victim", ["uip serve", "tritonserver", "process group"])
 def test_stubs_exit_when_the_server_dies(tmp_path: Path, victim: str):
     http = free_port()
     uip = Path(sys.executable).parent / "uip"
@@ -56,7 +57,8 @@ def test_stubs_exit_when_the_server_dies(tmp_path: Path, victim: str):
            "--metrics-port", str(free_port()), "--model-control-mode=explicit",
            *[f"--load-model={m}" for m in MODELS]]
     with open(tmp_path / "serve.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # its own group, for "process group"
     ours: list[psutil.Process] = []  # what this test started (never the session server)
     try:
         deadline = time.monotonic() + 300
@@ -69,7 +71,13 @@ def test_stubs_exit_when_the_server_dies(tmp_path: Path, victim: str):
         assert len(stubs) == len(MODELS), [p.cmdline() for p in stubs]
         (server,) = [p for p in root.children() if p.name() == "tritonserver"]
         ours = [server, *stubs]
-        os.kill(proc.pid if victim == "uip serve" else server.pid, signal.SIGKILL)
+        if victim == "process group":
+            # a CI timeout or Ctrl-C: SIGTERM to the whole group (the stubs ignore it), and a
+            # launcher that dies of it at once (pytest does; tritonserver then gets SIGKILL)
+            os.killpg(proc.pid, signal.SIGTERM)
+            os.kill(proc.pid, signal.SIGKILL)
+        else:
+            os.kill(proc.pid if victim == "uip serve" else server.pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while _alive([*stubs, server]) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -146,7 +146,40 @@ def soak(
     raise typer.Exit(0 if rep.ok else 1)
 
 
+def fuzz(
+    url: str = typer.Option("localhost:8000", help="HTTP host:port of a running server"),
+    cases_per_field: int = typer.Option(0, help="mutations per request field (0: all)"),
+    models: str = typer.Option("embedding,llm,llm_bls,stable_diffusion,llm_engine",
+                               help="models whose /v2 routes are fuzzed"),
+) -> None:
+    """HTTP fuzz of the /v2 routes (boofuzz: method, path, version, headers, body); exit 1
+    when the server is not healthy afterwards or a 5xx answer is not Triton's JSON parser."""
+    import urllib.request
+
+    from uip.clients.http_fuzz import fuzz as run_fuzz
+    from uip.clients.http_fuzz import parser_error
+
+    host, _, port = url.rpartition(":")
+    names = [m for m in models.split(",") if m]
+    rep = run_fuzz(host or "localhost", int(port), names, cases_per_field)
+    typer.echo(rep.table())
+    ours = [e for e in rep.server_errors if not parser_error(e[2])]
+    for fuzzed, status, body in ours[:20]:
+        typer.echo(f"  {status} ({fuzzed}): {body[:200]}")
+    healthy = True
+    for path in ["/v2/health/ready", *(f"/v2/models/{m}/ready" for m in names)]:
+        try:
+            urllib.request.urlopen(f"http://{url}{path}", timeout=10).close()
+        except OSError as exc:
+            healthy = False
+            typer.echo(f"  not healthy after the fuzz: {path}: {exc}", err=True)
+    ok = healthy and not ours
+    typer.echo("fuzz: OK" if ok else "fuzz: FAILED", err=True)
+    raise typer.Exit(0 if ok else 1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("generate")(generate)
     app.command("txt2img")(txt2img)
     app.command("soak")(soak)
+    app.command("fuzz")(fuzz)

@@ -5,6 +5,10 @@ ignoring SIGTERM): a thread of it blocks forever, holding the GIL, in a call tha
 server (seen: `pb_utils.Metric.set`), so no Python code can run in it any more. The guard is
 therefore a tiny shell process beside the stub, which needs no GIL: it polls the stub's parent
 pid and SIGKILLs the stub as soon as that is no longer the server (the stub was reparented).
+The guard runs in a session of its own and ignores SIGHUP/SIGINT/SIGTERM: a signal sent to the
+server's process group (a CI timeout, a terminal's Ctrl-C, `kill -- -PGID`) stops the server
+but the stubs ignore SIGTERM, so the guard must outlive exactly that (seen: orphans left
+after pytest was stopped while models loaded).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ POLL_S = 0.5
 _guard: subprocess.Popen | None = None
 
 _SCRIPT = """
+trap '' HUP INT TERM
 stat() {{ s=$(cat /proc/{stub}/stat 2>/dev/null) || return 1; s=${{s##*) }}; set -- $s; echo $2; }}
 while [ "$(stat)" = "{server}" ]; do sleep {poll}; done
 [ -e /proc/{stub} ] && kill -9 {stub} 2>/dev/null
@@ -44,4 +49,5 @@ def start(poll_s: float = POLL_S) -> None:
         return
     _guard = subprocess.Popen(["/bin/sh", "-c", script(os.getpid(), os.getppid(), poll_s)],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, close_fds=True)
+                              stderr=subprocess.DEVNULL, close_fds=True,
+                              start_new_session=True)
