@@ -9,17 +9,19 @@ from support.calls import PUBLIC, call
 
 from uip.clients.http_fuzz import fuzz, parser_error
 
-CASES_PER_FIELD = 250  # `uip fuzz --cases-per-field 0` runs every mutation
+CASES_PER_FIELD = 100  # `uip fuzz --cases-per-field 0` runs every mutation
 
 
 def test_http_fuzz_leaves_the_server_healthy(server):
     stubs, reloads = live_stubs(server), len(server.watchdog.reloads)
     host, _, port = server.http_url.rpartition(":")
-    report = fuzz(host, int(port), [*PUBLIC, "llm_engine"], CASES_PER_FIELD)
+    report = fuzz(host, int(port), [*PUBLIC, "llm_engine"], CASES_PER_FIELD, recv_timeout_s=0.3)
     print(report.table())
     assert report.cases >= 4 * CASES_PER_FIELD
-    answered = report.cases - report.statuses["none"]
-    assert answered > report.cases // 2, report.table()  # the fuzz reached the server
+    for fuzzed in ("path", "body"):  # well-formed HTTP: the server answered (evhtp closes the
+        # connection without an answer on a malformed request line or header)
+        answered = sum(n for (f, s), n in report.by_field.items() if f == fuzzed and s != "none")
+        assert answered > CASES_PER_FIELD // 2, report.table()
     ours = [e for e in report.server_errors if not parser_error(e[2])]
     assert not ours, ours[:5]
     assert server.ready()

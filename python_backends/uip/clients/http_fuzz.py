@@ -50,6 +50,7 @@ def routes(models: list[str]) -> list[str]:
 class FuzzReport:
     cases: int = 0
     statuses: Counter = field(default_factory=Counter)  # "200", "404", ..., "none" (no answer)
+    by_field: Counter = field(default_factory=Counter)  # (field, status)
     server_errors: list[tuple[str, str, str]] = field(default_factory=list)  # (field, status, body)
 
     def add(self, fuzzed: str, received: bytes | None) -> None:
@@ -57,13 +58,15 @@ class FuzzReport:
         m = _STATUS.match(received or b"")
         status = m.group(1).decode() if m else "none"
         self.statuses[status] += 1
+        self.by_field[(fuzzed, status)] += 1
         if status.startswith("5"):
             body = (received or b"").partition(b"\r\n\r\n")[2][:300]
             self.server_errors.append((fuzzed, status, body.decode("utf-8", "replace")))
 
     def table(self) -> str:
         rows = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
-        return f"{self.cases} cases; answers by status: {rows}"
+        fields = "; ".join(f"{f} {st}: {n}" for (f, st), n in sorted(self.by_field.items()))
+        return f"{self.cases} cases; answers by status: {rows}\nby field: {fields}"
 
 
 def _message(name: str, fuzzed: str, model: str, body: str, all_routes: list[str]):
@@ -107,7 +110,7 @@ def _message(name: str, fuzzed: str, model: str, body: str, all_routes: list[str
 
 
 def fuzz(host: str, port: int, models: list[str], cases_per_field: int = 300,
-         fields: tuple[str, ...] = FIELDS, recv_timeout_s: float = 1.0,
+         fields: tuple[str, ...] = FIELDS, recv_timeout_s: float = 0.3,
          model: str = "embedding", body: dict | None = None) -> FuzzReport:
     """Run the fuzz sessions against `host:port`; `cases_per_field` 0 runs every mutation."""
     body_text = json.dumps(body or {"inputs": [
