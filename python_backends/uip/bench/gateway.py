@@ -30,6 +30,7 @@ class Run:
     tokens: int = 0
     ttft_ms: list[float] | None = None
     seconds: float = 0.0
+    cpu: dict[str, float] | None = None  # CPU seconds spent meanwhile: client, gateway, server
 
     @property
     def tok_per_s(self) -> float:
@@ -79,23 +80,59 @@ async def _gateway_one(http: aiohttp.ClientSession, url: str, max_tokens: int
     return (first or 0.0) * 1000, tokens
 
 
-async def _sweep(one, concurrency: int, requests: int) -> Run:
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process and its children (tritonserver's stubs); 0 if unknown."""
+    if pid is None:
+        return 0.0
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _cpu(pids: dict[str, int | None]) -> dict[str, float]:
+    return {"client": time.process_time(), **{k: cpu_seconds(p) for k, p in pids.items()}}
+
+
+async def _sweep(one, concurrency: int, requests: int, pids: dict[str, int | None]) -> Run:
     async def stream() -> list[tuple[float, int]]:
         return [await one() for _ in range(requests)]
 
-    t0 = time.perf_counter()
+    cpu0, t0 = _cpu(pids), time.perf_counter()
     results = [r for rs in await asyncio.gather(*[stream() for _ in range(concurrency)])
                for r in rs]
-    return Run(sum(n for _, n in results), [t for t, _ in results], time.perf_counter() - t0)
+    seconds, cpu1 = time.perf_counter() - t0, _cpu(pids)
+    return Run(sum(n for _, n in results), [t for t, _ in results], seconds,
+               {k: cpu1[k] - cpu0[k] for k in cpu0})
 
 
 def _summed(runs: list[Run]) -> Run:
     return Run(sum(r.tokens for r in runs), [t for r in runs for t in r.ttft_ms or []],
-               sum(r.seconds for r in runs))
+               sum(r.seconds for r in runs),
+               {k: sum((r.cpu or {}).get(k, 0.0) for r in runs) for k in runs[0].cpu or {}})
+
+
+def _us_per_token(run: Run, who: str) -> float:
+    return (run.cpu or {}).get(who, 0.0) / max(run.tokens, 1) * 1e6
 
 
 async def compare(grpc_url: str, gateway_url: str, levels: list[int], requests: int,
-                  max_tokens: int, rounds: int = 2) -> list[dict[str, float]]:
+                  max_tokens: int, rounds: int = 2, gateway_pid: int | None = None,
+                  server_pid: int | None = None) -> list[dict[str, float]]:
+    """One row per concurrency level. With the pids, also the CPU time per output token of
+    the bench's client, the gateway and tritonserver with its stubs (0 where unknown): a
+    measure of the gateway's cost that the machine's load does not skew."""
     import tritonclient.grpc.aio as grpcaio
 
     from uip.gateway.chat_template import formatter_for
@@ -103,6 +140,7 @@ async def compare(grpc_url: str, gateway_url: str, levels: list[int], requests: 
     prompt = formatter_for("llm-tiny").render(MESSAGES)
     client = grpcaio.InferenceServerClient(grpc_url)
     rows = []
+    pids = {"gateway": gateway_pid, "server": server_pid}
     connector = aiohttp.TCPConnector(limit=0)  # one connection per stream, kept alive
     async with aiohttp.ClientSession(connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=600)) as http:
@@ -114,7 +152,7 @@ async def compare(grpc_url: str, gateway_url: str, levels: list[int], requests: 
             runs: dict[str, list[Run]] = {"direct": [], "gateway": []}
             for r in range(rounds):
                 for name in (("direct", "gateway") if r % 2 == 0 else ("gateway", "direct")):
-                    runs[name].append(await _sweep(paths[name], c, requests))
+                    runs[name].append(await _sweep(paths[name], c, requests, pids))
             direct, via = _summed(runs["direct"]), _summed(runs["gateway"])
             if direct.tokens != via.tokens:  # greedy: both paths must make the same tokens
                 raise RuntimeError(f"{c} streams: direct made {direct.tokens} tokens, the "
@@ -128,6 +166,10 @@ async def compare(grpc_url: str, gateway_url: str, levels: list[int], requests: 
                 "direct_ttft_p50_ms": direct.ttft_p50_ms,
                 "gateway_ttft_p50_ms": via.ttft_p50_ms,
                 "added_ttft_p50_ms": via.ttft_p50_ms - direct.ttft_p50_ms,
+                "server_cpu_us_per_token": _us_per_token(direct, "server"),
+                "gateway_cpu_us_per_token": _us_per_token(via, "gateway"),
+                "direct_client_cpu_us_per_token": _us_per_token(direct, "client"),
+                "gateway_client_cpu_us_per_token": _us_per_token(via, "client"),
             })
     await client.close()
     return rows
