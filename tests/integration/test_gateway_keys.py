@@ -94,3 +94,34 @@ def test_keys_rate_limits_and_usage(gw):
     rows = poll(lambda: store.usage_rows(image_id), bool)
     assert [(r.endpoint, r.images) for r in rows] == [("/images/generations", 1)]
     store.close()
+
+
+def keys_cli(gw, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from uip.cli import main; main()", "keys",
+                           *args], capture_output=True, text=True,
+                          env={"UIP_DATABASE_URL": gw.database_url, "PATH": "/usr/bin:/bin"})
+
+
+def test_list_and_revoke_keys(gw):
+    key = make_key(gw, "leaving", "--rpm", "100")
+    other = make_key(gw, "staying")
+    time.sleep(Store.NO_KEYS_TTL_S)  # in case no key existed before this test
+    c = client(gw, key)
+    chat(c)
+    listed = keys_cli(gw, "list")
+    assert listed.returncode == 0 and key not in listed.stdout and other not in listed.stdout
+    rows = {line.split("\t")[1]: line.split("\t") for line in listed.stdout.splitlines()[1:]}
+    key_id = rows["leaving"][0]
+    assert rows["leaving"][2:4] == ["100", "-"] and rows["leaving"][5] == "-"
+
+    revoked = keys_cli(gw, "revoke", key_id)
+    assert revoked.returncode == 0, revoked.stderr
+    with pytest.raises(openai.AuthenticationError):  # refused from the next request on
+        chat(c)
+    chat(client(gw, other))  # the others still work
+    again = keys_cli(gw, "list").stdout
+    line = next(ln for ln in again.splitlines() if ln.startswith(key_id))
+    assert line.split("\t")[5] != "-"
+    assert keys_cli(gw, "revoke", key_id).returncode == 0  # already revoked: said so
+    missing = keys_cli(gw, "revoke", "key_nope")
+    assert missing.returncode == 1 and "key_nope" in missing.stderr

@@ -116,6 +116,35 @@ def test_stop_seed_and_sampling(client, llm_reference):  # noqa: F811
     assert a == b and a != c
 
 
+def test_n_choices(client, llm_reference):  # noqa: F811
+    want, n_prompt, ids, _ = llm_reference(MESSAGES, N)
+    out = client.chat.completions.create(model="llm_bls", messages=MESSAGES, max_tokens=N, n=3)
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    assert all(c.message.content == want for c in out.choices)  # greedy: the same each time
+    assert out.usage.prompt_tokens == n_prompt  # the prompt once, every choice's tokens
+    assert out.usage.completion_tokens == 3 * len(ids)
+    # sampled: choice i uses seed + i, streamed or not
+    kw = dict(model="llm_bls", messages=MESSAGES, max_tokens=12, temperature=1.0)
+    two = client.chat.completions.create(seed=40, n=2, **kw)
+    single = client.chat.completions.create(seed=41, **kw).choices[0].message.content
+    texts = [c.message.content for c in two.choices]
+    assert texts[1] == single and texts[0] != texts[1]
+    chunks = list(client.chat.completions.create(
+        seed=40, n=2, stream=True, stream_options={"include_usage": True}, **kw))
+    streamed = ["".join(c.choices[0].delta.content or "" for c in chunks
+                        if c.choices and c.choices[0].index == i) for i in (0, 1)]
+    assert streamed == texts
+    for i in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == i]
+        assert mine[0].delta.role == "assistant" and mine[-1].finish_reason is not None
+    assert chunks[-1].usage.completion_tokens == two.usage.completion_tokens
+    # completions: n choices of the prompt, echoed if asked
+    comp = client.completions.create(model="llm_bls", prompt="the cache is", max_tokens=N,
+                                     n=2, echo=True)
+    plain, *_ = llm_reference("the cache is", N)
+    assert [c.text for c in comp.choices] == ["the cache is" + plain] * 2
+
+
 def _error(resp: httpx.Response, status: int, param: str | None = None) -> dict:
     assert resp.status_code == status, resp.text
     err = resp.json()["error"]
@@ -129,7 +158,9 @@ def test_errors_are_openai_shaped_4xx(gw):
     url = gw.base_url
     chat = {"model": "llm_bls", "messages": MESSAGES}
     post = httpx.post
-    _error(post(f"{url}/chat/completions", json={**chat, "n": 2}), 400, "n")
+    _error(post(f"{url}/chat/completions", json={**chat, "n": 9}), 400, "n")  # max_choices
+    _error(post(f"{url}/completions", json={"model": "llm_bls", "prompt": "x", "n": 9}), 400,
+           "n")
     _error(post(f"{url}/chat/completions", json={**chat, "max_tokens": "many"}), 400,
            "max_tokens")
     _error(post(f"{url}/chat/completions", json={**chat, "temperature": -1}), 400,
@@ -207,19 +238,21 @@ def _idle(server, timeout: float) -> bool:
     return True
 
 
-def test_disconnect_frees_the_engine_slot(server, gw):
+@pytest.mark.parametrize("n", [1, 2])
+def test_disconnect_frees_the_engine_slot(server, gw, n):
     assert _idle(server, 10), "requests of earlier tests still run"
     tokens_before = metric(server, "uip_llm_tokens_generated_total")
-    body = {"model": "llm_bls", "messages": MESSAGES, "max_tokens": 1000, "stream": True}
+    body = {"model": "llm_bls", "messages": MESSAGES, "max_tokens": 1000, "stream": True,
+            "n": n}
     with httpx.stream("POST", f"{gw.base_url}/chat/completions", json=body, timeout=60) as r:
         lines = r.iter_lines()
         for _ in range(4):
             next(lines)
         t0 = time.monotonic()
-        while metric(server, "uip_llm_active_sequences") < 1:
+        while metric(server, "uip_llm_active_sequences") < n:
             assert time.monotonic() - t0 < 3, "the stream is not in the active gauge"
             time.sleep(0.02)
     # the client hung up: the gateway cancels its gRPC stream, llm_bls frees the slot
     assert _idle(server, 5), "the engine still runs the abandoned request"
     generated = metric(server, "uip_llm_tokens_generated_total") - tokens_before
-    assert generated < 500, f"{generated} tokens: the cancel did not stop the engine early"
+    assert generated < 500 * n, f"{generated} tokens: the cancel did not stop the engine early"

@@ -25,7 +25,7 @@ def gw(server, tmp_path_factory):
     data = yaml.safe_load(DEFAULT_GATEWAY_SPEC.read_text())
     data["limits"].update(max_tokens=4, default_max_tokens=2, max_image_side=64,
                           max_image_steps=2, default_image_steps=1, max_images=1,
-                          max_embedding_inputs=4, stream_timeout_s=60)
+                          max_embedding_inputs=4, max_choices=2, stream_timeout_s=60)
     spec = folder / "gateway.yaml"
     spec.write_text(yaml.safe_dump(data))
     proc = GatewayProcess(server.grpc_url, f"sqlite:///{folder / 'fuzz.db'}",

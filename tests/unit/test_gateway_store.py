@@ -1,8 +1,12 @@
-"""The gateway's database on SQLite: migrations at open, keys stored as hashes, item pages."""
+"""The gateway's database: migrations at open, keys stored as hashes, item pages (SQLite);
+listing and revoking keys on SQLite and on a real PostgreSQL."""
 
 from __future__ import annotations
 
 import sqlite3
+
+import pytest
+from support.gateway_fixtures import postgres  # noqa: F401
 
 from uip.gateway.store import Store, hash_key
 
@@ -27,4 +31,31 @@ def test_store_on_sqlite(tmp_path):
     db = sqlite3.connect(tmp_path / "g.db")
     hashes = [r[0] for r in db.execute("select key_hash from api_keys")]
     assert hashes == [hash_key(key)] and key not in hashes
-    assert db.execute("select version_num from alembic_version").fetchone()[0] == "0001"
+    assert db.execute("select version_num from alembic_version").fetchone()[0] == "0002"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'keys.db'}"
+    else:
+        pg = request.getfixturevalue("postgres")
+        pg.reset()
+        url = pg.url
+    s = Store.open(url)
+    yield s
+    s.close()
+
+
+def test_list_and_revoke_keys(store):
+    a_id, a = store.create_key("a", rpm=3)
+    b_id, b = store.create_key("b", tpm=9)
+    listed = store.list_keys()
+    assert [(k.id, k.name, k.rpm, k.tpm, k.revoked_at) for k in listed] == [
+        (a_id, "a", 3, None, None), (b_id, "b", None, 9, None)]
+    assert store.revoke_key(a_id) is True
+    assert store.caller_for(a) is None and store.caller_for(b).key_id == b_id
+    assert store.revoke_key(a_id) is False and store.revoke_key("key_none") is None
+    assert [k.revoked_at is not None for k in store.list_keys()] == [True, False]
+    store.revoke_key(b_id)
+    assert store.has_keys()  # revoking every key does not open the gateway

@@ -60,7 +60,10 @@ def run_gateway_bench(concurrency: str, url: str, model_repository: Path, out: P
         url = server.grpc_url
     gateway, gateway_url = _start_gateway(url, folder)
     try:
-        rows = asyncio.run(compare(url, gateway_url, levels, REQUESTS_PER_STREAM, MAX_TOKENS))
+        rows = asyncio.run(compare(url, gateway_url, levels, REQUESTS_PER_STREAM, MAX_TOKENS,
+                                   gateway_pid=gateway.pid,
+                                   server_pid=server.proc.pid if server and server.proc
+                                   else None))
     finally:
         gateway.terminate()
         gateway.wait(30)

@@ -53,4 +53,6 @@ def serve(triton_grpc: str, host: str = "0.0.0.0", port: int = DEFAULT_PORT,
     import uvicorn
 
     app = create_app(triton_grpc, spec_path, database_url)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # uvloop and httptools (C) rather than asyncio's loop and h11; no access log
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                loop="uvloop", http="httptools")

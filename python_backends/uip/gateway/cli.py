@@ -1,4 +1,4 @@
-"""`uip gateway` (the OpenAI-compatible gateway alone) and `uip keys create`."""
+"""`uip gateway` (the OpenAI-compatible gateway alone) and `uip keys create|list|revoke`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import typer
@@ -51,6 +52,50 @@ def keys_create(
         store.close()
     typer.echo(f"created key {key_id} for {name!r}; it is shown only now:", err=True)
     typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(database_url: str = typer.Option(None, envvar="UIP_DATABASE_URL")) -> None:
+    """The keys made so far (id, name, limits, created, revoked); never the keys themselves."""
+    from uip.gateway.store import Store
+
+    store = Store.open(database_url)
+    try:
+        rows = store.list_keys()
+    finally:
+        store.close()
+    typer.echo("id\tname\trpm\ttpm\tcreated\trevoked")
+    for r in rows:
+        typer.echo("\t".join([r.id, r.name, _limit(r.rpm), _limit(r.tpm), _when(r.created_at),
+                              _when(r.revoked_at) if r.revoked_at else "-"]))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: str = typer.Argument(..., help="the key's id (`uip keys list`), not the key"),
+    database_url: str = typer.Option(None, envvar="UIP_DATABASE_URL"),
+) -> None:
+    """Revoke a key: the gateway refuses it with 401 from its next request on."""
+    from uip.gateway.store import Store
+
+    store = Store.open(database_url)
+    try:
+        done = store.revoke_key(key_id)
+    finally:
+        store.close()
+    if done is None:
+        typer.echo(f"no key has id {key_id!r} (see `uip keys list`)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked key {key_id}" if done else f"key {key_id} was already revoked",
+               err=True)
+
+
+def _limit(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def start_beside(grpc_port: int, port: int) -> subprocess.Popen:

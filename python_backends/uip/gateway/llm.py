@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from uip.clients.llm import grpc_inputs, parameters
 from uip.gateway.errors import ApiError
@@ -17,6 +16,9 @@ from uip.gateway.triton import Triton
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
+SEED_SPACE = 2**64  # llm_bls's seed is a uint64
+
+
 @dataclass
 class GenParams:
     max_tokens: int | None = None
@@ -24,12 +26,15 @@ class GenParams:
     top_p: float | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    n: int = 1  # choices: n generations of the same prompt
 
     @classmethod
     def of(cls, body: Sampling, max_tokens: int | None, limits: Limits,
            param: str = "max_tokens") -> GenParams:
-        if body.n not in (None, 1):
-            raise ApiError(400, "only n=1 is supported", "n", "unsupported_value")
+        n = body.n or 1
+        if n > limits.max_choices:
+            raise ApiError(400, f"n must be <= {limits.max_choices} (limits.max_choices)", "n",
+                           "invalid_value")
         check_max_tokens(max_tokens, limits, param)
         max_tokens = max_tokens or limits.default_max_tokens
         max_stop = limits.max_stop
@@ -38,11 +43,14 @@ class GenParams:
             raise ApiError(400, f"at most {max_stop} stop sequences (limits.max_stop)", "stop")
         if any(not s for s in stop):
             raise ApiError(400, "stop sequences must not be empty", "stop")
-        return cls(max_tokens, body.temperature, body.top_p, body.seed, stop)
+        return cls(max_tokens, body.temperature, body.top_p, body.seed, stop, n)
 
-    def inputs(self) -> dict[str, Any]:
+    def inputs(self, choice: int = 0) -> dict[str, Any]:
+        """llm_bls's inputs for choice `choice`: with a seed, choice i samples with seed + i
+        (mod 2**64), so each choice differs and the whole answer is reproducible."""
+        seed = None if self.seed is None else (self.seed + choice) % SEED_SPACE
         return parameters(max_tokens=self.max_tokens, temperature=self.temperature,
-                          top_p=self.top_p, seed=self.seed, stop_words=self.stop or None,
+                          top_p=self.top_p, seed=seed, stop_words=self.stop or None,
                           return_num_output_tokens=True, stream=True)
 
 
@@ -59,43 +67,19 @@ class Delta:
     completion_tokens: int = 0
 
 
-def _scalar(outputs: dict[str, np.ndarray], name: str) -> Any:
-    value = outputs.get(name)
-    if value is None or value.size == 0:
-        return None
-    item = value.reshape(-1)[0]
-    return item.decode("utf-8", "replace") if isinstance(item, bytes) else item
-
-
 async def generate(triton: Triton, model: str, prompt: str, params: GenParams,
-                   timeout_s: float) -> AsyncIterator[Delta]:
+                   timeout_s: float, choice: int = 0) -> AsyncIterator[Delta]:
     """Deltas of one generation; the last carries the finish reason and the token count."""
-    inputs = grpc_inputs(prompt, params.inputs())
+    inputs = grpc_inputs(prompt, params.inputs(choice))
     tokens = 0
     finish = None
-    async for outputs in triton.stream(model, inputs, timeout_s):
-        n = _scalar(outputs, "num_output_tokens")
-        tokens += int(n or 0)
-        reason = _scalar(outputs, "finish_reason")
-        if reason:
-            finish = FINISH.get(reason, "stop")
-        text = _scalar(outputs, "text_output") or ""
-        if text:
-            yield Delta(text)
+    async with aclosing(triton.stream(model, inputs, timeout_s)) as stream:
+        async for outputs in stream:
+            tokens += outputs.get("num_output_tokens") or 0
+            reason = outputs.get("finish_reason")
+            if reason:
+                finish = FINISH.get(reason, "stop")
+            text = outputs.get("text_output")
+            if text:
+                yield Delta(text)
     yield Delta("", finish or "stop", tokens)
-
-
-@dataclass
-class Completion:
-    text: str
-    finish_reason: str
-    completion_tokens: int
-
-
-async def collect(deltas: AsyncIterator[Delta]) -> Completion:
-    parts: list[str] = []
-    last = Delta()
-    async for d in deltas:
-        parts.append(d.text)
-        last = d
-    return Completion("".join(parts), last.finish_reason or "stop", last.completion_tokens)

@@ -67,6 +67,7 @@ class Limits(_Strict):
     default_max_tokens: int | None = Field(None, ge=1)  # when a request gives none (None:
     # the model's own default)
     max_stop: int = Field(4, ge=0)
+    max_choices: int = Field(8, ge=1)  # n of one chat / completions request
     max_embedding_inputs: int = Field(256, ge=1)
     max_image_side: int = Field(1024, ge=8)
     max_image_steps: int = Field(100, ge=1)

@@ -40,8 +40,22 @@ class Gateway:
         self.store = store
         self.limiter = limiter or Limiter()
         self._writes: set[asyncio.Task] = set()
+        self._watch = asyncio.ensure_future(self._watch_keys()) if store is not None else None
+
+    async def _watch_keys(self) -> None:
+        """While no key exists, ask the database again before the cached "no key" answer
+        expires, so that requests never wait for that query."""
+        while True:
+            try:
+                if await self.store.run(self.store.has_keys):
+                    return
+            except Exception as e:  # noqa: BLE001 - requests ask again themselves
+                log.warning("API keys not checked: %s", e)
+            await asyncio.sleep(self.store.NO_KEYS_TTL_S / 2)
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
         await self.triton.close()
@@ -68,5 +82,7 @@ class Gateway:
             log.error("usage row not written: %s", task.exception())
 
 
-def gateway(request: Request) -> Gateway:
+async def gateway(request: Request) -> Gateway:
+    # async: FastAPI would run a plain `def` dependency in a worker thread, a thread hop on
+    # every request
     return request.app.state.gateway

@@ -74,8 +74,9 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 class Store:
     # `has_keys` is asked on every request: a "no key yet" answer is kept this long, so a key
-    # made by `uip keys create` in another process takes effect within it. Keys are never
-    # deleted here, so "keys exist" is kept for good.
+    # made by `uip keys create` in another process takes effect within it. Keys are revoked,
+    # never deleted (revoking the last key does not open the gateway), so "keys exist" is
+    # kept for good.
     NO_KEYS_TTL_S = 1.0
 
     def __init__(self, engine: Engine):
@@ -135,9 +136,29 @@ class Store:
         return False if time.monotonic() < self._no_keys_until else None
 
     def caller_for(self, key: str) -> Caller | None:
+        """The caller of a valid key; None for an unknown or revoked one (read on every
+        request, uncached: a revoked key is refused from the next request on)."""
         with self.session() as s:
-            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key),
+                                                ApiKey.revoked_at.is_(None)))
         return None if row is None else Caller(row.id, row.name, row.rpm, row.tpm)
+
+    def list_keys(self) -> list[ApiKey]:
+        """Every key made, revoked ones included, oldest first (hashes, never keys)."""
+        with self.session() as s:
+            return list(s.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+    def revoke_key(self, key_id: str) -> bool | None:
+        """Revoke a key by id: True if revoked now, False if it already was, None if no key
+        has that id."""
+        with self.session() as s, s.begin():
+            row = s.get(ApiKey, key_id)
+            if row is None:
+                return None
+            if row.revoked_at is not None:
+                return False
+            row.revoked_at = time.time()
+            return True
 
     # ----------------------------------------------------------------------------- usage
 

@@ -3,10 +3,12 @@ response shapes, streamed (SSE) or not; usage recorded when it ends, even when c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +18,7 @@ from starlette.background import BackgroundTask
 from uip.gateway import sse
 from uip.gateway.chat_template import formatter_for, prompt_of
 from uip.gateway.errors import ApiError
-from uip.gateway.llm import Delta, GenParams, collect, generate
+from uip.gateway.llm import Delta, GenParams, generate
 from uip.gateway.routing import Target, external_json, external_stream, first_available
 from uip.gateway.state import Caller, Gateway
 
@@ -48,17 +50,18 @@ class TextJob:
             out["usage"] = usage
         return out
 
-    def choice(self, text: str | None, finish: str | None, chunk: bool,
+    def choice(self, index: int, text: str | None, finish: str | None, chunk: bool,
                first: bool = False) -> dict[str, Any]:
         if self.kind == "completion":
-            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            return {"index": index, "text": text or "", "logprobs": None,
+                    "finish_reason": finish}
         if not chunk:
-            return {"index": 0, "message": {"role": "assistant", "content": text},
+            return {"index": index, "message": {"role": "assistant", "content": text},
                     "logprobs": None, "finish_reason": finish}
         delta: dict[str, Any] = {"role": "assistant"} if first else {}
         if text is not None:
             delta["content"] = text
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
 
 
 def usage(prompt: int, completion: int) -> dict[str, int]:
@@ -66,14 +69,40 @@ def usage(prompt: int, completion: int) -> dict[str, int]:
             "total_tokens": prompt + completion}
 
 
+class Chunks:
+    """The SSE events of one streamed answer. A text chunk differs from the next only in its
+    text: its JSON is made once per choice around a placeholder, and each token's event is
+    that text's JSON string spliced in (no dict and no full `json.dumps` per token)."""
+
+    _HOLE = "\x00"
+    _HOLE_JSON = json.dumps(_HOLE)
+
+    def __init__(self, job: TextJob, rid: str, created: int):
+        self.job, self.rid, self.created = job, rid, created
+        self._text: dict[int, tuple[str, str]] = {}
+
+    def event(self, choices: list, usage_: dict | None = None) -> str:
+        return sse.event(self.job.envelope(self.rid, self.created, choices, usage_, True))
+
+    def text(self, index: int, text: str) -> str:
+        parts = self._text.get(index)
+        if parts is None:
+            whole = sse.event(self.job.envelope(
+                self.rid, self.created, [self.job.choice(index, self._HOLE, None, True)], None,
+                True))
+            head, tail = whole.split(self._HOLE_JSON)
+            parts = self._text[index] = (head, tail)
+        return parts[0] + json.dumps(text, ensure_ascii=False) + parts[1]
+
+
 @dataclass
 class Opened:
-    """A generation that has started: its first delta is in, so no fallback is needed."""
+    """A generation that has started: each choice's first delta is in, so no fallback is
+    needed any more."""
 
     target: Target
     prompt_tokens: int
-    first: Delta | None = None
-    deltas: AsyncIterator[Delta] | None = None
+    choices: list[AsyncIterator[Delta]] | None = None  # one delta stream per choice
     external: Any = None  # an external JSON answer, or its stream of SSE payloads
 
 
@@ -91,10 +120,67 @@ async def _open(g: Gateway, job: TextJob, target: Target) -> Opened:
     else:
         prompt = job.prompt or ""
         tokens = formatter_for(target.tokenizer).count_tokens(prompt)
-    deltas = generate(g.triton, target.triton, prompt, job.params,
-                      g.spec.limits.stream_timeout_s)
-    first = await anext(deltas)
-    return Opened(target, tokens, first, deltas)
+    timeout = g.spec.limits.stream_timeout_s
+    streams = [generate(g.triton, target.triton, prompt, job.params, timeout, i)
+               for i in range(job.params.n)]
+    firsts = await _first_deltas(streams)
+    return Opened(target, tokens, [_primed(f, s) for f, s in zip(firsts, streams, strict=True)])
+
+
+async def _first_deltas(streams: list[AsyncIterator[Delta]]) -> list[Delta]:
+    """Each stream's first delta; if one fails, the others are cancelled (their Triton
+    requests with them) and its error stands."""
+    if len(streams) == 1:
+        return [await anext(streams[0])]
+    tasks = [asyncio.ensure_future(anext(s)) for s in streams]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _primed(first: Delta, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    yield first
+    async with aclosing(rest):  # closing the chain closes the Triton stream at once
+        async for d in rest:
+            yield d
+
+
+async def _merged(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:
+    """(choice index, delta) of all choices as they come; closing it cancels what still
+    runs. One choice is read directly (the common case: no task, no queue per token)."""
+    if len(streams) == 1:
+        async with aclosing(streams[0]) as only:
+            async for d in only:
+                yield 0, d
+        return
+    queue: asyncio.Queue[tuple[int, Delta | Exception]] = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncIterator[Delta]) -> None:
+        try:
+            async with aclosing(stream):
+                async for d in stream:
+                    queue.put_nowait((i, d))
+        except Exception as e:  # noqa: BLE001 - re-raised by the reader
+            queue.put_nowait((i, e))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        left = len(streams)
+        while left:
+            i, d = await queue.get()
+            if isinstance(d, Exception):
+                raise d
+            if d.finish_reason is not None:
+                left -= 1
+            yield i, d
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def run(g: Gateway, caller: Caller, targets: list[Target], job: TextJob):
@@ -105,53 +191,59 @@ async def run(g: Gateway, caller: Caller, targets: list[Target], job: TextJob):
     if opened.external is not None:
         return _external(g, caller, job, opened)
     if not job.stream:
-        comp = await collect(_chain(opened))
-        use = usage(opened.prompt_tokens, comp.completion_tokens)
-        await g.record_usage(caller, job.model, job.path, use["prompt_tokens"],
-                             use["completion_tokens"])
-        choice = job.choice(job.echo + comp.text, comp.finish_reason, chunk=False)
-        return JSONResponse(job.envelope(rid, created, [choice], use, chunk=False))
+        return await _whole(g, caller, job, opened, rid, created)
     return sse.response(_events(g, caller, job, opened, rid, created))
 
 
-async def _chain(opened: Opened) -> AsyncIterator[Delta]:
-    assert opened.first is not None and opened.deltas is not None
-    yield opened.first
-    async for d in opened.deltas:
-        yield d
+async def _whole(g: Gateway, caller: Caller, job: TextJob, opened: Opened, rid: str,
+                 created: int) -> JSONResponse:
+    assert opened.choices is not None
+    n = len(opened.choices)
+    texts: list[list[str]] = [[job.echo] for _ in range(n)]
+    finish: list[str] = ["stop"] * n
+    completion = 0
+    merged = _merged(opened.choices)
+    try:
+        async for i, d in merged:
+            texts[i].append(d.text)
+            if d.finish_reason is not None:
+                finish[i] = d.finish_reason
+                completion += d.completion_tokens
+    finally:
+        await merged.aclose()
+    use = usage(opened.prompt_tokens, completion)
+    await g.record_usage(caller, job.model, job.path, opened.prompt_tokens, completion)
+    choices = [job.choice(i, "".join(texts[i]), finish[i], chunk=False) for i in range(n)]
+    return JSONResponse(job.envelope(rid, created, choices, use, chunk=False))
 
 
 async def _events(g: Gateway, caller: Caller, job: TextJob, opened: Opened, rid: str,
                   created: int) -> AsyncIterator[str]:
+    """Chunks of each choice (tagged with its index) as its tokens come; each choice's
+    finish reason in a chunk of its own; usage (prompt once, completions summed) last."""
+    assert opened.choices is not None
+    chunks = Chunks(job, rid, created)
+    n = len(opened.choices)
     completion = 0
-    deltas = _chain(opened)
+    merged = _merged(opened.choices)
     try:
-        first = True
         if job.kind == "chat" or job.echo:
             text = "" if job.kind == "chat" else job.echo
-            yield sse.event(job.envelope(rid, created, [job.choice(text, None, True, True)],
-                                         None, chunk=True))
-            first = False
-        async for d in deltas:
+            for i in range(n):
+                yield chunks.event([job.choice(i, text, None, True, first=True)])
+        async for i, d in merged:
+            if d.text:
+                yield chunks.text(i, d.text)
             if d.finish_reason is not None:
-                completion = d.completion_tokens
-                if d.text:
-                    yield sse.event(job.envelope(
-                        rid, created, [job.choice(d.text, None, True, first)], None, True))
-                yield sse.event(job.envelope(
-                    rid, created, [job.choice(None, d.finish_reason, True, first)], None, True))
-                break
-            yield sse.event(job.envelope(rid, created, [job.choice(d.text, None, True, first)],
-                                         None, chunk=True))
-            first = False
-        use = usage(opened.prompt_tokens, completion)
+                completion += d.completion_tokens
+                yield chunks.event([job.choice(i, None, d.finish_reason, True)])
         if job.include_usage:
-            yield sse.event(job.envelope(rid, created, [], use, chunk=True))
+            yield chunks.event([], usage(opened.prompt_tokens, completion))
         yield sse.event("[DONE]")
     except ApiError as e:  # after the headers: OpenAI's SDK raises on an error event
         yield sse.event(e.body())
     finally:
-        await deltas.aclose()
+        await merged.aclose()
         await g.record_usage(caller, job.model, job.path, opened.prompt_tokens, completion)
 
 
