@@ -92,12 +92,27 @@ def test_static_decode_path_equals_generate(llm_tiny_dir, reference, prompts):
                               -(-engine.max_context // engine.block_size), [1, 2, 4, 8],
                               kernel=tpa.reference_paged_decode)
         calls: list[int] = []
+        overlapped: list[int] = []
         run = graphs.run
-        graphs.run = lambda ids, *a: calls.append(len(ids)) or run(ids, *a)  # type: ignore
+
+        def spy(ids, *a, prev=None):
+            calls.append(len(ids))
+            if prev is not None:
+                overlapped.append(len(ids))
+            return run(ids, *a, prev=prev)
+
+        graphs.run = spy  # type: ignore[method-assign]
         engine.graphs = graphs
-        reqs = [GenerationRequest(input_ids=p, max_new_tokens=N) for p in prompts[:7]]
+        # different lengths: sequences finish while the next step is already launched
+        lengths = [N - 3 * (i % 3) for i in range(7)]
+        reqs = [GenerationRequest(input_ids=p, max_new_tokens=n)
+                for p, n in zip(prompts[:7], lengths, strict=True)]
         for i, results in enumerate(run_concurrently(engine, reqs)):
-            assert tokens_of(results) == generate(reference, prompts[i], N), f"prompt {i}"
+            assert tokens_of(results) == generate(reference, prompts[i], N)[:lengths[i]], \
+                f"prompt {i}"
         assert calls and max(calls) == 7  # padded to the bucket of 8
+        # steps launched before the previous step's tokens were read back (token ids taken
+        # from that step's output on the device), after some sequences finished too
+        assert overlapped and min(overlapped) < 7
     finally:
         engine.shutdown()

@@ -51,6 +51,9 @@ class StepMeta:
     # and `decode_mask` is unused
     decode_kernel: Callable[..., torch.Tensor] | None = None
     decode_lens: torch.Tensor | None = None
+    # decode-only steps (CUDA graphs): RoPE and the K/V write in one kernel over (qkv, cos,
+    # sin, positions, slot_mapping, k_cache, v_cache) -> q (triton_paged_attention)
+    rope_kv_kernel: Callable[..., torch.Tensor] | None = None
 
 
 def to_device(data: list, device: torch.device, dtype: torch.dtype = torch.long
@@ -121,9 +124,12 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     return _masked_sdpa(q[:, :, None, :], k, v, meta.decode_mask)[:, :, 0, :]
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-           v_cache: torch.Tensor, meta: StepMeta) -> torch.Tensor:
-    """q: [T, heads, D]; k, v: [T, kv_heads, D] (already written to the cache) -> [T, heads, D]."""
+def attend(q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None,
+           k_cache: torch.Tensor, v_cache: torch.Tensor, meta: StepMeta) -> torch.Tensor:
+    """q: [T, heads, D]; k, v: [T, kv_heads, D] (already written to the cache; only prefill
+    chunks read them) -> [T, heads, D]."""
+    if meta.decode_kernel is not None and not meta.prefills:  # no copy into a fresh `out`
+        return meta.decode_kernel(q, k_cache, v_cache, meta.decode_tables, meta.decode_lens)
     out = torch.empty_like(q)
     if meta.num_decode and meta.decode_kernel is not None:
         out[:meta.num_decode] = meta.decode_kernel(q[:meta.num_decode], k_cache, v_cache,
