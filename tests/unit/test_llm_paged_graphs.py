@@ -177,7 +177,8 @@ def test_overlap_under_preemption_sampling_and_cancel(llm_tiny_dir, reference, p
         assert wait_idle(engine).preemptions > 0
         # cancelled while a step is in flight: the non-streaming final result holds the
         # tokens read back so far, never a placeholder
-        rid = engine.enqueue(GenerationRequest(input_ids=prompts[1], max_new_tokens=64))
+        rid = engine.enqueue(GenerationRequest(input_ids=prompts[1], max_new_tokens=64,
+                                               streaming=False))
         while engine.stats().tokens_generated < 9 * N + len(alone) + 5:
             time.sleep(0.002)
         engine.cancel(rid)

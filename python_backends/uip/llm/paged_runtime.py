@@ -431,9 +431,11 @@ class PagedEngine(Engine):
             self._resolve()  # step N's tokens, while this step runs
         self.scheduler.complete(plan)  # after the placeholders are resolved (block hashes)
         if launched is not None:
-            for req in launched.sampled:
-                req.seq.tokens.append(0)  # placeholder: `_resolve` sets the chosen id
-                req.unresolved = True
+            with self._lock:  # `cancel` reads the tokens of a non-streaming request
+                for req in launched.sampled:
+                    if not req.done:  # finished at step N: its extra token is dropped
+                        req.seq.tokens.append(0)  # placeholder: `_resolve` sets the id
+                        req.unresolved = True
             self._pending = launched
 
     def _choose(self, plan: StepPlan, logits: torch.Tensor) -> _Pending | None:
