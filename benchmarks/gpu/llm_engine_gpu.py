@@ -164,6 +164,47 @@ def kernel_check(shape: str) -> None:
         RES[f"attn_us_b64_ctx_le256_{name}"] = round(st.elapsed_time(en) / 50 * 1000, 1)
     say("attention one layer, b=64:", RES["attn_us_b64_ctx_le256_triton"], "us triton,",
         RES["attn_us_b64_ctx_le256_gather_sdpa"], "us gather+sdpa")
+    for sp in (2, 4, 16):  # split-K (flash-decoding) against the same reference
+        got = tpa.paged_decode(q, kc, vc, tables.cuda(), lens.cuda(), splits=sp)
+        RES[f"kernel_max_abs_err_bf16_splits{sp}"] = e = (got.float() - ref).abs().max().item()
+        assert e < 3e-2, (sp, e)
+    # batch 1 at context 192 (the batch-1 benchmark's mean context): splits 1 vs the default
+    t1, l1 = tables[:1].cuda(), torch.tensor([192]).cuda()
+    for sp in (1, tpa.num_splits(1, kvh, 32 * page, 64)):
+        RES[f"attn_us_b1_ctx192_splits{sp}"] = _time_us(
+            lambda sp=sp: tpa.paged_decode(q[:1], kc, vc, t1, l1, splits=sp))
+    # fused RoPE + K/V write against rope_qkv + index_copy_
+    T = 64
+    qkv = torch.randn(T, (heads + 2 * kvh) * dim, generator=g).bfloat16().cuda()
+    freqs = torch.arange(2048.0)[:, None] * (1.0 / 500000 ** (torch.arange(0, dim, 2) / dim))
+    emb = torch.cat((freqs, freqs), -1)
+    cos, sin = emb.cos().bfloat16().cuda(), emb.sin().bfloat16().cuda()
+    pos = torch.randint(0, 2048, (T,), generator=g).cuda()
+    slots = torch.randperm(nb * page, generator=g)[:T].cuda()
+    k2, v2 = kc.clone(), vc.clone()
+    k1f, v1f = kc.float(), vc.float()
+    qr = tpa.reference_rope_write_kv(qkv.float(), cos.float(), sin.float(), pos, slots,
+                                     k1f, v1f)
+    qg = tpa.rope_write_kv(qkv, cos, sin, pos, slots, k2, v2)
+    RES["rope_kv_max_abs_err_bf16"] = e = max((qg.float() - qr).abs().max().item(),
+                                              (k2.float() - k1f).abs().max().item(),
+                                              (v2.float() - v1f).abs().max().item())
+    say(f"rope+kv kernel vs reference: max abs err {e:.4f}; attention b=1:",
+        {k: v for k, v in RES.items() if k.startswith("attn_us_b1")})
+    assert e < 6e-2, e
+
+
+def _time_us(fn, n: int = 100) -> float:
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    st.record()
+    for _ in range(n):
+        fn()
+    en.record()
+    en.synchronize()
+    return round(st.elapsed_time(en) / n * 1000, 1)
 
 
 def collect(engine, rid: int) -> list[int]:
@@ -204,7 +245,7 @@ def compare(ours: list[list[int]], ref: list[dict]) -> list[dict]:
 
 @section("engine")
 def engine_part(dest: Path, prompts: list[list[int]], deadline: float) -> None:
-    from uip.bench.llm_inprocess import run
+    from uip.bench.llm_inprocess import run, run_one_consumer
     from uip.llm.paged_runtime import PagedEngine, PagedEngineConfig
 
     t = time.time()
@@ -228,15 +269,19 @@ def engine_part(dest: Path, prompts: list[list[int]], deadline: float) -> None:
             say("greedy graphs:", [r["first_divergence"] for r in RES["greedy_graphs"]])
             save_res()
         bench = RES.setdefault("bench", [])
-        for c in (1, 8, 64):
-            run(engine, c, PROMPT, 8, 1, vocab=engine.vocab_size, seed=1)  # warm-up
+        # one consumer thread (await_any, as Triton's llm_engine dispatcher); 64 also with a
+        # thread per client (the earlier measurements' driver)
+        for c, driver in ((1, run_one_consumer), (8, run_one_consumer),
+                          (64, run_one_consumer), (64, run)):
+            driver(engine, c, PROMPT, 8, 1, vocab=engine.vocab_size, seed=1)  # warm-up
             before, steps = dict(engine.step_seconds), engine._steps
-            r = run(engine, c, PROMPT, NEW, 2, vocab=engine.vocab_size)
+            r = driver(engine, c, PROMPT, NEW, 2, vocab=engine.vocab_size)
             n = engine._steps - steps
             phases = {k: round((v - before[k]) / n * 1000, 3) for k, v in
                       engine.step_seconds.items()}
             bench.append({"mode": "graphs+compile" if g else "eager", "steps": n,
-                          "host_ms_per_step": phases, **vars(r)})
+                          "driver": "one consumer" if driver is run_one_consumer
+                          else "thread per client", "host_ms_per_step": phases, **vars(r)})
             say(bench[-1])
             save_res()
         if g is not None:
@@ -323,7 +368,8 @@ def replay_and_profile(engine) -> None:
                 if not us or e.key.startswith(("cudaGraphLaunch", "aten::", "cuda")):
                     continue
                 k = e.key.lower()
-                cat = ("attention (triton)" if "decode_kernel" in k else
+                cat = ("attention (triton)" if "decode_kernel" in k or "combine_kernel" in k
+                       else "rope + kv write (triton)" if "rope_kv_kernel" in k else
                        "fused elementwise (torch.compile)" if k.startswith("triton_") else
                        "gemm" if any(x in k for x in ("gemm", "gemv", "nvjet", "cutlass",
                                                       "sm90", "cublas", "splitk")) else
@@ -339,11 +385,12 @@ def table() -> None:
     bw = RES.get("copy_TBps")
     wb = RES.get("weight_bytes")
     floor = wb / (bw * 1e12) * 1e3 if bw and wb else None
-    print("\n| mode | streams | output tok/s | ITL mean ms | TTFT p50 ms | vs HBM floor |")
-    print("|---|---|---|---|---|---|")
+    print("\n| mode | driver | streams | output tok/s | ITL mean ms | TTFT p50 ms | vs HBM floor |")
+    print("|---|---|---|---|---|---|---|")
     for r in RES.get("bench", []):
         share = (f"{floor / r['itl_mean_ms']:.2f}" if floor and r["concurrency"] == 1 else "")
-        print(f"| {r['mode']} | {r['concurrency']} | {r['output_tokens_per_s']:,.0f} | "
+        print(f"| {r['mode']} | {r.get('driver', '')} | {r['concurrency']} | "
+              f"{r['output_tokens_per_s']:,.0f} | "
               f"{r['itl_mean_ms']} | {r['ttft_p50_ms']} | {share} |")
     if floor:
         print(f"\ncopy {bw:.2f} TB/s; weights read per step {wb / 1e9:.2f} GB -> floor "

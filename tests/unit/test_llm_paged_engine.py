@@ -257,3 +257,22 @@ def test_config_from_spec_parameters():
     assert (cfg.num_blocks, cfg.page_size, cfg.max_batch_tokens) == (100, 16, 64)
     assert (cfg.max_requests_per_batch, cfg.max_waiting_requests) == (8, 32)
     assert cfg.max_context == 1024 and cfg.prefix_caching is False and cfg.device == "cpu"
+
+
+def test_equal_length_prompts_share_one_prefill_attention(model_dir, reference, prompts):
+    """Distinct prompts of one length admitted together: one batched causal SDPA per layer
+    (`paged_attention._fresh_runs`), outputs still equal `generate`."""
+    from uip.llm.paged_attention import Prefill, _fresh_runs
+
+    chunks = [Prefill(0, 20, 20, None), Prefill(20, 20, 20, None), Prefill(40, 7, 7, None),
+              Prefill(47, 20, 40, torch.tensor([0, 1])), Prefill(67, 20, 20, None)]
+    assert [(c.start, n) for c, n in _fresh_runs(chunks)] == [(0, 2), (40, 1), (67, 1)]
+    same = [(prompts[i] * 20)[:20] for i in range(4)]
+    eng = make(model_dir, prefix_caching=False)
+    try:
+        results = run_concurrently(eng, [GenerationRequest(input_ids=p, max_new_tokens=N)
+                                         for p in same])
+        for i, r in enumerate(results):
+            assert tokens_of(r) == generate(reference, same[i], N), f"prompt {i}"
+    finally:
+        eng.shutdown()

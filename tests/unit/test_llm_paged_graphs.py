@@ -1,19 +1,23 @@
 """The static-shape decode path of PagedEngine's CUDA graphs: the reference of the Triton
-paged-decode kernel against the gather reference (CPU), the kernel against its reference
-(GPU only), and the engine's decode-only steps through `DecodeGraphs` (run eagerly on CPU,
-with the reference as the kernel) equal transformers `generate` token for token."""
+paged-decode kernel against the gather reference (CPU), the kernels (split-K decode, fused
+RoPE + K/V write) against their references (GPU only), and the engine's decode-only steps
+through `DecodeGraphs` (run eagerly on CPU, with the references as the kernels), overlapped
+with the previous step's read-back, equal transformers `generate` token for token, also under
+preemption, seeded sampling and cancellation."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
-from engine_contract import N, run_concurrently, tokens_of
-from test_llm_paged_engine import CONFIG, TEXTS, generate
+from engine_contract import N, run, run_concurrently, tokens_of, wait_idle
+from test_llm_paged_engine import CONFIG, TEXTS, generate, make
 
 from uip.core.settings import ModelSettings
 from uip.llm import triton_paged_attention as tpa
 from uip.llm.cuda_graphs import DecodeGraphs, default_buckets
-from uip.llm.engine import GenerationRequest
+from uip.llm.engine import GenerationRequest, SamplingParams
 from uip.llm.paged_attention import build_meta, decode_attention
 from uip.llm.paged_runtime import PagedEngine, PagedEngineConfig
 
@@ -42,14 +46,43 @@ def test_reference_equals_the_gather_path():
     torch.testing.assert_close(tpa.reference_paged_decode(q, kc, vc, padded, lens), expected)
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and tpa.AVAILABLE),
-                    reason="the Triton kernel needs a CUDA GPU")
+ON_GPU = pytest.mark.skipif(not (torch.cuda.is_available() and tpa.AVAILABLE),
+                            reason="the Triton kernels need a CUDA GPU")
+
+
+@ON_GPU
+@pytest.mark.parametrize("splits", [1, 2, 8])
 @pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(8, 2, 32), (32, 8, 128), (4, 4, 64)])
-def test_triton_kernel_equals_reference(heads, kv_heads, dim):
+def test_triton_kernel_equals_reference(heads, kv_heads, dim, splits):
     q, kc, vc, _, padded, lens = _case(torch.bfloat16, "cuda", heads, kv_heads, dim)
     expected = tpa.reference_paged_decode(q.float(), kc.float(), vc.float(), padded, lens)
-    got = tpa.paged_decode(q, kc, vc, padded.int(), lens.int(), block_n=16)
+    got = tpa.paged_decode(q, kc, vc, padded.int(), lens.int(), block_n=16, splits=splits)
     torch.testing.assert_close(got.float(), expected, atol=2e-2, rtol=2e-2)
+
+
+@ON_GPU
+def test_fused_rope_kv_write_equals_reference():
+    g = torch.Generator().manual_seed(1)
+    heads, kv_heads, dim, tokens = 8, 2, 64, 5
+    kc = torch.randn(8, PAGE, kv_heads, dim, generator=g).cuda()
+    vc = torch.randn(8, PAGE, kv_heads, dim, generator=g).cuda()
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=g).cuda()
+    half = torch.randn(64, dim // 2, generator=g)
+    cos, sin = torch.cat([half.cos()] * 2, 1).cuda(), torch.cat([half.sin()] * 2, 1).cuda()
+    positions = torch.tensor([0, 3, 9, 63, 20]).cuda()
+    slots = torch.tensor([0, 17, 40, 127, 100]).cuda()
+    k1, v1, k2, v2 = kc.clone(), vc.clone(), kc.clone(), vc.clone()
+    expected = tpa.reference_rope_write_kv(qkv, cos, sin, positions, slots, k1, v1)
+    got = tpa.rope_write_kv(qkv, cos, sin, positions, slots, k2, v2)
+    for a, b in ((got, expected), (k2, k1), (v2, v1)):
+        torch.testing.assert_close(a, b)
+
+
+def test_num_splits_fill_the_gpu_at_small_batch():
+    assert tpa.num_splits(1, 8, 2048, 64) == 16
+    assert tpa.num_splits(8, 8, 2048, 64) == 4
+    assert tpa.num_splits(64, 8, 2048, 64) == 1
+    assert tpa.num_splits(1, 8, 64, 64) == 1  # one tile of context: nothing to split
 
 
 def test_default_buckets():
@@ -81,23 +114,77 @@ def reference(llm_tiny_dir):
     return AutoModelForCausalLM.from_pretrained(llm_tiny_dir, attn_implementation="sdpa").eval()
 
 
+def _static_graphs(engine: PagedEngine) -> tuple[list[int], list[int]]:
+    """Give an idle engine `DecodeGraphs` run eagerly (buckets 1, 2, 4, 8, reference kernels);
+    returns the rows of every graph step and of those launched before the previous step's
+    tokens were read back (token ids taken from that step's output on the device)."""
+    scratch = engine.blocks.num_blocks
+    engine.cache = engine.runner.allocate_cache(scratch + 1, engine.block_size)
+    graphs = DecodeGraphs(engine.runner, engine.cache, engine.block_size, scratch,
+                          -(-engine.max_context // engine.block_size), [1, 2, 4, 8],
+                          kernel=tpa.reference_paged_decode)
+    calls: list[int] = []
+    overlapped: list[int] = []
+    run_graph = graphs.run
+
+    def spy(ids, *a, prev=None):
+        calls.append(len(ids))
+        if prev is not None:
+            overlapped.append(len(ids))
+        return run_graph(ids, *a, prev=prev)
+
+    graphs.run = spy  # type: ignore[method-assign]
+    engine.graphs = graphs
+    return calls, overlapped
+
+
 def test_static_decode_path_equals_generate(llm_tiny_dir, reference, prompts):
     """Decode-only steps of 1..8 rows padded to buckets 1, 2, 4, 8 (the CUDA-graph inputs,
     eager on CPU); padding writes to a scratch block no sequence owns."""
     engine = PagedEngine(llm_tiny_dir, PagedEngineConfig(**CONFIG.__dict__))
     try:
-        scratch = engine.blocks.num_blocks
-        engine.cache = engine.runner.allocate_cache(scratch + 1, engine.block_size)  # idle yet
-        graphs = DecodeGraphs(engine.runner, engine.cache, engine.block_size, scratch,
-                              -(-engine.max_context // engine.block_size), [1, 2, 4, 8],
-                              kernel=tpa.reference_paged_decode)
-        calls: list[int] = []
-        run = graphs.run
-        graphs.run = lambda ids, *a: calls.append(len(ids)) or run(ids, *a)  # type: ignore
-        engine.graphs = graphs
-        reqs = [GenerationRequest(input_ids=p, max_new_tokens=N) for p in prompts[:7]]
+        calls, overlapped = _static_graphs(engine)
+        # different lengths: sequences finish while the next step is already launched
+        lengths = [N - 3 * (i % 3) for i in range(7)]
+        reqs = [GenerationRequest(input_ids=p, max_new_tokens=n)
+                for p, n in zip(prompts[:7], lengths, strict=True)]
         for i, results in enumerate(run_concurrently(engine, reqs)):
-            assert tokens_of(results) == generate(reference, prompts[i], N), f"prompt {i}"
+            assert tokens_of(results) == generate(reference, prompts[i], N)[:lengths[i]], \
+                f"prompt {i}"
         assert calls and max(calls) == 7  # padded to the bucket of 8
+        # steps launched before the previous step's tokens were read back (token ids taken
+        # from that step's output on the device), after some sequences finished too
+        assert overlapped and min(overlapped) < 7
+    finally:
+        engine.shutdown()
+
+
+def test_overlap_under_preemption_sampling_and_cancel(llm_tiny_dir, reference, prompts):
+    # 14 blocks of 8 tokens: 8 requests need ~ 8 x 4 blocks, so sequences are preempted (with
+    # a placeholder token pending) and recomputed
+    engine = make(llm_tiny_dir, num_blocks=14, page_size=8, max_batch_tokens=64)
+    try:
+        _, overlapped = _static_graphs(engine)
+        sp = SamplingParams(temperature=0.9, top_k=40, seed=7)
+        alone = tokens_of(run(engine, prompts[3], sampling=sp))
+        assert overlapped  # a lone request's decode steps follow each other on the device
+        reqs = [GenerationRequest(input_ids=p, max_new_tokens=N) for p in prompts]
+        reqs.append(GenerationRequest(input_ids=prompts[3], max_new_tokens=N, sampling=sp))
+        results = run_concurrently(engine, reqs)
+        for i in range(8):
+            assert tokens_of(results[i]) == generate(reference, prompts[i], N), f"prompt {i}"
+        assert tokens_of(results[8]) == alone
+        assert wait_idle(engine).preemptions > 0
+        # cancelled while a step is in flight: the non-streaming final result holds the
+        # tokens read back so far, never a placeholder
+        rid = engine.enqueue(GenerationRequest(input_ids=prompts[1], max_new_tokens=64,
+                                               streaming=False))
+        while engine.stats().tokens_generated < 9 * N + len(alone) + 5:
+            time.sleep(0.002)
+        engine.cancel(rid)
+        final = engine.await_responses(rid, timeout=10)[-1]
+        assert final.finish_reason == "cancelled" and len(final.tokens) >= 5
+        assert final.tokens == generate(reference, prompts[1], 64)[:len(final.tokens)]
+        assert wait_idle(engine).kv_blocks_used == 0
     finally:
         engine.shutdown()

@@ -61,6 +61,65 @@ def _one(engine: Engine, prompt: list[int], n: int) -> tuple[float, int, float]:
             return first - start, count, end - first
 
 
+def _summary(concurrency: int, samples: list[tuple[float, int, float]], seconds: float
+             ) -> BenchResult:
+    tokens = sum(s[1] for s in samples)
+    ttfts = sorted(s[0] * 1000 for s in samples)
+    itls = [s[2] * 1000 / (s[1] - 1) for s in samples if s[1] > 1]
+    return BenchResult(
+        concurrency=concurrency,
+        requests=len(samples),
+        output_tokens=tokens,
+        seconds=round(seconds, 3),
+        output_tokens_per_s=round(tokens / seconds, 1),
+        ttft_p50_ms=round(statistics.median(ttfts), 1),
+        ttft_p90_ms=round(ttfts[min(len(ttfts) - 1, int(0.9 * len(ttfts)))], 1),
+        itl_mean_ms=round(statistics.fmean(itls), 2) if itls else 0.0,
+    )
+
+
+def run_one_consumer(engine: Engine, concurrency: int, prompt_tokens: int = 32,
+                     max_new_tokens: int = 128, requests_per_client: int = 2,
+                     vocab: int = 4096, seed: int = 0) -> BenchResult:
+    """The same closed loop driven by one thread through `Engine.await_any` (as Triton's
+    `llm_engine` dispatcher reads the engine), instead of a thread per client."""
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(8, vocab) for _ in range(prompt_tokens)]
+               for _ in range(concurrency * requests_per_client)]
+    live: dict[int, list] = {}  # request id -> [start, first token time, tokens]
+    samples: list[tuple[float, int, float]] = []
+
+    def send(prompt: list[int]) -> None:
+        t = time.perf_counter()
+        rid = engine.enqueue(GenerationRequest(input_ids=prompt, max_new_tokens=max_new_tokens,
+                                               streaming=True))
+        live[rid] = [t, None, 0]
+
+    start = time.perf_counter()
+    queued = list(reversed(prompts))
+    for _ in range(min(concurrency, len(queued))):
+        send(queued.pop())
+    while live:
+        results = engine.await_any(timeout=60)
+        if not results:
+            raise TimeoutError("no result in 60 s")
+        now = time.perf_counter()
+        for r in results:
+            if r.error:
+                raise RuntimeError(r.error)
+            state = live[r.request_id]
+            if r.tokens and state[1] is None:
+                state[1] = now
+            state[2] += len(r.tokens)
+            if r.is_final:
+                del live[r.request_id]
+                first = state[1] or now
+                samples.append((first - state[0], state[2], now - first))
+                if queued:
+                    send(queued.pop())
+    return _summary(concurrency, samples, time.perf_counter() - start)
+
+
 def run(engine: Engine, concurrency: int, prompt_tokens: int = 32, max_new_tokens: int = 128,
         requests_per_client: int = 2, vocab: int = 4096, seed: int = 0) -> BenchResult:
     rng = random.Random(seed)
@@ -88,19 +147,7 @@ def run(engine: Engine, concurrency: int, prompt_tokens: int = 32, max_new_token
     seconds = time.perf_counter() - start
     if errors:
         raise errors[0]
-    tokens = sum(s[1] for s in samples)
-    ttfts = sorted(s[0] * 1000 for s in samples)
-    itls = [s[2] * 1000 / (s[1] - 1) for s in samples if s[1] > 1]
-    return BenchResult(
-        concurrency=concurrency,
-        requests=len(samples),
-        output_tokens=tokens,
-        seconds=round(seconds, 3),
-        output_tokens_per_s=round(tokens / seconds, 1),
-        ttft_p50_ms=round(statistics.median(ttfts), 1),
-        ttft_p90_ms=round(ttfts[min(len(ttfts) - 1, int(0.9 * len(ttfts)))], 1),
-        itl_mean_ms=round(statistics.fmean(itls), 2) if itls else 0.0,
-    )
+    return _summary(concurrency, samples, seconds)
 
 
 def main(argv: list[str] | None = None) -> list[BenchResult]:

@@ -7,7 +7,11 @@ reads one static int64 buffer, a row per sequence:
 
     [token id, position, slot, context length, block 0, block 1, ..., block max_blocks - 1]
 
-filled on the host in pinned memory and sent with one asynchronous copy per step. A step of
+filled on the host in pinned memory (two buffers, used in turn: the engine fills step N+1's
+while step N's copy may still be queued) and sent with one asynchronous copy per step. The
+token ids of a step that follows the previous one without waiting for it come from that
+step's chosen tokens on the device (`run(..., prev=...)`), copied into the buffer's token
+column on the GPU. RoPE and the K/V cache write run as one kernel (`rope_write_kv`). A step of
 n decode rows replays the smallest bucket >= n; rows n.. are padding: token 0 at position 0,
 written to a scratch block that no sequence owns (the cache has one block more than the
 block manager hands out) and attending to that one token only. Attention under the graph is
@@ -25,8 +29,12 @@ from collections.abc import Callable, Sequence
 import torch
 
 from uip.llm.llama import LlamaRunner
-from uip.llm.paged_attention import StepMeta
-from uip.llm.triton_paged_attention import paged_decode
+from uip.llm.paged_attention import StepMeta, to_device
+from uip.llm.triton_paged_attention import (
+    paged_decode,
+    reference_rope_write_kv,
+    rope_write_kv,
+)
 
 log = logging.getLogger("uip.llm.cuda_graphs")
 
@@ -48,19 +56,25 @@ class DecodeGraphs:
     def __init__(self, runner: LlamaRunner, cache: list[tuple[torch.Tensor, torch.Tensor]],
                  block_size: int, scratch_block: int, max_blocks: int,
                  buckets: Sequence[int],
-                 kernel: Callable[..., torch.Tensor] = paged_decode) -> None:
+                 kernel: Callable[..., torch.Tensor] = paged_decode,
+                 rope_kv: Callable[..., torch.Tensor] | None = None) -> None:
         self.runner, self.cache = runner, cache
         self.kernel = kernel
+        # the fused RoPE + K/V write beside the Triton kernel; its torch reference otherwise
+        self.rope_kv = rope_kv or (rope_write_kv if kernel is paged_decode
+                                   else reference_rope_write_kv)
         self.block_size = block_size
         self.max_blocks = max_blocks
         self.buckets = sorted(set(buckets))
         self.max_batch = self.buckets[-1]
         self._pad = torch.tensor([0, 0, scratch_block * block_size, 1]
                                  + [scratch_block] * max_blocks, dtype=torch.long)
-        self._host = self._pad.repeat(self.max_batch, 1)
-        if runner.device.type == "cuda":
-            self._host = self._host.pin_memory()
-        self._dev = self._host.to(runner.device)
+        host = self._pad.repeat(self.max_batch, 1)
+        self._hosts = [host.pin_memory() if runner.device.type == "cuda" else host,
+                       host.clone().pin_memory() if runner.device.type == "cuda"
+                       else host.clone()]
+        self._turn = 0
+        self._dev = host.to(runner.device)
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._logits: dict[int, torch.Tensor] = {}
         self.capture_s = 0.0
@@ -70,7 +84,8 @@ class DecodeGraphs:
         buf = self._dev[:b]
         return StepMeta(slot_mapping=buf[:, 2], num_decode=b,
                         decode_tables=buf[:, _META_COLS:], decode_mask=None, prefills=[],
-                        decode_kernel=self.kernel, decode_lens=buf[:, 3])
+                        decode_kernel=self.kernel, decode_lens=buf[:, 3],
+                        rope_kv_kernel=self.rope_kv)
 
     def _forward(self, b: int) -> torch.Tensor:
         buf = self._dev[:b]
@@ -106,23 +121,32 @@ class DecodeGraphs:
         return next(b for b in self.buckets if b >= n)
 
     def run(self, ids: list[int], positions: list[int], slots: list[int],
-            tables: list[list[int]], lens: list[int]) -> torch.Tensor:
+            tables: list[list[int]], lens: list[int],
+            prev: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
         """n decode rows (n <= max_batch) -> logits [n, vocab] (a view of the graph's output,
-        valid until the next `run`)."""
+        valid until the next `run`). `prev` = (tokens on the device, source row of each row):
+        the rows' token ids are taken from there on the GPU (`ids` is ignored then)."""
         n = len(ids)
         b = self.bucket(n)
         bs = self.block_size
         used = [-(-length // bs) for length in lens]
         width = max(used)
         scratch = int(self._pad[_META_COLS])
-        host = self._host
-        # the previous step's copy out of `host` is done: its tokens were read back since
+        # the copy out of this buffer two steps ago is done: that step's tokens were read back
+        host = self._hosts[self._turn]
+        self._turn ^= 1
         host[:n, :_META_COLS] = torch.tensor([ids, positions, slots, lens]).T
         host[:n, _META_COLS:_META_COLS + width] = torch.tensor(
             [t[:u] + [scratch] * (width - u) for t, u in zip(tables, used, strict=True)])
         if b > n:
             host[n:b] = self._pad
         self._dev[:b].copy_(host[:b], non_blocking=True)
+        if prev is not None:
+            tokens, src = prev
+            if src == list(range(n)):
+                self._dev[:n, 0].copy_(tokens[:n])
+            else:
+                self._dev[:n, 0] = tokens[to_device(src, tokens.device)]
         graph = self._graphs.get(b)
         if graph is None:  # not captured (CPU tests): the same static-shape step, eagerly
             return self._forward(b)[:n]

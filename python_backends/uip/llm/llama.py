@@ -254,9 +254,14 @@ class LlamaRunner:
         x = ops.rms_norm(h, self.layers[0].ln_in, s.eps)
         for i, (layer, (k_cache, v_cache)) in enumerate(zip(self.layers, cache, strict=True)):
             qkv = F.linear(x, layer.qkv, layer.qkv_bias)
-            q, k, v = ops.rope_qkv(qkv, self.cos, self.sin, positions, s.heads, s.kv_heads,
-                                   s.head_dim)
-            write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+            if meta.rope_kv_kernel is not None:  # decode only: k, v go straight to the cache
+                q = meta.rope_kv_kernel(qkv, self.cos, self.sin, positions, meta.slot_mapping,
+                                        k_cache, v_cache)
+                k = v = None
+            else:
+                q, k, v = ops.rope_qkv(qkv, self.cos, self.sin, positions, s.heads,
+                                       s.kv_heads, s.head_dim)
+                write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
             o = attend(q, k, v, k_cache, v_cache, meta)
             h, x = ops.add_rms_norm(h, F.linear(o.reshape(-1, s.heads * s.head_dim), layer.o,
                                                 layer.o_bias), layer.ln_post, s.eps)

@@ -9,7 +9,8 @@ layer writes the new tokens' K/V to their slots (`write_kv`) and then attends (`
   (`gather_kv`, padded to the longest table and masked) and run one batched SDPA:
   `decode_attention` is the function a GPU paged-attention kernel replaces;
 - a prefill chunk attends causally over its cached prefix plus itself; a chunk with no prefix
-  uses its own fresh K/V (no gather).
+  uses its own fresh K/V (no gather), and back-to-back chunks of one length without a prefix
+  (a burst of new prompts) share one batched SDPA call.
 
 `StepMeta` is built once per step and shared by all layers; the decode-only steps on a GPU
 run a captured CUDA graph instead (cuda_graphs.py) whose `StepMeta` views static buffers and
@@ -51,6 +52,9 @@ class StepMeta:
     # and `decode_mask` is unused
     decode_kernel: Callable[..., torch.Tensor] | None = None
     decode_lens: torch.Tensor | None = None
+    # decode-only steps (CUDA graphs): RoPE and the K/V write in one kernel over (qkv, cos,
+    # sin, positions, slot_mapping, k_cache, v_cache) -> q (triton_paged_attention)
+    rope_kv_kernel: Callable[..., torch.Tensor] | None = None
 
 
 def to_device(data: list, device: torch.device, dtype: torch.dtype = torch.long
@@ -121,28 +125,50 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     return _masked_sdpa(q[:, :, None, :], k, v, meta.decode_mask)[:, :, 0, :]
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-           v_cache: torch.Tensor, meta: StepMeta) -> torch.Tensor:
-    """q: [T, heads, D]; k, v: [T, kv_heads, D] (already written to the cache) -> [T, heads, D]."""
+def _fresh_runs(prefills: list[Prefill]) -> list[tuple[Prefill, int]]:
+    """Prefill chunks without a cached prefix, grouped into runs of consecutive chunks of one
+    length that lie back to back in the flat batch: (first chunk, chunks in the run)."""
+    runs: list[tuple[Prefill, int]] = []
+    for p in prefills:
+        if p.blocks is not None:
+            continue
+        if runs:
+            first, n = runs[-1]
+            if first.length == p.length and p.start == first.start + n * first.length:
+                runs[-1] = (first, n + 1)
+                continue
+        runs.append((p, 1))
+    return runs
+
+
+def attend(q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None,
+           k_cache: torch.Tensor, v_cache: torch.Tensor, meta: StepMeta) -> torch.Tensor:
+    """q: [T, heads, D]; k, v: [T, kv_heads, D] (already written to the cache; only prefill
+    chunks read them) -> [T, heads, D]."""
+    if meta.decode_kernel is not None and not meta.prefills:  # no copy into a fresh `out`
+        return meta.decode_kernel(q, k_cache, v_cache, meta.decode_tables, meta.decode_lens)
     out = torch.empty_like(q)
     if meta.num_decode and meta.decode_kernel is not None:
         out[:meta.num_decode] = meta.decode_kernel(q[:meta.num_decode], k_cache, v_cache,
                                                    meta.decode_tables, meta.decode_lens)
     elif meta.num_decode:
         out[:meta.num_decode] = decode_attention(q[:meta.num_decode], k_cache, v_cache, meta)
+    for first, n in _fresh_runs(meta.prefills):  # one causal SDPA per run of equal chunks
+        start, length = first.start, first.length
+        span = slice(start, start + n * length)
+        qs, ks, vs = (x[span].view(n, length, *x.shape[1:]).transpose(1, 2) for x in (q, k, v))
+        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
+        out[span] = o.transpose(1, 2).reshape(n * length, *q.shape[1:])
     for p in meta.prefills:
+        if p.blocks is None:  # done above
+            continue
         qs = q[p.start:p.start + p.length].transpose(0, 1)[None]  # [1, heads, n, D]
-        if p.blocks is None:
-            ks = k[p.start:p.start + p.length].transpose(0, 1)[None]
-            vs = v[p.start:p.start + p.length].transpose(0, 1)[None]
-            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
-        else:
-            ks = gather_kv(k_cache, p.blocks)[:p.context].transpose(0, 1)[None]
-            vs = gather_kv(v_cache, p.blocks)[:p.context].transpose(0, 1)[None]
-            # query i sits at position context - length + i: keys up to there
-            offset = p.context - p.length
-            mask = (torch.arange(p.context, device=q.device)[None, :]
-                    <= torch.arange(p.length, device=q.device)[:, None] + offset)
-            o = _masked_sdpa(qs, ks, vs, mask)
+        ks = gather_kv(k_cache, p.blocks)[:p.context].transpose(0, 1)[None]
+        vs = gather_kv(v_cache, p.blocks)[:p.context].transpose(0, 1)[None]
+        # query i sits at position context - length + i: keys up to there
+        offset = p.context - p.length
+        mask = (torch.arange(p.context, device=q.device)[None, :]
+                <= torch.arange(p.length, device=q.device)[:, None] + offset)
+        o = _masked_sdpa(qs, ks, vs, mask)
         out[p.start:p.start + p.length] = o[0].transpose(0, 1)
     return out

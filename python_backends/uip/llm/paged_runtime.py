@@ -15,8 +15,16 @@ engine thread before each token and returns a bool tensor [vocab] of allowed tok
 CUDA graphs (GPU, spec parameter `cuda_graphs`, default on): decode-only steps replay a graph
 captured at start-up for their batch-size bucket (cuda_graphs.py); steps with prefill chunks
 run eagerly. Spec parameter `torch_compile` (GPU, default on): each layer's elementwise ops
-(norms, residual adds, RoPE, SiLU) run as kernels fused by torch.compile (llama.py). On CPU
-nothing changes.
+(norms, residual adds, SiLU) run as kernels fused by torch.compile (llama.py); in the graphs
+RoPE and the K/V cache write are one Triton kernel. On CPU nothing changes.
+
+Overlap: a step's tokens are chosen on the device and copied back asynchronously. While only
+decode-only graph steps run (nothing waiting, no bad words, no logits mask), step N+1 is
+planned and launched before step N's tokens are read back: each sequence gets a placeholder
+token whose id step N+1 takes from step N's output on the GPU; then step N's tokens replace
+the placeholders and are delivered while step N+1 runs. A sequence that finished at step N
+computed one token too many in step N+1, into a slot of its own unhashed last block: dropped.
+Otherwise step N's tokens are read back before the next step is planned.
 
 Admission: at most `max_requests_per_batch` sequences run at once; at most
 `max_waiting_requests` wait, beyond which `enqueue` raises `EngineOverloaded`.
@@ -49,7 +57,7 @@ from uip.llm.engine import (
 from uip.llm.kv_blocks import BlockManager
 from uip.llm.llama import LlamaRunner, eos_ids
 from uip.llm.paged_attention import build_meta, to_device
-from uip.llm.paged_sampling import LogitsMask, Row, choose, new_generator
+from uip.llm.paged_sampling import LogitsMask, Row, choose_on_device, new_generator
 from uip.llm.scheduler import Scheduler, Sequence, StepPlan
 
 if TYPE_CHECKING:
@@ -112,6 +120,17 @@ class _Request:
     logits_mask: LogitsMask | None = None
     results: queue.Queue = field(default_factory=queue.Queue)
     done: bool = False
+    unresolved: bool = False  # seq.tokens ends with a placeholder (see Overlap above)
+
+    @property
+    def generated(self) -> list[int]:
+        out = self.seq.generated
+        return out[:-1] if self.unresolved else out
+
+    @property
+    def needs_host_tokens(self) -> bool:
+        """Its next token's choice reads the tokens so far on the host: no overlap."""
+        return self.logits_mask is not None or bool(self.row.bad_words)
 
     def finish_reason(self, token: int) -> FinishReason | None:
         generated = self.seq.generated
@@ -122,6 +141,16 @@ class _Request:
         if len(generated) >= self.request.max_new_tokens:
             return "length"
         return None
+
+
+@dataclass
+class _Pending:
+    """A launched step whose chosen tokens are still on their way to the host."""
+
+    sampled: list[_Request]  # the rows that choose a token, in order
+    tokens: torch.Tensor  # [len(sampled)] on the device
+    host: torch.Tensor  # the same, copied asynchronously (pinned)
+    event: torch.cuda.Event | None  # recorded after the copy (GPU only)
 
 
 class PagedEngine(Engine):
@@ -154,6 +183,7 @@ class PagedEngine(Engine):
         self._incoming: list[_Request] = []
         self._cancelled: list[_Request] = []
         self._stopping = False
+        self._pending: _Pending | None = None  # the launched step whose tokens are not read
         self._failed: str | None = None
         self._tokens_generated = 0
         self._steps = 0
@@ -318,6 +348,8 @@ class PagedEngine(Engine):
                 while self._absorb():
                     if self.scheduler.has_work():
                         self._step()
+                    elif self._pending is not None:
+                        self._resolve()
         except Exception as e:  # noqa: BLE001 - report to every waiting client
             log.exception("the paged engine loop failed")
             self._fail_all(f"the generation loop stopped: {type(e).__name__}: {e}")
@@ -326,7 +358,7 @@ class PagedEngine(Engine):
         """Take new requests and cancels; wait while idle. False once stopping."""
         with self._lock:
             while not (self._incoming or self._cancelled or self._stopping
-                       or self.scheduler.has_work()):
+                       or self.scheduler.has_work() or self._pending is not None):
                 self._lock.wait(timeout=0.5)
             if self._stopping:
                 return False
@@ -339,13 +371,32 @@ class PagedEngine(Engine):
             self._incoming.clear()
             return True
 
+    def _can_overlap(self) -> bool:
+        """The next step may be planned before the pending step's tokens are read back."""
+        sched = self.scheduler
+        return (self.graphs is not None and not sched.waiting
+                and len(sched.running) <= self.graphs.max_batch
+                and not any(seq.owner.needs_host_tokens for seq in sched.running))
+
     def _step(self) -> None:
         t0 = time.perf_counter()
+        resolved = self._pending is not None and not self._can_overlap()
+        if resolved:
+            self._resolve()  # delivers: sequences may have finished
         plan = self.scheduler.schedule()
-        if not plan.chunks:  # cannot happen for validated requests; never spin hot
-            time.sleep(0.001)
+        pending = self._pending
+        if pending is not None:
+            rows = {id(req): i for i, req in enumerate(pending.sampled)}
+            src = [rows.get(id(c.seq.owner), -1) for c in plan.chunks]
+            if -1 in src or not all(c.is_decode for c in plan.chunks):
+                self._resolve()  # not a step that can follow on the device: the usual way
+                plan.chunks = [c for c in plan.chunks if not c.seq.owner.done]
+                pending, resolved = None, True
+        if not plan.chunks:  # the last ones just finished; else never spin hot
+            if not resolved:
+                time.sleep(0.001)
             return
-        ids, positions, slots, rows = [], [], [], []
+        ids, positions, slots, rows_out = [], [], [], []
         decode_tables, decode_lens, prefills = [], [], []
         bs = self.block_size
         for c in plan.chunks:
@@ -360,44 +411,76 @@ class PagedEngine(Engine):
             positions += span
             slots += [table[p // bs] * bs + p % bs for p in span]
             if c.samples:
-                rows.append(len(ids) - 1)
+                rows_out.append(len(ids) - 1)
         t1 = time.perf_counter()
         self.step_seconds["prepare"] += t1 - t0
-        if self.graphs is not None and not prefills and len(ids) <= self.graphs.max_batch:
+        if pending is not None:
+            logits = self.graphs.run(ids, positions, slots, decode_tables, decode_lens,
+                                     prev=(pending.tokens, src))
+        elif self.graphs is not None and not prefills and len(ids) <= self.graphs.max_batch:
             logits = self.graphs.run(ids, positions, slots, decode_tables, decode_lens)
         else:
             dev = self.runner.device
             meta = build_meta(slots, decode_tables, decode_lens, prefills, bs, dev)
             logits = self.runner.forward(to_device(ids, dev), to_device(positions, dev), meta,
-                                         self.cache, to_device(rows, dev))
-        self.scheduler.complete(plan)
+                                         self.cache, to_device(rows_out, dev))
         self._steps += 1
+        launched = self._choose(plan, logits)
         self.step_seconds["launch"] += time.perf_counter() - t1
-        self._deliver(plan, logits)
+        if pending is not None:
+            self._resolve()  # step N's tokens, while this step runs
+        self.scheduler.complete(plan)  # after the placeholders are resolved (block hashes)
+        if launched is not None:
+            with self._lock:  # `cancel` reads the tokens of a non-streaming request
+                for req in launched.sampled:
+                    if not req.done:  # finished at step N: its extra token is dropped
+                        req.seq.tokens.append(0)  # placeholder: `_resolve` sets the id
+                        req.unresolved = True
+            self._pending = launched
 
-    def _deliver(self, plan: StepPlan, logits: torch.Tensor) -> None:
+    def _choose(self, plan: StepPlan, logits: torch.Tensor) -> _Pending | None:
+        """Queue the token choice of the plan's sampling rows and its copy to the host."""
         rows, sampled = [], []
         for i, req in enumerate(c.seq.owner for c in plan.chunks if c.samples):
             if req.logits_mask is not None and not req.done:
                 try:
-                    req.row.allowed = req.logits_mask(req.seq.generated)
+                    req.row.allowed = req.logits_mask(req.generated)
                 except Exception as e:  # noqa: BLE001 - the request fails, not the engine
                     log.exception("logits mask of request %s failed", req.id)
                     self._fail(req, f"the logits mask failed: {type(e).__name__}: {e}")
                     continue
             rows.append(i)
             sampled.append(req)
+        if not sampled:
+            return None
         if len(rows) < logits.shape[0]:
             logits = logits[rows]
+        tokens = choose_on_device(logits, [req.row for req in sampled])
+        event = None
+        if tokens.is_cuda:
+            host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            host.copy_(tokens, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host = tokens
+        return _Pending(sampled, tokens, host, event)
+
+    def _resolve(self) -> None:
+        """Read the pending step's tokens back and deliver them."""
+        p, self._pending = self._pending, None
         t0 = time.perf_counter()
-        tokens = choose(logits, [req.row for req in sampled]) if sampled else []
+        if p.event is not None:
+            p.event.synchronize()
+        tokens = p.host.tolist()
         t1 = time.perf_counter()
         self.step_seconds["choose"] += t1 - t0
         with self._lock:
-            for req, token in zip(sampled, tokens, strict=True):
+            for req, token in zip(p.sampled, tokens, strict=True):
                 if req.done:  # cancelled during the step: removed on the next one
                     continue
-                req.seq.tokens.append(token)
+                req.seq.tokens[-1] = token
+                req.unresolved = False
                 self._tokens_generated += 1
                 reason = req.finish_reason(token)
                 if reason is not None:
@@ -412,7 +495,7 @@ class PagedEngine(Engine):
                 error: str | None = None) -> None:
         """Deliver the final result (lock held)."""
         req.done = True
-        tokens = new_tokens if req.request.streaming else req.seq.generated
+        tokens = new_tokens if req.request.streaming else req.generated
         req.results.put(GenerationResult(req.id, tokens, is_final=True, finish_reason=reason,
                                          error=error))
         self._delivered.set()

@@ -6,7 +6,8 @@ hook), then greedy argmax or temperature / top-k / top-p sampling. A sampled row
 uniform number from its request's own `torch.Generator` (CPU, seeded from the request's seed)
 and inverts the filtered distribution's CDF on the device, so a seed gives the same tokens
 whatever else is in the batch and whatever the batch order. One host copy per step (the
-chosen ids); what goes to the device goes from pinned memory, without a sync.
+chosen ids, `choose`; or queued without a sync, `choose_on_device`); what goes to the device
+goes from pinned memory, without a sync.
 """
 
 from __future__ import annotations
@@ -68,7 +69,13 @@ def _filtered_sample(logits: torch.Tensor, params: list[SamplingParams],
 
 
 def choose(logits: torch.Tensor, rows: list[Row]) -> list[int]:
-    """logits [R, vocab] float32 (modified in place) -> R token ids."""
+    """logits [R, vocab] float32 (modified in place) -> R token ids (one host sync)."""
+    return choose_on_device(logits, rows).tolist()
+
+
+def choose_on_device(logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
+    """`choose` without the host copy: the R token ids [R] on the logits' device, queued
+    behind the step that computes the logits (no sync)."""
     ban_rows: list[int] = []
     ban_cols: list[int] = []
     for i, row in enumerate(rows):
@@ -88,4 +95,4 @@ def choose(logits: torch.Tensor, rows: list[Row]) -> list[int]:
                               for i in sampled])
         idx = to_device(sampled, logits.device)
         out[idx] = _filtered_sample(logits[idx], [rows[i].sampling for i in sampled], uniforms)
-    return out.tolist()
+    return out
