@@ -54,7 +54,9 @@ def serve(
         if world_size is None:
             typer.echo(single_command_text(model_repository, ports, list(ctx.args)))
             raise typer.Exit(0)
-        before = (lambda: _prepare_artifacts(model_repository, build_artifacts))
+        def before() -> None:
+            _prepare_artifacts(model_repository, build_artifacts)
+
         raise typer.Exit(serve_multi_gpu(world_size, model_repository, ports, dry_run,
                                          list(ctx.args), before_start=before))
     _prepare_artifacts(model_repository, build_artifacts)

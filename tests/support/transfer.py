@@ -49,10 +49,13 @@ def restore_byte(path: Path, offset: int, old: bytes) -> None:
 
 
 class MotoServer:
-    """moto's standalone S3 server (the `moto[server]` package), one per test module."""
+    """moto's standalone S3 server (the `moto[server]` package), one per test module. Its
+    recorder (moto-api/recorder) logs the requests it serves, between record() and
+    requests(), to a file of its own: the tests count ranged GETs there."""
 
-    def __init__(self) -> None:
+    def __init__(self, workdir: Path) -> None:
         self.port = free_port()
+        self.recording = workdir / "moto-recording.jsonl"
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -61,7 +64,8 @@ class MotoServer:
 
     def start(self) -> MotoServer:
         exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or "moto_server"
-        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)],
+        env = {**os.environ, "MOTO_RECORDER_FILEPATH": str(self.recording)}
+        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while not port_in_use(self.port):
@@ -70,6 +74,29 @@ class MotoServer:
                 raise RuntimeError("moto_server did not start")
             time.sleep(0.1)
         return self
+
+    def _api(self, action: str) -> None:
+        import httpx
+
+        httpx.post(f"{self.url}/moto-api/recorder/{action}", timeout=30).raise_for_status()
+
+    def record(self) -> None:
+        """Start logging requests afresh."""
+        self._api("reset-recording")
+        self._api("start-recording")
+
+    def requests(self) -> list[tuple[str, str, str]]:
+        """(method, path, Range header) of each request since record(); stops recording."""
+        import json
+        from urllib.parse import urlparse
+
+        self._api("stop-recording")
+        out = []
+        for line in self.recording.read_text().splitlines():
+            entry = json.loads(line)
+            headers = {k.lower(): v for k, v in entry["headers"].items()}
+            out.append((entry["method"], urlparse(entry["url"]).path, headers.get("range", "")))
+        return out
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

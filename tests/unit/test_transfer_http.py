@@ -37,17 +37,27 @@ def work(tmp_path_factory) -> Path:
 def nginx(work):
     served = work / "served"
     served.mkdir()
-    with Nginx(served, limit_rate="8m") as server:
+    with Nginx(served, limit_rate="16m") as server:
         yield server
+
+
+def _pushed(work: Path, nginx: Nginx, name: str, size: int) -> tuple[Path, str]:
+    src = work / f"{name}-src"
+    make_folder(src, size)
+    push(src, f"{nginx.url}/{name}", QUIET)
+    return src, f"{nginx.url}/{name}"
 
 
 @pytest.fixture(scope="module")
 def pushed(work, nginx) -> tuple[Path, str]:
     """A SIZE folder pushed by WebDAV PUT to /rt: (source folder, URL)."""
-    src = work / "src"
-    make_folder(src, SIZE)
-    push(src, f"{nginx.url}/rt", QUIET)
-    return src, f"{nginx.url}/rt"
+    return _pushed(work, nginx, "rt", SIZE)
+
+
+@pytest.fixture(scope="module")
+def small(work, nginx) -> tuple[Path, str]:
+    """A 3-part folder (3 small files and a 24 MiB one) at /small."""
+    return _pushed(work, nginx, "small", 3 * PART)
 
 
 def _gets(nginx: Nginx, path: str) -> list[str]:
@@ -76,9 +86,10 @@ def test_round_trip_sha256_equal(work, nginx, pushed):
 
 
 def test_interrupted_pull_fetches_only_the_rest(work, nginx, pushed):
-    """Kill a `uip artifacts pull` half way through (SIGKILL), then pull again: only the parts
-    the sidecar does not record are fetched, plus one whose bytes on disk were damaged."""
-    src, _ = pushed
+    """Kill a `uip artifacts pull` (through the throttled /slow/) half way through (SIGKILL),
+    then pull again (same folder, unthrottled): only the parts the sidecar does not record are
+    fetched, plus one whose bytes on disk were damaged."""
+    src, fast_url = pushed
     url = f"{nginx.slow_url}/rt"
     dest = work / "killed"
     manifest = Manifest.from_json((nginx.root / "rt" / MANIFEST_NAME).read_bytes(), url)
@@ -106,24 +117,25 @@ def test_interrupted_pull_fetches_only_the_rest(work, nginx, pushed):
     damaged = min(done[BIG])  # a recorded part whose bytes are no longer right
     flip_byte(staging_path(dest) / BIG, part_range(SIZE, PART, damaged)[0] + 5)
     nginx.clear_log()
-    r = pull(url, dest, QUIET)
+    r = pull(fast_url, dest, QUIET)
     big = next(f for f in manifest.files if f.path == BIG)
     expected = {range_header(*part_range(big.size, PART, i))
                 for i in range(len(big.parts)) if i not in done[BIG] or i == damaged}
-    fetched = _gets(nginx, f"/slow/rt/{BIG}")
+    fetched = _gets(nginx, f"/rt/{BIG}")
     assert sorted(fetched) == sorted(expected)
     assert r.fetched_parts == total - sum(map(len, done.values())) + 1
     assert digests(dest) == digests(src)
 
 
-def test_corrupted_part_on_the_server_is_refetched(work, nginx, pushed):
+def test_corrupted_part_on_the_server_is_refetched(work, nginx, small):
     """Flip a byte of one part on the server: the part fails its sha256, a warning is raised and
     the part fetched again (the server's file is repaired before the retry); nothing else is
     fetched twice and the pulled folder matches."""
-    src, url = pushed
-    served = nginx.root / "rt" / BIG
-    bad = 3
-    offset = part_range(SIZE, PART, bad)[0] + 100
+    src, url = small
+    served = nginx.root / "small" / BIG
+    bad = 1
+    size = served.stat().st_size
+    offset = part_range(size, PART, bad)[0] + 100
     old = flip_byte(served, offset)
     retries = []
 
@@ -140,15 +152,15 @@ def test_corrupted_part_on_the_server_is_refetched(work, nginx, pushed):
         restore_byte(served, offset, old)
     assert len(retries) == 1 and f"part {bad + 1}/" in retries[0][0]
     assert "sha256" in retries[0][1]
-    fetched = _gets(nginx, f"/rt/{BIG}")
-    bad_range = range_header(*part_range(SIZE, PART, bad))
+    fetched = _gets(nginx, f"/small/{BIG}")
+    bad_range = range_header(*part_range(size, PART, bad))
     assert fetched.count(bad_range) == 2 and len(fetched) == len(set(fetched)) + 1
     assert digests(dest) == digests(src)
 
 
-def test_persistent_corruption_is_reported_and_never_placed(work, nginx, pushed):
-    _, url = pushed
-    served = nginx.root / "rt" / "small-0.json"
+def test_persistent_corruption_is_reported_and_never_placed(work, nginx, small):
+    _, url = small
+    served = nginx.root / "small" / "small-0.json"
     old = flip_byte(served, 10)
     dest = work / "never"
     try:
@@ -160,7 +172,7 @@ def test_persistent_corruption_is_reported_and_never_placed(work, nginx, pushed)
     assert not dest.exists()
 
 
-def test_serve_pulls_a_spec_url_artifact_once(work, nginx, monkeypatch):
+def test_serve_pulls_a_spec_url_artifact_once(work, nginx, small, monkeypatch):
     """A spec naming its artifact by URL: `uip serve`'s preparation pulls it into the artifacts
     cache, where the model's settings find and verify it; a second start fetches nothing."""
     from uip.cli import _prepare_artifacts
@@ -169,10 +181,7 @@ def test_serve_pulls_a_spec_url_artifact_once(work, nginx, monkeypatch):
     from uip.repo.render import build_repository
     from uip.spec.schema import load_specs
 
-    art = work / "emb-src"
-    make_folder(art, 3 * MiB, small_files=1)
-    url = f"{nginx.url}/models/emb"
-    push(art, url, QUIET)
+    art, url = small
     sha = digests(art)[BIG]
     specs = work / "specs"
     specs.mkdir()
@@ -194,7 +203,7 @@ models:
     cached = url_cache_path(url)
     assert cached.parent == work / "artifacts" / "url-cache"
     assert digests(cached) == digests(art)
-    assert {line.path for line in nginx.log()} >= {f"/models/emb/{BIG}"}
+    assert {line.path for line in nginx.log()} >= {f"/small/{BIG}"}
     config = {"name": "emb", "parameters": {"artifact": {"string_value": url},
                                             f"artifact.sha256.{BIG}": {"string_value": sha}}}
     assert ModelSettings.from_config(config).artifact_dir() == cached

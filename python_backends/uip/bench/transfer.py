@@ -16,19 +16,20 @@ MiB = 1024 * 1024
 
 def make_folder(folder: Path, total_bytes: int, small_files: int = 3) -> dict[str, int]:
     """A folder like a model's: a few small files (config, tokenizer) and one large file
-    holding the rest; random bytes (os.urandom, 8 MiB at a time). Returns path -> size."""
+    holding the rest. Random bytes, made fast: one random MiB repeated, each copy starting with
+    its own index, so no two MiB blocks are equal (a misplaced part fails its sha256).
+    Returns path -> size."""
     folder.mkdir(parents=True, exist_ok=True)
     sizes = {f"small-{i}.json": 1000 * (i + 1) for i in range(small_files)}
     sizes["weights/model.safetensors"] = max(0, total_bytes - sum(sizes.values()))
+    block = os.urandom(MiB)
     for rel, size in sizes.items():
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
-            left = size
-            while left:
-                n = min(8 * MiB, left)
-                f.write(os.urandom(n))
-                left -= n
+            for index, offset in enumerate(range(0, size, MiB)):
+                n = min(MiB, size - offset)
+                f.write((index.to_bytes(8, "little") + block[8:])[:n])
     return sizes
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
-
 from urllib.parse import urlparse
 
 import yaml

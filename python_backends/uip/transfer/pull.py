@@ -160,7 +160,7 @@ def _verify_files(staging: Path, manifest: Manifest, sidecar: Sidecar,
     """Whole-file sha256 of every file before the folder can be used."""
     with ThreadPoolExecutor(min(4, options.parallel)) as pool:
         sums = list(pool.map(lambda f: sha256_file(staging / f.path), manifest.files))
-    for f, got in zip(manifest.files, sums):
+    for f, got in zip(manifest.files, sums, strict=True):
         if got != f.sha256:
             sidecar.done.pop(f.path, None)
             sidecar.save()

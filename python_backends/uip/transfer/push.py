@@ -70,7 +70,8 @@ def push(folder: Path, url: str, options: TransferOptions | None = None) -> Push
             mp, tags, n = uploads[f.path]
             tags[i + 1] = tag
             if len(tags) == n:
-                with_retry(f"{url}/{f.path}: complete upload", lambda: mp.complete(tags), options)
+                with_retry(f"{url}/{f.path}: complete upload",
+                           lambda mp=mp, tags=tags: mp.complete(tags), options)
                 del uploads[f.path]
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -8,6 +8,7 @@ from urllib.parse import urlparse
 
 from uip.transfer.options import TransferError, TransferOptions
 
+
 class Multipart(Protocol):
     """One multipart upload in progress: parts numbered from 1, any order, then complete."""
 
