@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -99,3 +101,26 @@ def test_interrupted_pull_fetches_only_the_rest(tmp_path, s3, pushed):
     assert sorted(ranged) == sorted(expected) and 0 < len(expected) < total
     assert r.fetched_parts == total - n_done
     assert digests(dest) == digests(src)
+
+
+def test_cli_push_then_pull_and_a_missing_prefix_fails_at_once(tmp_path, s3):
+    """`uip artifacts push/pull` as a user runs them; a prefix with nothing pushed fails with
+    one line naming it, after a single request (a missing key is not retried)."""
+    server, _ = s3
+    src = tmp_path / "src"
+    make_folder(src, 12 * MiB, small_files=1)
+    uip = [sys.executable, "-c", "from uip.cli import main; main()"]
+    r = subprocess.run([*uip, "artifacts", "push", str(src), "s3://models/cli", "--part-size-mib",
+                        "5", "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "pushed 2 files" in r.stdout and "1 multipart" in r.stdout
+    r = subprocess.run([*uip, "artifacts", "pull", "s3://models/cli", str(tmp_path / "dest"),
+                        "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert digests(tmp_path / "dest") == digests(src)
+    server.record()
+    r = subprocess.run([*uip, "artifacts", "pull", "s3://models/nothing-here",
+                        str(tmp_path / "x"), "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "s3://models/nothing-here/uip-manifest.json: NoSuchKey" in r.stderr
+    assert len(server.requests()) == 1 and not (tmp_path / "x").exists()

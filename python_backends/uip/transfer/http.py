@@ -12,6 +12,15 @@ import httpx
 from uip.transfer.options import TransferError, TransferOptions
 
 _CHUNK = 1024 * 1024
+_TRANSIENT = {408, 425, 429}  # 4xx worth a retry; every other 4xx is final
+
+
+def _check(r: httpx.Response) -> None:
+    """A client error (4xx) ends the transfer at once; 5xx and network faults are retried."""
+    if 400 <= r.status_code < 500 and r.status_code not in _TRANSIENT:
+        raise TransferError(f"{r.request.method} {r.request.url}: HTTP {r.status_code} "
+                            f"{r.reason_phrase}")
+    r.raise_for_status()
 
 
 class HttpStore:
@@ -29,9 +38,7 @@ class HttpStore:
 
     def read(self, key: str) -> bytes:
         r = self.client.get(self._url(key))
-        if r.status_code == 404:
-            raise TransferError(f"{self._url(key)}: 404 Not Found")
-        r.raise_for_status()
+        _check(r)
         return r.content
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
@@ -44,9 +51,7 @@ class HttpStore:
                 return r.content
             raise TransferError(f"{self._url(key)}: the server ignores Range requests; pull "
                                 "needs range support (or a part size above the file size)")
-        if r.status_code == 404:
-            raise TransferError(f"{self._url(key)}: 404 Not Found")
-        r.raise_for_status()
+        _check(r)
         raise RuntimeError(f"{self._url(key)}: unexpected HTTP {r.status_code} for a range")
 
     def write(self, key: str, data: bytes) -> None:
@@ -65,11 +70,11 @@ class HttpStore:
     def _put(self, key: str, content: bytes | Iterator[bytes], size: int) -> None:
         r = self.client.put(self._url(key), content=content,
                             headers={"Content-Length": str(size)})
-        if r.status_code in (401, 403, 405):
+        if r.status_code in (403, 405, 501):
             raise TransferError(f"PUT {self._url(key)}: HTTP {r.status_code}; push over HTTP "
                                 "needs a server that accepts PUT (WebDAV, e.g. nginx "
                                 "dav_methods PUT)")
-        r.raise_for_status()
+        _check(r)
 
     def start_multipart(self, key: str) -> None:
         return None

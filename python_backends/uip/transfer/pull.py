@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from uip.transfer.manifest import MANIFEST_NAME, FileEntry, Manifest, part_range, sha256_file
+from uip.transfer.manifest import MANIFEST_NAME, FileEntry, Manifest, part_range
 from uip.transfer.options import TransferError, TransferOptions
 from uip.transfer.parts import CorruptPart, Sidecar, with_retry
 from uip.transfer.progress import bar
@@ -112,8 +112,14 @@ def _fetch(store: Store, manifest: Manifest, manifest_sha: str, dest: Path,
                 todo.append((f, i))
         sidecar.save()
         nbytes = sum(part_range(f.size, manifest.part_size, i)[1] for f, i in todo)
-        _run_parts(store, manifest, todo, fds, sidecar, options, nbytes)
-        _verify_files(staging, manifest, sidecar, options)
+        digests = {f.path: _FileDigest(f, manifest.part_size, fds[f.path]) for f in manifest.files}
+        missing = {(f.path, i) for f, i in todo}
+        for f in manifest.files:  # parts already on disk count as arrived
+            for i in range(len(f.parts)):
+                if (f.path, i) not in missing:
+                    digests[f.path].arrived(i)
+        _run_parts(store, manifest, todo, fds, sidecar, options, nbytes, digests)
+        _verify_files(manifest, sidecar, digests)
         for fd in fds.values():
             os.fsync(fd)
     finally:
@@ -122,9 +128,33 @@ def _fetch(store: Store, manifest: Manifest, manifest_sha: str, dest: Path,
     return len(todo), nbytes
 
 
+class _FileDigest:
+    """A file's sha256, computed as its parts arrive (in file order, each part read back from
+    disk once the ones before it are there), so the check of the whole file overlaps the
+    download instead of reading everything again at the end."""
+
+    def __init__(self, entry: FileEntry, part_size: int, fd: int):
+        self.entry, self.part_size, self.fd = entry, part_size, fd
+        self.hash = hashlib.sha256()
+        self.next = 0
+        self.ready: set[int] = set()
+
+    def arrived(self, index: int) -> None:
+        self.ready.add(index)
+        while self.next in self.ready:
+            self.ready.discard(self.next)
+            offset, length = part_range(self.entry.size, self.part_size, self.next)
+            self.hash.update(os.pread(self.fd, length, offset))
+            self.next += 1
+
+    def hexdigest(self) -> str:
+        assert self.next == len(self.entry.parts), "not every part has arrived"
+        return self.hash.hexdigest()
+
+
 def _run_parts(store: Store, manifest: Manifest, todo: list[tuple[FileEntry, int]],
                fds: dict[str, int], sidecar: Sidecar, options: TransferOptions,
-               nbytes: int) -> None:
+               nbytes: int, digests: dict[str, _FileDigest]) -> None:
     def fetch(f: FileEntry, i: int) -> int:
         offset, length = part_range(f.size, manifest.part_size, i)
 
@@ -147,20 +177,20 @@ def _run_parts(store: Store, manifest: Manifest, todo: list[tuple[FileEntry, int
     try:
         for fut in as_completed(futures):
             progress.update(fut.result())
+            f, i = futures[fut]
+            digests[f.path].arrived(i)
             if options.on_part is not None:
-                f, i = futures[fut]
                 options.on_part(f.path, i)
     finally:  # on an error or Ctrl-C: parts in flight finish and are recorded, the rest wait
         pool.shutdown(wait=True, cancel_futures=True)
         progress.close()
 
 
-def _verify_files(staging: Path, manifest: Manifest, sidecar: Sidecar,
-                  options: TransferOptions) -> None:
+def _verify_files(manifest: Manifest, sidecar: Sidecar, digests: dict[str, _FileDigest]
+                  ) -> None:
     """Whole-file sha256 of every file before the folder can be used."""
-    with ThreadPoolExecutor(min(4, options.parallel)) as pool:
-        sums = list(pool.map(lambda f: sha256_file(staging / f.path), manifest.files))
-    for f, got in zip(manifest.files, sums, strict=True):
+    for f in manifest.files:
+        got = digests[f.path].hexdigest()
         if got != f.sha256:
             sidecar.done.pop(f.path, None)
             sidecar.save()

@@ -9,11 +9,34 @@ from urllib.parse import urlparse
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, NoCredentialsError
 
 from uip.transfer.options import TransferError, TransferOptions
 
 MIN_MULTIPART_PART = 5 * 1024 * 1024  # S3's minimum for every part but the last
+_TRANSIENT = {"RequestTimeout", "SlowDown", "Throttling", "ThrottlingException", "InternalError",
+              "ServiceUnavailable", "RequestTimeTooSkewed"}
+
+
+class _Final:
+    """Turns S3 errors that a retry cannot fix (missing key or bucket, access denied, no
+    credentials) into a TransferError naming them; the rest are left to the retries."""
+
+    def __init__(self, url: str, key: str):
+        self.url, self.key = url, key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, tb) -> None:  # noqa: ANN001
+        if isinstance(error, NoCredentialsError):
+            raise TransferError(f"{self.url}: no AWS credentials ({error}); set "
+                                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile") from None
+        if isinstance(error, ClientError):
+            code = error.response.get("Error", {}).get("Code", "")
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code not in _TRANSIENT and 400 <= status < 500:
+                raise TransferError(f"{self.url}/{self.key}: {code or status}: {error}") from None
 
 
 class S3Store:
@@ -36,23 +59,21 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def read(self, key: str) -> bytes:
-        try:
+        with _Final(self.url, key):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchBucket", "404"):
-                raise TransferError(f"{self.url}: no {key} ({e})") from None
-            raise
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         rng = f"bytes={offset}-{offset + length - 1}"
-        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=rng)["Body"]
-        return body.read()
+        with _Final(self.url, key):
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=rng)
+            return obj["Body"].read()
 
     def write(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        with _Final(self.url, key):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def put_file(self, key: str, path: Path) -> None:
-        with open(path, "rb") as f:
+        with _Final(self.url, key), open(path, "rb") as f:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=f)
 
     def start_multipart(self, key: str) -> S3Multipart:
@@ -60,7 +81,8 @@ class S3Store:
             raise TransferError(f"S3 multipart parts must be at least 5 MiB; part size is "
                                 f"{self.part_size} bytes (raise --part-size)")
         k = self._key(key)
-        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=k)["UploadId"]
+        with _Final(self.url, key):
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=k)["UploadId"]
         return S3Multipart(self.client, self.bucket, k, upload_id)
 
 
