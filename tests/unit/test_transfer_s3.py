@@ -109,15 +109,19 @@ def test_cli_push_then_pull_and_a_missing_prefix_fails_at_once(tmp_path, s3):
     server, _ = s3
     src = tmp_path / "src"
     make_folder(src, 12 * MiB, small_files=1)
-    uip = [sys.executable, "-c", "from uip.cli import main; main()"]
-    r = subprocess.run([*uip, "artifacts", "push", str(src), "s3://models/cli", "--part-size-mib",
-                        "5", "--no-progress"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert "pushed 2 files" in r.stdout and "1 multipart" in r.stdout
-    r = subprocess.run([*uip, "artifacts", "pull", "s3://models/cli", str(tmp_path / "dest"),
-                        "--no-progress"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    from typer.testing import CliRunner
+
+    from uip.cli import app
+
+    r = CliRunner().invoke(app, ["artifacts", "push", str(src), "s3://models/cli",
+                                 "--part-size-mib", "5", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "pushed 2 files" in r.output and "1 multipart" in r.output
+    r = CliRunner().invoke(app, ["artifacts", "pull", "s3://models/cli", str(tmp_path / "dest"),
+                                 "--no-progress"])
+    assert r.exit_code == 0, r.output
     assert digests(tmp_path / "dest") == digests(src)
+    uip = [sys.executable, "-c", "from uip.cli import main; main()"]
     server.record()
     r = subprocess.run([*uip, "artifacts", "pull", "s3://models/nothing-here",
                         str(tmp_path / "x"), "--no-progress"], capture_output=True, text=True)
