@@ -210,3 +210,15 @@ models:
     nginx.clear_log()
     _prepare_artifacts(repo, build=False)
     assert nginx.log() == []
+
+
+def test_another_folder_is_replaced_only_with_force(work, small):
+    src, url = small
+    dest = work / "taken"
+    dest.mkdir()
+    (dest / "mine.txt").write_text("keep me")
+    with pytest.raises(TransferError, match="exists and is not the artifact"):
+        pull(url, dest, QUIET)
+    assert (dest / "mine.txt").read_text() == "keep me"
+    pull(url, dest, QUIET, force=True)
+    assert digests(dest) == digests(src) and not (dest / "mine.txt").exists()

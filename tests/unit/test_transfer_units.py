@@ -81,3 +81,11 @@ def test_spec_names_an_artifact_by_url(monkeypatch, tmp_path):
     a, b = url_cache_path("s3://models/llm-tiny"), url_cache_path("https://h/models/llm-tiny")
     assert a != b and a.parent == b.parent == tmp_path / "url-cache"
     assert a.name.startswith("llm-tiny-") and resolve_artifact("s3://models/llm-tiny") == a
+
+
+
+def test_unsupported_url_is_named():
+    from uip.transfer.stores import open_store
+
+    with pytest.raises(TransferError, match="'ftp://host/x': unsupported URL; use s3://"):
+        open_store("ftp://host/x", TransferOptions())

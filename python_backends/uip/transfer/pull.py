@@ -63,10 +63,15 @@ def pull(url: str, dest: Path, options: TransferOptions | None = None, force: bo
         parts, nbytes = _fetch(store, manifest, hashlib.sha256(raw).hexdigest(), dest, options)
         staging = staging_path(dest)
         (staging / MANIFEST_NAME).write_bytes(raw)
+        old = dest.with_name(dest.name + ".uip-old")  # --force: the old folder moves aside first
+        if old.exists():  # left by a crash between the two renames below
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
         if dest.exists():
-            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+            os.rename(dest, old)
         os.rename(staging, dest)
         sidecar_path(dest).unlink(missing_ok=True)
+        if old.exists():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
     return PullResult(dest, parts, nbytes, False)
 
 
