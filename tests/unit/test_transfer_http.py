@@ -41,21 +41,22 @@ def nginx(work):
         yield server
 
 
-def _pushed(work: Path, nginx: Nginx, name: str, size: int) -> tuple[Path, str]:
+def _pushed(work: Path, nginx: Nginx, name: str, size: int) -> tuple[dict[str, str], str]:
+    """(sha256 of each source file by hashlib, URL) of a folder pushed by WebDAV PUT."""
     src = work / f"{name}-src"
     make_folder(src, size)
     push(src, f"{nginx.url}/{name}", QUIET)
-    return src, f"{nginx.url}/{name}"
+    return digests(src), f"{nginx.url}/{name}"
 
 
 @pytest.fixture(scope="module")
-def pushed(work, nginx) -> tuple[Path, str]:
-    """A SIZE folder pushed by WebDAV PUT to /rt: (source folder, URL)."""
+def pushed(work, nginx) -> tuple[dict[str, str], str]:
+    """A SIZE folder at /rt."""
     return _pushed(work, nginx, "rt", SIZE)
 
 
 @pytest.fixture(scope="module")
-def small(work, nginx) -> tuple[Path, str]:
+def small(work, nginx) -> tuple[dict[str, str], str]:
     """A 3-part folder (3 small files and a 24 MiB one) at /small."""
     return _pushed(work, nginx, "small", 3 * PART)
 
@@ -67,11 +68,11 @@ def _gets(nginx: Nginx, path: str) -> list[str]:
 def test_round_trip_sha256_equal(work, nginx, pushed):
     src, url = pushed
     assert (nginx.root / "rt" / MANIFEST_NAME).is_file()
-    assert digests(nginx.root / "rt") == digests(src)  # what PUT stored
+    assert digests(nginx.root / "rt") == src  # what PUT stored
     nginx.clear_log()
     dest = work / "rt-pulled"
     r = pull(url, dest, QUIET)
-    assert digests(dest) == digests(src)
+    assert digests(dest) == src
     manifest = Manifest.from_json((dest / MANIFEST_NAME).read_bytes(), url)
     n_parts = sum(len(f.parts) for f in manifest.files)
     assert r.fetched_parts == n_parts and r.fetched_bytes == sum(f.size for f in manifest.files)
@@ -124,7 +125,7 @@ def test_interrupted_pull_fetches_only_the_rest(work, nginx, pushed):
     fetched = _gets(nginx, f"/rt/{BIG}")
     assert sorted(fetched) == sorted(expected)
     assert r.fetched_parts == total - sum(map(len, done.values())) + 1
-    assert digests(dest) == digests(src)
+    assert digests(dest) == src
 
 
 def test_corrupted_part_on_the_server_is_refetched(work, nginx, small):
@@ -155,7 +156,7 @@ def test_corrupted_part_on_the_server_is_refetched(work, nginx, small):
     fetched = _gets(nginx, f"/small/{BIG}")
     bad_range = range_header(*part_range(size, PART, bad))
     assert fetched.count(bad_range) == 2 and len(fetched) == len(set(fetched)) + 1
-    assert digests(dest) == digests(src)
+    assert digests(dest) == src
 
 
 def test_persistent_corruption_is_reported_and_never_placed(work, nginx, small):
@@ -182,7 +183,7 @@ def test_serve_pulls_a_spec_url_artifact_once(work, nginx, small, monkeypatch):
     from uip.spec.schema import load_specs
 
     art, url = small
-    sha = digests(art)[BIG]
+    sha = art[BIG]
     specs = work / "specs"
     specs.mkdir()
     (specs / "emb.yaml").write_text(f"""\
@@ -202,7 +203,7 @@ models:
     _prepare_artifacts(repo, build=False)
     cached = url_cache_path(url)
     assert cached.parent == work / "artifacts" / "url-cache"
-    assert digests(cached) == digests(art)
+    assert digests(cached) == art
     assert {line.path for line in nginx.log()} >= {f"/small/{BIG}"}
     config = {"name": "emb", "parameters": {"artifact": {"string_value": url},
                                             f"artifact.sha256.{BIG}": {"string_value": sha}}}
@@ -221,4 +222,4 @@ def test_another_folder_is_replaced_only_with_force(work, small):
         pull(url, dest, QUIET)
     assert (dest / "mine.txt").read_text() == "keep me"
     pull(url, dest, QUIET, force=True)
-    assert digests(dest) == digests(src) and not (dest / "mine.txt").exists()
+    assert digests(dest) == src and not (dest / "mine.txt").exists()

@@ -36,7 +36,7 @@ def make_folder(folder: Path, total_bytes: int, small_files: int = 3) -> dict[st
 def bench_transfer(
     size_mb: int = typer.Option(int(os.environ.get("UIP_TRANSFER_BENCH_MB", "1024")),
                                 help="folder size in MiB (env UIP_TRANSFER_BENCH_MB)"),
-    limit_rate: str = typer.Option("4m", help="nginx limit_rate, per connection (bytes/s; "
+    limit_rate: str = typer.Option("8m", help="nginx limit_rate, per connection (bytes/s; "
                                    "k/m suffixes)"),
     parallel: str = typer.Option("1,8", help="comma-separated --parallel levels"),
     part_size_mib: int = typer.Option(16, help="part size of the push"),
