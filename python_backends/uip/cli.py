@@ -12,7 +12,8 @@ from uip.core.paths import DEFAULT_REPOSITORY, DEFAULT_SPECS
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 repo_app = typer.Typer(help="Render the model repository from specs, or check it.",
                        no_args_is_help=True)
-artifacts_app = typer.Typer(help="Build the default offline artifacts.", no_args_is_help=True)
+artifacts_app = typer.Typer(help="Build the default offline artifacts; push and pull artifact "
+                            "folders to and from s3:// and http(s)://.", no_args_is_help=True)
 app.add_typer(repo_app, name="repo")
 app.add_typer(artifacts_app, name="artifacts")
 
@@ -42,10 +43,8 @@ def serve(
     """Run tritonserver in the foreground on the repository, supervised (a model whose stub
     dies is reloaded), and the OpenAI-compatible gateway beside it. Unknown flags go to
     tritonserver."""
-    from uip import artifacts
     from uip.launch.command import Ports, check_repository
     from uip.launch.server import run_foreground
-    from uip.repo.needed import needed
 
     check_repository(model_repository)
     if world_size is not None or dry_run:  # multi-GPU launch and dry runs: uip.launch.mpi
@@ -55,13 +54,12 @@ def serve(
         if world_size is None:
             typer.echo(single_command_text(model_repository, ports, list(ctx.args)))
             raise typer.Exit(0)
-        before = (lambda: artifacts.ensure(needed(model_repository))) if build_artifacts else None
+        def before() -> None:
+            _prepare_artifacts(model_repository, build_artifacts)
+
         raise typer.Exit(serve_multi_gpu(world_size, model_repository, ports, dry_run,
                                          list(ctx.args), before_start=before))
-    if build_artifacts:
-        missing = needed(model_repository)
-        for name in artifacts.ensure(missing):
-            typer.echo(f"built artifact {name}", err=True)
+    _prepare_artifacts(model_repository, build_artifacts)
     ports = Ports(http_port, grpc_port, metrics_port)
     from uip.launch.admin import ADMIN_HEADER, KEY_ENV
     from uip.launch.admin import admin_key as resolve_key
@@ -82,6 +80,20 @@ def serve(
         gw.terminate()
         gw.wait(30)
     raise typer.Exit(rc)
+
+
+def _prepare_artifacts(model_repository: Path, build: bool) -> None:
+    """Build the missing default artifacts (when `build`) and pull the missing ones that specs
+    name by URL into the artifacts cache (always: the models cannot load without them)."""
+    from uip import artifacts
+    from uip.repo.needed import needed, needed_urls
+    from uip.transfer.cache import ensure_urls
+
+    if build:
+        for name in artifacts.ensure(needed(model_repository)):
+            typer.echo(f"built artifact {name}", err=True)
+    for url in ensure_urls(needed_urls(model_repository)):
+        typer.echo(f"pulled artifact {url}", err=True)
 
 
 @repo_app.command("build")
@@ -130,6 +142,64 @@ def artifacts_build(
     typer.echo(f"built: {', '.join(built) or 'nothing (all present)'}")
 
 
+def _transfer_options(part_size_mib: int, parallel: int, attempts: int, progress: bool):  # noqa: ANN202
+    from uip.transfer import TransferOptions
+    from uip.transfer.options import MiB
+
+    def warn(what: str, attempt: int, error: BaseException) -> None:
+        typer.echo(f"uip: retrying {what} (attempt {attempt} failed: {error})", err=True)
+
+    return TransferOptions(part_size=part_size_mib * MiB, parallel=parallel, attempts=attempts,
+                           progress=progress, on_retry=warn)
+
+
+PARALLEL = typer.Option(8, "--parallel", "-j", min=1, help="parts in flight at once")
+ATTEMPTS = typer.Option(5, min=1, help="tries per part, with exponential backoff between")
+PROGRESS = typer.Option(True, help="progress bars on stderr")
+
+
+@artifacts_app.command("push")
+def artifacts_push(
+    folder: Path = typer.Argument(..., help="artifact folder to upload"),
+    url: str = typer.Argument(..., help="s3://bucket/prefix or http(s)://host/path (HTTP: a "
+                              "server that accepts PUT, e.g. nginx WebDAV)"),
+    part_size_mib: int = typer.Option(16, "--part-size-mib", min=1,
+                                      help="part size (S3: at least 5), written to the manifest"),
+    parallel: int = PARALLEL,
+    attempts: int = ATTEMPTS,
+    progress: bool = PROGRESS,
+) -> None:
+    """Upload FOLDER's files (large ones in parallel multipart parts on S3) and then its sha256
+    manifest, uip-manifest.json."""
+    from uip.transfer import push
+
+    r = push(folder, url, _transfer_options(part_size_mib, parallel, attempts, progress))
+    typer.echo(f"pushed {r.files} files ({r.bytes} bytes, {r.multipart_files} multipart) to {url}")
+
+
+@artifacts_app.command("pull")
+def artifacts_pull(
+    url: str = typer.Argument(..., help="s3://bucket/prefix or http(s)://host/path of a pushed "
+                              "folder"),
+    folder: Path = typer.Argument(..., help="destination folder (created)"),
+    parallel: int = PARALLEL,
+    attempts: int = ATTEMPTS,
+    progress: bool = PROGRESS,
+    force: bool = typer.Option(False, help="replace FOLDER when it holds something else"),
+) -> None:
+    """Download a pushed folder: parts in parallel, each checked against the manifest's sha256
+    (a bad part is fetched again), resumable (run it again after an interruption: only missing
+    parts are fetched), renamed into place only once every file matches."""
+    from uip.transfer import pull
+
+    r = pull(url, folder, _transfer_options(16, parallel, attempts, progress), force=force)
+    if r.up_to_date:
+        typer.echo(f"{r.dest} already holds {url} (verified)")
+    else:
+        typer.echo(f"pulled {url} into {r.dest} ({r.fetched_parts} parts, {r.fetched_bytes} "
+                   "bytes fetched)")
+
+
 def _register_optional() -> None:
     """Commands contributed by other modules (LLM/SD clients, benchmarks)."""
     import importlib
@@ -150,11 +220,13 @@ def main() -> None:
     from uip.gateway.store import StoreError
     from uip.launch.command import LaunchError
     from uip.spec.schema import SpecError
+    from uip.transfer import TransferError
 
     _register_optional()
     try:
         app()
-    except (UserError, LaunchError, SpecError, ArtifactError, GatewaySpecError, StoreError) as e:
+    except (UserError, LaunchError, SpecError, ArtifactError, GatewaySpecError, StoreError,
+            TransferError) as e:
         typer.echo(f"uip: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

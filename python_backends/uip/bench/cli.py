@@ -184,4 +184,7 @@ def register(app: typer.Typer) -> None:
         bench_app.command(model)(profile_command(model))
     bench_app.command("sd")(bench_sd)
     bench_app.command("gateway")(bench_gateway)
+    from uip.bench.transfer import bench_transfer
+
+    bench_app.command("transfer")(bench_transfer)
     app.add_typer(bench_app, name="bench")

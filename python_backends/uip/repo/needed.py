@@ -8,19 +8,29 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from uip.artifacts import BUILDERS
+from uip.core.paths import is_artifact_url
 
 
 def read_config(path: Path) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
-def needed(repository: Path) -> list[str]:
-    """Default artifact names (relative `artifact` parameters with a builder) the models use."""
-    names: set[str] = set()
+def _artifacts(repository: Path) -> set[str]:
+    """Every `artifact` parameter of the repository's models."""
+    values = set()
     for cfg_path in sorted(repository.glob("*/config.pbtxt")):
         params = read_config(cfg_path).parameters
         if "artifact" in params:
-            value = params["artifact"].string_value
-            if not Path(value).is_absolute() and value in BUILDERS:
-                names.add(value)
-    return sorted(names)
+            values.add(params["artifact"].string_value)
+    return values
+
+
+def needed(repository: Path) -> list[str]:
+    """Default artifact names (relative `artifact` parameters with a builder) the models use."""
+    return sorted(v for v in _artifacts(repository)
+                  if not Path(v).is_absolute() and v in BUILDERS)
+
+
+def needed_urls(repository: Path) -> list[str]:
+    """Artifacts named by URL (s3://, http(s)://), pulled by `uip serve` before loading."""
+    return sorted(v for v in _artifacts(repository) if is_artifact_url(v))

@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from uip.core.paths import ARTIFACT_URL_SCHEMES, is_artifact_url
 
 DType = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -40,8 +43,21 @@ class TensorSpec(_Strict):
 
 
 class ArtifactSpec(_Strict):
-    path: str = Field(description="folder, absolute or relative to the artifacts root")
+    path: str = Field(description="folder, absolute or relative to the artifacts root, or the "
+                      "URL (s3://bucket/prefix, http(s)://...) of a pushed folder that `uip "
+                      "serve` pulls into the artifacts cache")
     sha256: dict[str, str] = Field(default_factory=dict, description="file in folder -> sha256")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        scheme = urlparse(v).scheme
+        if "://" in v and scheme not in ARTIFACT_URL_SCHEMES:
+            raise ValueError(f"artifact URL scheme {scheme!r} is not one of "
+                             f"{', '.join(ARTIFACT_URL_SCHEMES)}")
+        if is_artifact_url(v) and not urlparse(v).netloc:
+            raise ValueError(f"artifact URL {v!r} has no bucket or host")
+        return v
 
     @field_validator("sha256")
     @classmethod
@@ -87,7 +103,7 @@ class ModelSpec(_Strict):
         default=None, description="python models: 'module:Class' implementing TritonPythonModel"
     )
     runtime: Runtime = "python"
-    artifact: ArtifactSpec | None = None
+    artifact: ArtifactSpec | None = None  # a plain string is its path (or URL)
     max_batch_size: int = Field(default=1, ge=0)
     decoupled: bool = False
     instances: list[InstanceGroupSpec] = Field(default_factory=lambda: [InstanceGroupSpec()])
@@ -101,6 +117,11 @@ class ModelSpec(_Strict):
     @property
     def is_ensemble(self) -> bool:
         return self.steps is not None
+
+    @field_validator("artifact", mode="before")
+    @classmethod
+    def _artifact_shorthand(cls, v: object) -> object:
+        return {"path": v} if isinstance(v, str) else v
 
     @field_validator("handler")
     @classmethod
