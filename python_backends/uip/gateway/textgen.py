@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -91,8 +91,8 @@ async def _open(g: Gateway, job: TextJob, target: Target) -> Opened:
     else:
         prompt = job.prompt or ""
         tokens = formatter_for(target.tokenizer).count_tokens(prompt)
-    deltas = generate(g.triton, target.triton, prompt, job.params,
-                      g.spec.limits.stream_timeout_s)
+    params = job.params if target.lora is None else replace(job.params, lora_name=target.lora)
+    deltas = generate(g.triton, target.triton, prompt, params, g.spec.limits.stream_timeout_s)
     first = await anext(deltas)
     return Opened(target, tokens, first, deltas)
 
