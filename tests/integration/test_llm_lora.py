@@ -131,3 +131,24 @@ def test_lora_control_needs_the_admin_key(server, adapters):
     assert names["alpha"] in {a["name"] for a in status["loaded"]}
     status = lora_control(server.grpc_url, "unload", names["alpha"], key=server.admin_key)
     assert names["alpha"] not in {a["name"] for a in status["loaded"]}
+
+
+def test_gateway_offers_adapters_as_model_ids(server, adapters, tmp_path_factory):
+    import openai
+    from support.gateway_fixtures import start_gateway
+
+    names, _, _ = adapters
+    folder = tmp_path_factory.mktemp("lora-gateway")
+    gw = start_gateway(server, folder, f"sqlite:///{folder / 'gateway.db'}")
+    try:
+        client = openai.OpenAI(base_url=gw.base_url, api_key="none", max_retries=0,
+                               timeout=120)
+        model = f"llm_bls:{names['alpha']}"
+        assert model in {m.id for m in client.models.list()}
+        out = client.completions.create(model=model, prompt=TEXTS[0], max_tokens=N)
+        assert out.choices[0].text == generate_grpc(
+            server.grpc_url, "llm_bls", TEXTS[0], lora_name=names["alpha"], max_tokens=N).text
+        with pytest.raises(openai.BadRequestError, match=f"nope-{TAG}"):
+            client.completions.create(model=f"llm_bls:nope-{TAG}", prompt="x", max_tokens=2)
+    finally:
+        gw.stop()
