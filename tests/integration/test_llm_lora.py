@@ -78,7 +78,7 @@ def engine_tokens(url: str, requests: list[tuple[list[int], str | None]]) -> lis
         while len(out) < len(requests):
             result, error = events.get(timeout=120)
             if error is not None:
-                raise GenerateError(str(error), error.status())
+                raise GenerateError(str(error))
             out[int(result.get_response().id)] = [
                 int(t) for t in result.as_numpy("output_ids").reshape(-1)]
         return [out[i] for i in range(len(requests))]
@@ -98,9 +98,8 @@ def test_adapter_equals_peft_merged_and_mixes_with_base(server, adapters, prompt
 
 def test_adapter_copied_in_is_served_next_request(server, adapters, prompts):
     names, folders, lora_dir = adapters
-    with pytest.raises(GenerateError, match=names["beta"]) as err:
+    with pytest.raises(GenerateError, match=f"unknown LoRA adapter '{names['beta']}'"):
         engine_tokens(server.grpc_url, [(prompts[0], names["beta"])])
-    assert err.value.status == "StatusCode.INVALID_ARGUMENT"
     shutil.copytree(folders["beta"], lora_dir / names["beta"])
     mixed = engine_tokens(server.grpc_url, [(prompts[0], names["beta"]), (prompts[0], None),
                                             (prompts[0], names["alpha"])])

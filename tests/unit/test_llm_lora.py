@@ -14,6 +14,7 @@ import torch
 from engine_contract import run, run_concurrently, tokens_of, wait_idle
 
 from uip.core.inputs import InvalidInput
+from uip.llm import lora
 from uip.llm.engine import GenerationRequest
 from uip.llm.paged_runtime import PagedEngine, PagedEngineConfig
 
@@ -79,7 +80,9 @@ def test_greedy_equals_peft_merged_generate(engine, llm_tiny_dir, lora_dir, prom
         assert generated(engine, prompt, adapter) == want
 
 
-def test_mixed_batch_gives_each_its_own_answer(engine, prompts):
+@pytest.mark.parametrize("dense_max_rows", [256, 1])  # 1: every step runs per run of rows
+def test_mixed_batch_gives_each_its_own_answer(engine, prompts, monkeypatch, dense_max_rows):
+    monkeypatch.setattr(lora, "DENSE_MAX_ROWS", dense_max_rows)
     plan = [(p, a) for p in prompts for a in (None, "alpha", "beta")]
     alone = [generated(engine, p, a) for p, a in plan]
     together = run_concurrently(engine, [

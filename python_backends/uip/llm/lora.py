@@ -6,13 +6,16 @@ on any of q/k/v/o_proj and gate/up/down_proj, rank <= `lora_max_rank`. A folder 
 the server runs is read on its first request.
 
 The device holds `lora_max_adapters` slots (plus slot 0: zeros, the base model) in fixed
-buffers per layer and fused linear: A [slots, in, parts * max_rank] (the parts' A^T side by
-side, zero padded) and B [slots, parts * max_rank, out] (block diagonal, PEFT's scale folded
-in), so a fused [q; k; v] or [gate; up] projection gets its delta from one pair of matmuls:
-y += (x @ A[slot]) @ B[slot]. A step's rows carry their slot index, so one batch mixes
-adapters and the base model: small steps gather each row's A/B (one batched matmul pair);
-large ones (prefill) run one matmul pair per run of rows sharing a slot. Slots are assigned
-on admission, ref counted by the running requests, and evicted least recently used.
+buffers per layer and fused linear: A [in, slots, W] (W = parts * max_rank: the parts' A^T
+side by side, zero padded) and B [slots, W, out] (block diagonal, PEFT's scale folded in), so
+a fused [q; k; v] or [gate; up] projection gets its delta from one pair of matmuls:
+y += (x @ A[:, slot]) @ B[slot]. A step's rows carry their slot index, so one batch mixes
+adapters and the base model. Steps of up to DENSE_MAX_ROWS rows (decode) compute x against
+every slot's A at once, zero the other slots' columns with a per-row mask and multiply by all
+B stacked: two GEMMs and a multiply per linear, whatever the mix (no gather; the cost grows
+with slots x max_rank, small next to the base GEMMs for the default 8 x 16). Larger steps
+(prefill) run one matmul pair per run of rows sharing a slot. Slots are assigned on
+admission, ref counted by the running requests, and evicted least recently used.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,7 +36,7 @@ FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
          "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
 TARGETS = {p: f for f, parts in FUSED.items() for p in parts}
 _KEY_RE = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
-GATHER_MAX_ROWS = 256  # steps with more rows run per run of rows instead of gathering A/B
+DENSE_MAX_ROWS = 256  # steps with more rows run per run of rows sharing an adapter
 
 
 @dataclass
@@ -133,11 +136,19 @@ class AdapterDir:
 
 @dataclass
 class LoraStep:
-    """One step's adapter rows: slot per row (device) and, for large steps, the runs of rows
-    sharing a non-zero slot (host)."""
+    """One step's adapter rows: a one-hot row -> slot mask (device) or, for large steps, the
+    runs of rows sharing a non-zero slot (host)."""
 
-    slots: torch.Tensor  # [T] long
-    runs: list[tuple[int, int, int]] | None  # (slot, start, end); None: gather per row
+    onehot: torch.Tensor | None  # [T, slots] in the model's dtype
+    runs: list[tuple[int, int, int]] | None  # (slot, start, end)
+    _masks: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def mask(self, width: int) -> torch.Tensor:
+        """[T, slots * width]: 1 on the columns of each row's own slot (shared by layers)."""
+        m = self._masks.get(width)
+        if m is None:
+            m = self._masks[width] = self.onehot.repeat_interleave(width, dim=1)
+        return m
 
 
 class LoraCache:
@@ -161,7 +172,7 @@ class LoraCache:
                 width = len(parts) * max_rank
                 out = sum(dims[p][1] for p in parts)
                 layer[fused] = (
-                    torch.zeros(slots, dims[parts[0]][0], width, dtype=dtype, device=device),
+                    torch.zeros(dims[parts[0]][0], slots, width, dtype=dtype, device=device),
                     torch.zeros(slots, width, out, dtype=dtype, device=device))
             self.buffers.append(layer)
         self.names: list[str | None] = [None] * slots  # slot -> adapter (slot 0: base)
@@ -230,7 +241,7 @@ class LoraCache:
         for i, layer in enumerate(self.buffers):
             for fused, parts in FUSED.items():
                 a_buf, b_buf = layer[fused]
-                a_buf[slot].zero_()
+                a_buf[:, slot].zero_()
                 b_buf[slot].zero_()
                 col = 0
                 for j, proj in enumerate(parts):
@@ -239,7 +250,7 @@ class LoraCache:
                     if ab is not None:
                         a, b = ab
                         rank = a.shape[0]
-                        a_buf[slot, :, j * r:j * r + rank] = a.T.to(self.dtype)
+                        a_buf[:, slot, j * r:j * r + rank] = a.T.to(self.dtype)
                         b_buf[slot, j * r:j * r + rank, col:col + out] = b.T.to(self.dtype)
                     col += out
         self.names[slot] = adapter.name
@@ -253,23 +264,26 @@ class LoraCache:
         """The step's LoRA input from each row's slot; None when no row has an adapter."""
         if not any(row_slots):
             return None
-        slots = torch.tensor(row_slots, dtype=torch.long).to(self.device, non_blocking=True)
-        if len(row_slots) <= GATHER_MAX_ROWS:
-            return LoraStep(slots, None)
+        if len(row_slots) <= DENSE_MAX_ROWS:
+            slots = torch.tensor(row_slots, dtype=torch.long).to(self.device, non_blocking=True)
+            onehot = torch.nn.functional.one_hot(slots, len(self.names)).to(self.dtype)
+            return LoraStep(onehot, None)
         runs, start = [], 0
         for i in range(1, len(row_slots) + 1):
             if i == len(row_slots) or row_slots[i] != row_slots[start]:
                 if row_slots[start]:
                     runs.append((row_slots[start], start, i))
                 start = i
-        return LoraStep(slots, runs)
+        return LoraStep(None, runs)
 
     def delta(self, layer: int, fused: str, x: torch.Tensor, step: LoraStep) -> torch.Tensor:
         """The adapters' contribution to fused linear `fused` of `layer` for rows x [T, in]."""
         a, b = self.buffers[layer][fused]
+        d_in, slots, width = a.shape
         if step.runs is None:
-            return torch.bmm(torch.bmm(x.unsqueeze(1), a[step.slots]), b[step.slots]).squeeze(1)
+            xa = x @ a.view(d_in, slots * width)
+            return (xa * step.mask(width)) @ b.view(slots * width, -1)
         out = x.new_zeros(x.shape[0], b.shape[-1])
         for slot, start, end in step.runs:
-            out[start:end] = (x[start:end] @ a[slot]) @ b[slot]
+            out[start:end] = (x[start:end] @ a[:, slot]) @ b[slot]
         return out
