@@ -265,7 +265,7 @@ class LlamaRunner:
         def linear(i: int, fused: str, x: torch.Tensor, w: torch.Tensor,
                    b: torch.Tensor | None) -> torch.Tensor:
             y = F.linear(x, w, b)
-            return y if adapters is None else y + adapters.delta(i, fused, x, lora)
+            return y if adapters is None else adapters.add_delta(i, fused, x, y, lora)
 
         x = ops.rms_norm(h, self.layers[0].ln_in, s.eps)
         for i, (layer, (k_cache, v_cache)) in enumerate(zip(self.layers, cache, strict=True)):

@@ -276,14 +276,15 @@ class LoraCache:
                 start = i
         return LoraStep(None, runs)
 
-    def delta(self, layer: int, fused: str, x: torch.Tensor, step: LoraStep) -> torch.Tensor:
-        """The adapters' contribution to fused linear `fused` of `layer` for rows x [T, in]."""
+    def add_delta(self, layer: int, fused: str, x: torch.Tensor, y: torch.Tensor,
+                  step: LoraStep) -> torch.Tensor:
+        """y [T, out] (the base linear's output for rows x [T, in]) plus each row's adapter
+        delta for fused linear `fused` of `layer`."""
         a, b = self.buffers[layer][fused]
         d_in, slots, width = a.shape
         if step.runs is None:
             xa = x @ a.view(d_in, slots * width)
-            return (xa * step.mask(width)) @ b.view(slots * width, -1)
-        out = x.new_zeros(x.shape[0], b.shape[-1])
+            return torch.addmm(y, xa.mul_(step.mask(width)), b.view(slots * width, -1))
         for slot, start, end in step.runs:
-            out[start:end] = (x[start:end] @ a[:, slot]) @ b[slot]
-        return out
+            y[start:end] += (x[start:end] @ a[:, slot]) @ b[slot]
+        return y
