@@ -1,12 +1,13 @@
-"""LoRA through the real tritonserver (the session server; llm_engine's lora_dir is
-artifacts/llm-tiny-lora): llm_engine's greedy tokens with an adapter equal the PEFT-merged
-model's `generate`; one batch mixing two adapters and the base model; an adapter copied into
-the directory while the server runs is served on its next request; llm_bls and the `llm`
-ensemble take `lora_name`; unknown adapters are INVALID_ARG naming them; `uip lora` control
-requests need the admin key."""
+"""LoRA through the real tritonserver (this module's own server on the LLM specs, with
+llm_engine's lora_dir a temporary folder): llm_engine's greedy tokens with an adapter equal
+the PEFT-merged model's `generate`; one batch mixing two adapters and the base model; an
+adapter copied into the directory while the server runs is served on its next request; llm_bls
+and the `llm` ensemble take `lora_name`; unknown adapters are INVALID_ARG naming them; `uip
+lora` control requests need the admin key; the gateway offers `llm_bls:<adapter>`."""
 
 from __future__ import annotations
 
+import copy
 import queue
 import shutil
 import uuid
@@ -14,33 +15,54 @@ import uuid
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
+from conftest import start_test_server
 
 from uip.artifacts import llm_tiny_lora
 from uip.clients.llm import GenerateError, generate_grpc
 from uip.clients.lora import LoraControlError, lora_control
 from uip.clients.tensors import grpc_inputs
-from uip.core.paths import artifacts_root
+from uip.core.paths import DEFAULT_SPECS, artifacts_root
 from uip.llm import engine_tensors
 from uip.llm.engine import GenerationRequest
+from uip.repo.render import build_repository
+from uip.spec.schema import DeploymentSpec, load_spec
 
 N = 10
 TEXTS = ["Hello world", "def main():\n    return 0"]
-TAG = uuid.uuid4().hex[:8]  # adapter names of this run: the directory is the deployment's
+TAG = uuid.uuid4().hex[:8]
 
 
 @pytest.fixture(scope="module")
-def adapters(server, tmp_path_factory):
-    """{'alpha': name} installed in the deployment's lora_dir before the first request;
-    the built adapters' folders (copied in by the tests that need them later)."""
+def lora_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("adapters")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, lora_dir):
+    """llm, llm_bls and their parts only, llm_engine's lora_dir = `lora_dir`."""
+    folder = tmp_path_factory.mktemp("lora-server")
+    specs = []
+    for name in ("llm.yaml", "llm_bls.yaml"):
+        data = copy.deepcopy(load_spec(DEFAULT_SPECS / name).model_dump())
+        for m in data["models"]:
+            if m["name"] == "llm_engine":
+                m["parameters"]["lora_dir"] = str(lora_dir)
+        specs.append(DeploymentSpec.model_validate(data))
+    build_repository(specs, folder / "repo")
+    srv = start_test_server(folder / "repo", folder)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def adapters(server, lora_dir, tmp_path_factory):
+    """Adapter names ('alpha' installed before the first request, 'beta' copied in by a
+    test), the built folders, the deployment's adapter directory."""
     dest = tmp_path_factory.mktemp("lora-built")
     folders = {f.name: f for f in llm_tiny_lora.build(dest, artifacts_root() / "llm-tiny")}
-    lora_dir = artifacts_root() / "llm-tiny-lora"
-    lora_dir.mkdir(exist_ok=True)
     names = {k: f"{k}-{TAG}" for k in folders}
     shutil.copytree(folders["alpha"], lora_dir / names["alpha"])
-    yield names, folders, lora_dir
-    for name in names.values():
-        shutil.rmtree(lora_dir / name, ignore_errors=True)
+    return names, folders, lora_dir
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +156,18 @@ def test_lora_control_needs_the_admin_key(server, adapters):
 
 def test_gateway_offers_adapters_as_model_ids(server, adapters, tmp_path_factory):
     import openai
-    from support.gateway_fixtures import start_gateway
+    import yaml
+    from support.gateway import GatewayProcess
 
-    names, _, _ = adapters
+    from uip.gateway.spec import DEFAULT_GATEWAY_SPEC
+
+    names, _, lora_dir = adapters
     folder = tmp_path_factory.mktemp("lora-gateway")
-    gw = start_gateway(server, folder, f"sqlite:///{folder / 'gateway.db'}")
+    spec = yaml.safe_load(DEFAULT_GATEWAY_SPEC.read_text())
+    spec["triton"]["llm_bls"]["lora_dir"] = str(lora_dir)
+    (folder / "gateway.yaml").write_text(yaml.safe_dump(spec))
+    gw = GatewayProcess(server.grpc_url, f"sqlite:///{folder / 'gateway.db'}",
+                        folder / "gateway.log", folder / "gateway.yaml").start()
     try:
         client = openai.OpenAI(base_url=gw.base_url, api_key="none", max_retries=0,
                                timeout=120)
