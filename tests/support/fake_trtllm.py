@@ -198,6 +198,25 @@ class OutputConfig(_Record):
         self._keep(locals())
 
 
+class LoraConfig(_Record):
+    """`LoraConfig(task_id, weights=None, config=None)`: weights [rows, width] and config
+    [rows, 3] torch tensors (module id, layer, rank), both or neither."""
+
+    def __init__(self, task_id, weights=None, config=None):
+        import torch
+
+        _check("task_id", task_id, int, optional=False)
+        _check("weights", weights, torch.Tensor)
+        _check("config", config, torch.Tensor)
+        if (weights is None) != (config is None):
+            raise ValueError("LoRA weights and config must be given together")
+        if config is not None and (config.ndim != 2 or config.shape[1] != 3
+                                   or weights.ndim != 2 or weights.shape[0] != config.shape[0]):
+            raise ValueError(f"LoRA config must be [rows, 3] and weights [rows, width], got "
+                             f"{list(config.shape)} and {list(weights.shape)}")
+        self._keep(locals())
+
+
 class Request(_Record):
     def __init__(self, input_token_ids, max_tokens, *, streaming=False, sampling_config=None,
                  output_config=None, end_id=None, pad_id=None, position_ids=None,
@@ -218,6 +237,7 @@ class Request(_Record):
         _check("output_config", output_config, OutputConfig)
         _check("end_id", end_id, int)
         _check("pad_id", pad_id, int)
+        _check("lora_config", lora_config, LoraConfig)
         for name, words in (("bad_words", bad_words), ("stop_words", stop_words)):
             if words is not None:
                 if not isinstance(words, list):
@@ -390,6 +410,8 @@ class Executor:
         self.total_blocks = (kv.max_tokens // self.tokens_per_block if kv.max_tokens
                              else self.default_blocks)
         self._ids = itertools.count(1)
+        self.lora_cache: dict[int, LoraConfig] = {}  # task id -> weights sent (tests evict)
+        self.requests: list[Request] = []  # every request enqueued, in order
         self._cond = threading.Condition()
         self._queue: list[_State] = []
         self._active: list[_State] = []
@@ -420,8 +442,16 @@ class Executor:
                              / self.tokens_per_block)
             st = _State(rid, request, need)
             self._known[rid] = st
+            self.requests.append(request)
             q = self.config.max_queue_size
-            if self.max_input_len is not None and len(request.input_token_ids) > \
+            lora = request.lora_config
+            if lora is not None and lora.weights is not None:
+                self.lora_cache[lora.task_id] = lora
+            if lora is not None and lora.task_id not in self.lora_cache:
+                self._push(Response(rid, error_msg=(
+                    f"LoRA task {lora.task_id} not found in cache. Please send LoRA weights "
+                    "with request")))
+            elif self.max_input_len is not None and len(request.input_token_ids) > \
                     self.max_input_len:
                 self._push(Response(rid, error_msg=(
                     f"Prompt length ({len(request.input_token_ids)}) exceeds maximum input "
@@ -611,7 +641,7 @@ def _build_config(path: Path) -> dict:
 _PUBLIC = (ModelType, BatchingType, CapacitySchedulerPolicy, CommunicationType, CommunicationMode,
            FinishReason, KvCacheConfig, SchedulerConfig, OrchestratorConfig, ParallelConfig,
            ExecutorConfig, SamplingConfig, OutputConfig, Request, Result, Response,
-           KvCacheStats, IterationStats)
+           KvCacheStats, IterationStats, LoraConfig)
 
 
 def module(model: TokenModel | None = None, *, is_leader: bool = True, step_delay: float = 0.0,

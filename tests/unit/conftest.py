@@ -24,3 +24,14 @@ def llm_tiny_dir():
 def sd_tiny_dir():
     """artifacts/sd-tiny (a diffusers StableDiffusionPipeline folder)."""
     return _artifact("sd-tiny")
+
+
+@pytest.fixture(scope="session")
+def llm_tiny_lora_dir(llm_tiny_dir, tmp_path_factory):
+    """An adapter directory with PEFT LoRA adapters `alpha` (rank 4) and `beta` (rank 8) of
+    llm-tiny (build_scripts/build_llm_tiny_lora.py)."""
+    from uip.artifacts import llm_tiny_lora
+
+    dest = tmp_path_factory.mktemp("lora")
+    llm_tiny_lora.build(dest, llm_tiny_dir)
+    return dest

@@ -65,3 +65,17 @@ def test_fallbacks_in_order_and_kinds(tmp_path):
 def test_llm_needs_a_tokenizer(tmp_path):
     with pytest.raises(GatewaySpecError, match="triton.x: .*tokenizer"):
         _load(tmp_path, {"triton": {"x": {"kind": "llm"}}})
+
+
+def test_lora_model_ids_route_to_their_base_with_the_adapter(tmp_path):
+    from uip.gateway.errors import ApiError
+
+    lora = {"triton": {"llm_bls": {"kind": "llm", "tokenizer": "llm-tiny", "lora_dir": "x"},
+                       "llm": {"kind": "llm", "tokenizer": "llm-tiny"}}}
+    router = Router(_load(tmp_path, lora))
+    (target,) = router.targets("llm_bls:alpha", "llm")
+    assert (target.triton, target.lora) == ("llm_bls", "alpha")
+    assert router.targets("llm_bls", "llm")[0].lora is None
+    with pytest.raises(ApiError) as e:  # no lora_dir: not an adapter id
+        router.targets("llm:alpha", "llm")
+    assert e.value.status == 404

@@ -430,3 +430,59 @@ def test_finalize_shuts_the_engine_down_and_stops_the_metrics_thread(make):
     model.finalize()
     assert engine.shutdowns == 1
     assert not any(t.is_alive() for t in threads)
+
+
+# --- LoRA: lora_name and control requests --------------------------------------------------
+
+
+class LoraEngine(ScriptedEngine):
+    def __init__(self):
+        super().__init__([[[([7], True, "length")]]])
+        self.loaded: list[str] = []
+
+    def adapters(self):
+        return {"enabled": True, "available": ["a"], "loaded": [{"name": n} for n in self.loaded]}
+
+    def load_adapter(self, name):
+        self.loaded.append(name)
+
+    def unload_adapter(self, name):
+        return name in self.loaded and not self.loaded.remove(name)
+
+
+def control(op, name=None, key=None):
+    from uip.llm.engine_tensors import encode_control
+
+    return pbu.Request(encode_control(op, name, key))
+
+
+def test_lora_name_reaches_the_engine(make):
+    engine = LoraEngine()
+    model = make(engine)
+    request = gen_request(lora_name=np.array([[b"a"]], dtype=object))
+    model.execute([request])
+    finished(request)
+    assert engine.requests[0].lora_name == "a"
+
+
+def test_lora_control_checks_the_admin_key_and_answers_json(make, monkeypatch):
+    import json
+
+    model = make(LoraEngine())
+    monkeypatch.delenv("UIP_ADMIN_KEY", raising=False)
+    request = control("list", key="k")
+    model.execute([request])
+    assert "no admin key" in only_error(request).message()
+    monkeypatch.setenv("UIP_ADMIN_KEY", "k")
+    request = control("load", "a", key="wrong")
+    model.execute([request])
+    error = only_error(request)
+    assert error.code() == pbu.TritonError.INVALID_ARG and "admin key" in error.message()
+    request = control("load", "a", key="k")
+    model.execute([request])
+    (resp, flags), = finished(request)
+    assert flags == FINAL
+    assert json.loads(resp.outputs()["lora_status"][0, 0])["loaded"] == [{"name": "a"}]
+    request = control("unload", "b", key="k")
+    model.execute([request])
+    assert "'b' is not loaded" in only_error(request).message()

@@ -39,10 +39,12 @@ class BenchResult:
     itl_mean_ms: float  # mean time between tokens of one request, after the first
 
 
-def _one(engine: Engine, prompt: list[int], n: int) -> tuple[float, int, float]:
+def _one(engine: Engine, prompt: list[int], n: int, lora_name: str | None = None
+         ) -> tuple[float, int, float]:
     """(time to first token, tokens, decode seconds after the first token) of one request."""
     start = time.perf_counter()
-    rid = engine.enqueue(GenerationRequest(input_ids=prompt, max_new_tokens=n, streaming=True))
+    rid = engine.enqueue(GenerationRequest(input_ids=prompt, max_new_tokens=n, streaming=True,
+                                           lora_name=lora_name))
     first = None
     count = 0
     while True:
@@ -121,7 +123,9 @@ def run_one_consumer(engine: Engine, concurrency: int, prompt_tokens: int = 32,
 
 
 def run(engine: Engine, concurrency: int, prompt_tokens: int = 32, max_new_tokens: int = 128,
-        requests_per_client: int = 2, vocab: int = 4096, seed: int = 0) -> BenchResult:
+        requests_per_client: int = 2, vocab: int = 4096, seed: int = 0,
+        adapters: list[str | None] | None = None) -> BenchResult:
+    """`adapters`: client i's requests use LoRA adapter adapters[i % len] (None: the base)."""
     rng = random.Random(seed)
     prompts = [[rng.randrange(8, vocab) for _ in range(prompt_tokens)]
                for _ in range(concurrency * requests_per_client)]
@@ -132,7 +136,8 @@ def run(engine: Engine, concurrency: int, prompt_tokens: int = 32, max_new_token
     def client(i: int) -> None:
         try:
             for k in range(requests_per_client):
-                s = _one(engine, prompts[i * requests_per_client + k], max_new_tokens)
+                s = _one(engine, prompts[i * requests_per_client + k], max_new_tokens,
+                         adapters[i % len(adapters)] if adapters else None)
                 with lock:
                     samples.append(s)
         except BaseException as e:  # noqa: BLE001 - reported after the run

@@ -20,6 +20,7 @@ def generate(
     top_k: int = typer.Option(None),
     seed: int = typer.Option(None),
     stop: list[str] = typer.Option(None, help="stop string (repeatable)"),
+    lora: str = typer.Option(None, help="a LoRA adapter under llm_engine's lora_dir"),
 ) -> None:
     """Generate text; deltas are printed as they arrive."""
     import uuid
@@ -29,7 +30,8 @@ def generate(
 
     url = url or ("localhost:8001" if protocol == "grpc" else "localhost:8000")
     params = {k: v for k, v in dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                    top_k=top_k, seed=seed, stop_words=stop or None).items()
+                                    top_k=top_k, seed=seed, stop_words=stop or None,
+                                    lora_name=lora).items()
               if v is not None}
     if protocol != "http":
         params["request_id"] = uuid.uuid4().hex  # the `llm` ensemble keys streams by request id
@@ -183,3 +185,6 @@ def register(app: typer.Typer) -> None:
     app.command("txt2img")(txt2img)
     app.command("soak")(soak)
     app.command("fuzz")(fuzz)
+    from uip.clients import lora
+
+    lora.register(app)

@@ -33,6 +33,7 @@ INPUTS: dict[str, tuple[Any, bool]] = {
     "exclude_input_in_output": (bool, False),
     "return_num_input_tokens": (bool, False),
     "return_num_output_tokens": (bool, False),
+    "lora_name": (object, True),  # one adapter name, BYTES [1]
 }
 
 

@@ -27,6 +27,7 @@ class GenParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     n: int = 1  # choices: n generations of the same prompt
+    lora_name: str | None = None  # set per target (model id '<model>:<adapter>')
 
     @classmethod
     def of(cls, body: Sampling, max_tokens: int | None, limits: Limits,
@@ -51,7 +52,7 @@ class GenParams:
         seed = None if self.seed is None else (self.seed + choice) % SEED_SPACE
         return parameters(max_tokens=self.max_tokens, temperature=self.temperature,
                           top_p=self.top_p, seed=seed, stop_words=self.stop or None,
-                          return_num_output_tokens=True, stream=True)
+                          return_num_output_tokens=True, stream=True, lora_name=self.lora_name)
 
 
 def check_max_tokens(max_tokens: int | None, limits: Limits, param: str) -> None:

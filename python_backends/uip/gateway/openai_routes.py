@@ -13,6 +13,7 @@ import numpy as np
 from fastapi import APIRouter, Depends
 
 from uip.clients.tensors import grpc_input as tensor
+from uip.core.paths import resolve_artifact
 from uip.gateway import textgen
 from uip.gateway.auth import authorize
 from uip.gateway.errors import ApiError
@@ -26,6 +27,7 @@ from uip.gateway.schemas import (
     text_of,
 )
 from uip.gateway.state import Caller, Gateway, gateway
+from uip.llm.lora_names import available
 
 router = APIRouter(prefix="/v1")
 
@@ -39,6 +41,9 @@ async def list_models(caller: Caller = Depends(authorize), g: Gateway = Depends(
     """Triton models that are READY, aliases of them, and external models."""
     ready = await g.triton.ready_models(g.spec.triton)
     data = [_model(m, "uip") for m in g.spec.triton if m in ready]
+    for m, model in g.spec.triton.items():  # LoRA adapters: '<model>:<adapter>'
+        if m in ready and model.lora_dir:
+            data += [_model(f"{m}:{a}", "uip") for a in available(resolve_artifact(model.lora_dir))]
     for name, route in g.spec.models.items():
         if route.external is not None:
             data.append(_model(name, "external"))

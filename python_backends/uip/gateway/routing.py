@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import httpx
@@ -27,6 +27,7 @@ class Target:
     triton: str | None = None
     tokenizer: str | None = None
     external: External | None = None
+    lora: str | None = None  # a LoRA adapter of the Triton model (id '<model>:<adapter>')
 
 
 class Router:
@@ -37,6 +38,10 @@ class Router:
         return [*self.spec.triton, *self.spec.models]
 
     def targets(self, model_id: str, kind: Kind) -> list[Target]:
+        base, _, adapter = model_id.partition(":")
+        if adapter and self.spec.kind_of(model_id) is None and base in self.spec.triton \
+                and self.spec.triton[base].lora_dir:
+            return [replace(t, lora=adapter) for t in self.targets(base, kind)[:1]]
         have = self.spec.kind_of(model_id)
         if have is None:
             raise ApiError(404, f"The model {model_id!r} does not exist; GET /v1/models lists "

@@ -1,8 +1,10 @@
 """`specs/gateway.yaml`: which model ids the gateway offers and where each one goes.
 
-Triton models are listed by what they serve (`kind`); `models` adds ids that alias a Triton
-model or an external OpenAI-compatible API (key from an environment variable), each with
-fallbacks tried in order when its target is unavailable. `limits` caps every request.
+Triton models are listed by what they serve (`kind`); an llm with `lora_dir` is also offered
+as `<model>:<adapter>` for each adapter folder there (its engine loads it); `models` adds ids
+that alias a Triton model or an external OpenAI-compatible API (key from an environment
+variable), each with fallbacks tried in order when its target is unavailable. `limits` caps
+every request.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class TritonModel(_Strict):
     kind: Kind
     tokenizer: str | None = Field(None, description="artifact folder of an llm's tokenizer "
                                   "(chat template, prompt token counts)")
+    lora_dir: str | None = Field(None, description="an llm's LoRA adapter directory (its "
+                                 "engine's lora_dir): each adapter is offered as "
+                                 "'<model>:<adapter>'")
 
     @model_validator(mode="after")
     def _llm_has_tokenizer(self) -> TritonModel:

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -121,7 +121,8 @@ async def _open(g: Gateway, job: TextJob, target: Target) -> Opened:
         prompt = job.prompt or ""
         tokens = formatter_for(target.tokenizer).count_tokens(prompt)
     timeout = g.spec.limits.stream_timeout_s
-    streams = [generate(g.triton, target.triton, prompt, job.params, timeout, i)
+    params = job.params if target.lora is None else replace(job.params, lora_name=target.lora)
+    streams = [generate(g.triton, target.triton, prompt, params, timeout, i)
                for i in range(job.params.n)]
     firsts = await _first_deltas(streams)
     return Opened(target, tokens, [_primed(f, s) for f, s in zip(firsts, streams, strict=True)])

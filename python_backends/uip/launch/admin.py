@@ -12,9 +12,11 @@ import secrets
 import urllib.error
 import urllib.request
 
+from uip.core.admin_key import ADMIN_KEY_ENV
+
 ADMIN_HEADER = "uip-admin-key"
 GRPC_PREFIX = "triton-grpc-protocol-"  # Triton looks for the gRPC key under this prefix
-KEY_ENV = "UIP_ADMIN_KEY"
+KEY_ENV = ADMIN_KEY_ENV
 RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace",
                    "logging")
 

@@ -11,7 +11,7 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 
-from uip.launch.admin import AdminApi, headers, restricted_flags
+from uip.launch.admin import KEY_ENV, AdminApi, headers, restricted_flags
 from uip.launch.admin import admin_key as _admin_key
 from uip.launch.command import (
     LaunchError,
@@ -88,7 +88,10 @@ def prepare(repository: Path, ports: Ports, extra: list[str] | None = None,
     check_ports(ports)
     cmd = server_command(find_tritonserver(), repository.resolve(), prepare_backend_dir(), ports,
                          server_flags(extra, admin_key, open_apis))
-    return cmd, server_env(ports=ports)
+    env = server_env(ports=ports)
+    if admin_key:  # the models' own admin requests (LoRA control) check the same key
+        env[KEY_ENV] = admin_key
+    return cmd, env
 
 
 def _printer(msg: str) -> None:

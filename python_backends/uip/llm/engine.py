@@ -40,6 +40,7 @@ class GenerationRequest:
     stop_words: list[list[int]] = field(default_factory=list)  # token sequences that end output
     bad_words: list[list[int]] = field(default_factory=list)  # token sequences never produced
     streaming: bool = True
+    lora_name: str | None = None  # a LoRA adapter of the deployment (None: the base model)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,10 @@ INT32 [1], `runtime_top_p` FP32 [1], `random_seed` UINT64 [1], `stop_words_list`
 `bad_words_list` INT32 [2, -1] (TensorRT-LLM's format: row 0 the words' ids concatenated,
 row 1 each word's end offset, -1 padded), `stop` BOOL [1], `stream_key` BYTES [1] (ours: an
 opaque id echoed as `stream_key_out` on every response, for the `llm` ensemble's postprocess).
+`lora_name` BYTES [1] (optional: a LoRA adapter of the deployment; empty or absent: the base
+model). A control request carries `lora_control` BYTES [1] instead (JSON `{"op": "list" |
+"load" | "unload", "name": ..., "key": <the admin key>}`, `uip lora`) and gets one final
+response whose `lora_status` BYTES [1] is the JSON answer.
 Outputs: `output_ids` INT32 [1, n] (beam dimension 1; only generated tokens: the new ones
 when streaming, one step's or, when the relay fell behind, several steps' at once; all of
 them otherwise), `sequence_length` INT32 [1] (n) and `finish_reason`
@@ -24,6 +28,7 @@ Sampling follows TensorRT-LLM's conventions: absent inputs, `runtime_top_k` 0 an
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,6 +48,7 @@ class EngineCall:
     request: GenerationRequest | None
     stop: bool = False
     stream_key: bytes | None = None  # echoed on every response (the `llm` ensemble's stream id)
+    control: dict | None = None  # a LoRA control request (`lora_control`)
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,9 @@ def decode_request(inputs: Mapping[str, np.ndarray], max_tokens: int,
     """Validate one request's inputs against the contract and the spec's limits."""
     if Scalar("stop", bool, default=False).read(inputs):
         return EngineCall(None, stop=True)
+    control = Scalar("lora_control", str).read(inputs)
+    if control is not None:
+        return EngineCall(None, control=_control(control))
     ids = _ids(inputs)
     out_len = Scalar("request_output_len", int).read(inputs)
     if out_len is None:
@@ -145,7 +154,34 @@ def decode_request(inputs: Mapping[str, np.ndarray], max_tokens: int,
         stop_words=word_list(inputs, "stop_words_list"),
         bad_words=word_list(inputs, "bad_words_list"),
         streaming=Scalar("streaming", bool, default=False).read(inputs),
+        lora_name=Scalar("lora_name", str).read(inputs) or None,
     ), stream_key=stream_key)
+
+
+CONTROL_OPS = ("list", "load", "unload")
+
+
+def _control(text: str) -> dict:
+    try:
+        control = json.loads(text)
+    except ValueError as e:
+        raise InvalidInput(f"'lora_control' is not JSON: {e}") from None
+    if not isinstance(control, dict) or control.get("op") not in CONTROL_OPS:
+        raise InvalidInput(f"'lora_control' must be a JSON object with op one of {CONTROL_OPS}")
+    if control["op"] != "list" and not isinstance(control.get("name"), str):
+        raise InvalidInput(f"'lora_control' op {control['op']!r} needs a string 'name'")
+    return control
+
+
+def encode_control(op: str, name: str | None = None, key: str | None = None
+                   ) -> dict[str, np.ndarray]:
+    """A LoRA control request (`uip lora`): placeholder ids, the JSON in `lora_control`."""
+    body = {"op": op, "name": name, "key": key}
+    return {
+        "input_ids": np.zeros((1, 1), dtype=np.int32),
+        "request_output_len": np.array([[1]], dtype=np.int32),
+        "lora_control": np.array([[json.dumps(body).encode()]], dtype=object),
+    }
 
 
 def encode_request(req: GenerationRequest, given_sampling: Mapping[str, float | int] | None = None
@@ -166,6 +202,8 @@ def encode_request(req: GenerationRequest, given_sampling: Mapping[str, float | 
     for name, value in (("end_id", req.end_id), ("pad_id", req.pad_id)):
         if value is not None:
             out[name] = np.array([[value]], dtype=np.int32)
+    if req.lora_name:
+        out["lora_name"] = np.array([[req.lora_name.encode()]], dtype=object)
     out.update(sampling.engine_tensors(given_sampling))
     return out
 
@@ -193,6 +231,17 @@ def encode_response(tokens: list[int], finish_reason: str | None = None,
     if stream_key is not None:
         out["stream_key_out"] = np.array([[stream_key]], dtype=object)
     return out
+
+
+def encode_control_response(status: dict) -> dict[str, np.ndarray]:
+    """The one final response of a LoRA control request."""
+    out = encode_response([], "control")
+    out["lora_status"] = np.array([[json.dumps(status).encode()]], dtype=object)
+    return out
+
+
+def decode_control_response(lora_status: np.ndarray) -> dict:
+    return json.loads(as_text(lora_status.reshape(-1)[0], "lora_status"))
 
 
 def decode_response(output_ids: np.ndarray | None, finish_reason: np.ndarray | None

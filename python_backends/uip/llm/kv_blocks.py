@@ -31,6 +31,7 @@ class BlockTable:
 
     blocks: list[int] = field(default_factory=list)
     hashes: list[bytes] = field(default_factory=list)
+    salt: bytes | None = None  # the chain's root: K/V computed under another LoRA adapter differ
 
 
 @dataclass
@@ -79,7 +80,7 @@ class BlockManager:
         if not self.prefix_caching:
             return 0
         bs = self.block_size
-        parent: bytes | None = None
+        parent: bytes | None = table.salt
         for i in range((len(tokens) - 1) // bs):
             h = chain_hash(parent, tokens[i * bs:(i + 1) * bs])
             self.prefix_stats.queries += 1
@@ -100,7 +101,7 @@ class BlockManager:
             return
         bs = self.block_size
         for i in range(len(table.hashes), min(num_computed // bs, len(table.blocks))):
-            parent = table.hashes[-1] if table.hashes else None
+            parent = table.hashes[-1] if table.hashes else table.salt
             h = chain_hash(parent, tokens[i * bs:(i + 1) * bs])
             table.hashes.append(h)
             block = table.blocks[i]

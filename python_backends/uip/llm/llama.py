@@ -13,11 +13,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from uip.llm.paged_attention import StepMeta, attend, backends, write_kv
+
+if TYPE_CHECKING:
+    from uip.llm.lora import LoraCache, LoraStep
 
 _ROPE_TYPES = ("default", "linear", "llama3")
 MODEL_TYPES = ("llama", "mistral", "qwen2")  # same block: RMSNorm, RoPE, GQA, SiLU MLP
@@ -35,6 +39,7 @@ class LlamaShape:
     max_positions: int
     tie_embeddings: bool
     sliding_window: int | None
+    intermediate: int = 0  # MLP width
 
 
 def read_config(model_dir: Path | str):
@@ -60,7 +65,8 @@ def shape_of(config) -> LlamaShape:
         vocab=int(config.vocab_size), eps=float(config.rms_norm_eps),
         max_positions=int(getattr(config, "max_position_embeddings", 0) or 2048),
         tie_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-        sliding_window=int(window) if window else None)
+        sliding_window=int(window) if window else None,
+        intermediate=int(getattr(config, "intermediate_size", 0) or 0))
 
 
 def rope_inv_freq(config, head_dim: int) -> tuple[torch.Tensor, float]:
@@ -192,6 +198,7 @@ class LlamaRunner:
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos = (emb.cos() * scale).to(self.dtype).to(self.device)
         self.sin = (emb.sin() * scale).to(self.dtype).to(self.device)
+        self.lora: LoraCache | None = None  # set by the engine when adapters are configured
 
     def _load(self, w: dict[str, torch.Tensor]) -> None:
         def get(name: str) -> torch.Tensor | None:
@@ -240,20 +247,29 @@ class LlamaRunner:
                 for _ in range(s.layers)]
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: StepMeta,
-                cache: list[tuple[torch.Tensor, torch.Tensor]], logit_rows: torch.Tensor
-                ) -> torch.Tensor:
-        """One step: [T] tokens at [T] positions -> float32 logits [len(logit_rows), vocab]."""
+                cache: list[tuple[torch.Tensor, torch.Tensor]], logit_rows: torch.Tensor,
+                lora: LoraStep | None = None) -> torch.Tensor:
+        """One step: [T] tokens at [T] positions -> float32 logits [len(logit_rows), vocab];
+        `lora` (rows' adapter slots in `self.lora`) adds each row's adapter."""
         with backends(self.device):
-            h = self._layers(self.embed[input_ids], positions, meta, cache)
+            h = self._layers(self.embed[input_ids], positions, meta, cache, lora)
         h = self.ops.rms_norm(h[logit_rows], self.norm, self.shape.eps)
         return F.linear(h, self.lm_head).float()
 
     def _layers(self, h: torch.Tensor, positions: torch.Tensor, meta: StepMeta,
-                cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+                cache: list[tuple[torch.Tensor, torch.Tensor]], lora: LoraStep | None = None
+                ) -> torch.Tensor:
         s, ops = self.shape, self.ops
+        adapters = self.lora if lora is not None else None
+
+        def linear(i: int, fused: str, x: torch.Tensor, w: torch.Tensor,
+                   b: torch.Tensor | None) -> torch.Tensor:
+            y = F.linear(x, w, b)
+            return y if adapters is None else adapters.add_delta(i, fused, x, y, lora)
+
         x = ops.rms_norm(h, self.layers[0].ln_in, s.eps)
         for i, (layer, (k_cache, v_cache)) in enumerate(zip(self.layers, cache, strict=True)):
-            qkv = F.linear(x, layer.qkv, layer.qkv_bias)
+            qkv = linear(i, "qkv", x, layer.qkv, layer.qkv_bias)
             if meta.rope_kv_kernel is not None:  # decode only: k, v go straight to the cache
                 q = meta.rope_kv_kernel(qkv, self.cos, self.sin, positions, meta.slot_mapping,
                                         k_cache, v_cache)
@@ -263,10 +279,11 @@ class LlamaRunner:
                                        s.kv_heads, s.head_dim)
                 write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
             o = attend(q, k, v, k_cache, v_cache, meta)
-            h, x = ops.add_rms_norm(h, F.linear(o.reshape(-1, s.heads * s.head_dim), layer.o,
-                                                layer.o_bias), layer.ln_post, s.eps)
-            down = F.linear(ops.silu_mul(F.linear(x, layer.gate_up, layer.gate_up_bias)),
-                            layer.down, layer.down_bias)
+            h, x = ops.add_rms_norm(h, linear(i, "o", o.reshape(-1, s.heads * s.head_dim),
+                                              layer.o, layer.o_bias), layer.ln_post, s.eps)
+            down = linear(i, "down",
+                          ops.silu_mul(linear(i, "gate_up", x, layer.gate_up, layer.gate_up_bias)),
+                          layer.down, layer.down_bias)
             if i + 1 < len(self.layers):  # the residual add fused with the next layer's norm
                 h, x = ops.add_rms_norm(h, down, self.layers[i + 1].ln_in, s.eps)
             else:

@@ -26,6 +26,12 @@ the placeholders and are delivered while step N+1 runs. A sequence that finished
 computed one token too many in step N+1, into a slot of its own unhashed last block: dropped.
 Otherwise step N's tokens are read back before the next step is planned.
 
+LoRA (spec parameters `lora_dir`, `lora_max_rank`, `lora_max_adapters`; lora.py): a request's
+`lora_name` is read from the adapter directory on enqueue (unknown or too large: InvalidInput)
+unless resident, gets a device slot on admission (it waits while every slot is in use), and
+its rows get their adapter's delta in the step's forward; its prefix-cache chain is salted
+with the adapter. Decode steps with adapter rows run eagerly, not as a CUDA graph.
+
 Admission: at most `max_requests_per_batch` sequences run at once; at most
 `max_waiting_requests` wait, beyond which `enqueue` raises `EngineOverloaded`.
 """
@@ -56,6 +62,8 @@ from uip.llm.engine import (
 )
 from uip.llm.kv_blocks import BlockManager
 from uip.llm.llama import LlamaRunner, eos_ids
+from uip.llm.lora import Adapter, LoraCache
+from uip.llm.lora_names import check_name
 from uip.llm.paged_attention import build_meta, to_device
 from uip.llm.paged_sampling import LogitsMask, Row, choose_on_device, new_generator
 from uip.llm.scheduler import Scheduler, Sequence, StepPlan
@@ -88,6 +96,9 @@ class PagedEngineConfig:
     torch_threads: int = 0
     cuda_graphs: bool = True  # GPU only: decode-only steps replay captured CUDA graphs
     torch_compile: bool = True  # GPU only: a layer's elementwise ops fused by torch.compile
+    lora_dir: str | None = None  # LoRA adapters, one PEFT folder per name; None: no adapters
+    lora_max_rank: int = 64
+    lora_max_adapters: int = 8  # device slots (LRU); requests of more adapters wait for one
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> PagedEngineConfig:
@@ -107,6 +118,9 @@ class PagedEngineConfig:
             torch_threads=settings.param("torch_threads", 0, int),
             cuda_graphs=settings.param("cuda_graphs", True, bool),
             torch_compile=settings.param("torch_compile", True, bool),
+            lora_dir=settings.param("lora_dir", None) or None,
+            lora_max_rank=settings.param("lora_max_rank", 64, int),
+            lora_max_adapters=settings.param("lora_max_adapters", 8, int),
         )
 
 
@@ -131,6 +145,8 @@ class _Request:
     def needs_host_tokens(self) -> bool:
         """Its next token's choice reads the tokens so far on the host: no overlap."""
         return self.logits_mask is not None or bool(self.row.bad_words)
+    adapter: Adapter | None = None  # read from disk, until it is in a device slot
+    lora_slot: int = 0  # 0: the base model
 
     def finish_reason(self, token: int) -> FinishReason | None:
         generated = self.seq.generated
@@ -172,6 +188,14 @@ class PagedEngine(Engine):
         self.blocks = BlockManager(num_blocks, cfg.page_size, cfg.prefix_caching)
         max_running = cfg.max_requests_per_batch or 256
         self.scheduler = Scheduler(self.blocks, cfg.max_batch_tokens, max_running)
+        self.lora: LoraCache | None = None
+        if cfg.lora_dir:
+            from uip.core.paths import resolve_artifact
+
+            self.lora = self.runner.lora = LoraCache(
+                resolve_artifact(cfg.lora_dir), self.runner.shape, cfg.lora_max_adapters,
+                cfg.lora_max_rank, self.runner.device, self.runner.dtype)
+        self._lora_waiting: list[_Request] = []  # admitted once a slot is free
         self.graphs: DecodeGraphs | None = None
         if use_graphs:
             self.graphs = self._capture_graphs(num_blocks, min(max_running,
@@ -241,8 +265,49 @@ class PagedEngine(Engine):
                 f"tokens; the cache has {self.blocks.num_blocks}")
         return sampling
 
+    def _adapter(self, name: str | None) -> Adapter | None:
+        """The request's adapter read from disk, or None (base model, or resident already)."""
+        if name is None:
+            return None
+        if self.lora is None:
+            raise InvalidInput(f"lora_name {name!r} given, but this deployment serves no LoRA "
+                               "adapters (no lora_dir parameter)")
+        check_name(name)
+        with self._lock:
+            if self.lora.resident(name):
+                return None
+        return self.lora.read(name)
+
+    def adapters(self) -> dict:
+        """The adapter directory's folders and the adapters resident on the device."""
+        if self.lora is None:
+            return {"enabled": False, "available": [], "loaded": []}
+        with self._lock:
+            loaded = self.lora.status()
+        return {"enabled": True, "directory": str(self.lora.directory),
+                "max_adapters": self.lora.max_adapters, "max_rank": self.lora.max_rank,
+                "available": self.lora.available(), "loaded": loaded}
+
+    def load_adapter(self, name: str) -> None:
+        """(Re)read an adapter from disk; it replaces the resident copy once that is idle."""
+        if self.lora is None:
+            raise InvalidInput("this deployment serves no LoRA adapters (no lora_dir parameter)")
+        adapter = self.lora.read(check_name(name))
+        with self._lock:
+            self.lora.unload(name)
+            slot = self.lora.acquire(name, adapter)
+            if slot is not None:
+                self.lora.release(slot)
+
+    def unload_adapter(self, name: str) -> bool:
+        if self.lora is None:
+            return False
+        with self._lock:
+            return self.lora.unload(check_name(name))
+
     def enqueue(self, request: GenerationRequest, logits_mask: LogitsMask | None = None) -> int:
         sampling = self.validate(request)
+        adapter = self._adapter(request.lora_name)
         generator = None
         if sampling is not None:
             seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
@@ -250,7 +315,7 @@ class PagedEngine(Engine):
         with self._lock:
             if self._stopping or self._failed:
                 raise RuntimeError(self._failed or "the engine is shutting down")
-            waiting = len(self._incoming) + len(self.scheduler.waiting)
+            waiting = len(self._incoming) + len(self.scheduler.waiting) + len(self._lora_waiting)
             if waiting >= self.config.max_waiting_requests:
                 raise EngineOverloaded(
                     f"{waiting} requests are waiting already (max_waiting_requests="
@@ -261,7 +326,7 @@ class PagedEngine(Engine):
                       seq.tokens)
             eos = frozenset([request.end_id]) if request.end_id is not None \
                 else self.default_eos
-            req = _Request(rid, request, eos, row, seq, logits_mask)
+            req = _Request(rid, request, eos, row, seq, logits_mask, adapter=adapter)
             seq.owner = req
             self._requests[rid] = req
             self._incoming.append(req)
@@ -322,7 +387,7 @@ class PagedEngine(Engine):
         sched, blocks = self.scheduler, self.blocks
         return EngineStats(
             active_requests=len(sched.running),
-            queued_requests=len(sched.waiting) + len(self._incoming),
+            queued_requests=len(sched.waiting) + len(self._incoming) + len(self._lora_waiting),
             kv_blocks_used=blocks.num_used, kv_blocks_total=blocks.num_blocks,
             tokens_generated=self._tokens_generated,
             prefix_cache_queries=blocks.prefix_stats.queries,
@@ -358,17 +423,19 @@ class PagedEngine(Engine):
         """Take new requests and cancels; wait while idle. False once stopping."""
         with self._lock:
             while not (self._incoming or self._cancelled or self._stopping
-                       or self.scheduler.has_work() or self._pending is not None):
+                       or self.scheduler.has_work() or self._pending is not None
+                       or self._lora_waiting):
                 self._lock.wait(timeout=0.5)
             if self._stopping:
                 return False
             for req in self._cancelled:
                 self.scheduler.remove(req.seq)
             self._cancelled.clear()
-            for req in self._incoming:
-                if not req.done:
+            incoming, self._incoming = self._lora_waiting + self._incoming, []
+            self._lora_waiting = []
+            for req in incoming:
+                if not req.done and self._take_slot(req):
                     self.scheduler.add(req.seq)
-            self._incoming.clear()
             return True
 
     def _can_overlap(self) -> bool:
@@ -376,7 +443,28 @@ class PagedEngine(Engine):
         sched = self.scheduler
         return (self.graphs is not None and not sched.waiting
                 and len(sched.running) <= self.graphs.max_batch
-                and not any(seq.owner.needs_host_tokens for seq in sched.running))
+                and not any(seq.owner.needs_host_tokens or seq.owner.lora_slot
+                            for seq in sched.running))
+
+    def _take_slot(self, req: _Request) -> bool:
+        """Put the request's adapter in a device slot (lock held); False: all are in use,
+        it waits."""
+        name = req.request.lora_name
+        if name is None or self.lora is None:
+            return True
+        if not self.lora.resident(name) and req.adapter is None:
+            try:  # unloaded since enqueue: read it again
+                req.adapter = self.lora.read(name)
+            except Exception as e:  # noqa: BLE001 - this request fails, not the engine
+                self._finish(req, [], "error", error=str(e))
+                return False
+        slot = self.lora.acquire(name, req.adapter)
+        if slot is None:
+            self._lora_waiting.append(req)
+            return False
+        req.lora_slot, req.adapter = slot, None
+        req.seq.table.salt = self.lora.fingerprints[slot]
+        return True
 
     def _step(self) -> None:
         t0 = time.perf_counter()
@@ -396,7 +484,7 @@ class PagedEngine(Engine):
             if not resolved:
                 time.sleep(0.001)
             return
-        ids, positions, slots, rows_out = [], [], [], []
+        ids, positions, slots, rows_out, lora_rows = [], [], [], [], []
         decode_tables, decode_lens, prefills = [], [], []
         bs = self.block_size
         for c in plan.chunks:
@@ -408,22 +496,25 @@ class PagedEngine(Engine):
             else:
                 prefills.append((len(ids), c.length, c.start + c.length, table))
             ids += seq.tokens[c.start:c.start + c.length]
+            lora_rows += [seq.owner.lora_slot] * c.length
             positions += span
             slots += [table[p // bs] * bs + p % bs for p in span]
             if c.samples:
                 rows_out.append(len(ids) - 1)
         t1 = time.perf_counter()
         self.step_seconds["prepare"] += t1 - t0
-        if pending is not None:
+        lora = self.lora.step(lora_rows) if self.lora is not None else None
+        if pending is not None:  # overlap: never with adapter rows (_can_overlap)
             logits = self.graphs.run(ids, positions, slots, decode_tables, decode_lens,
                                      prev=(pending.tokens, src))
-        elif self.graphs is not None and not prefills and len(ids) <= self.graphs.max_batch:
+        elif (self.graphs is not None and not prefills and lora is None
+                and len(ids) <= self.graphs.max_batch):
             logits = self.graphs.run(ids, positions, slots, decode_tables, decode_lens)
         else:
             dev = self.runner.device
             meta = build_meta(slots, decode_tables, decode_lens, prefills, bs, dev)
             logits = self.runner.forward(to_device(ids, dev), to_device(positions, dev), meta,
-                                         self.cache, to_device(rows_out, dev))
+                                         self.cache, to_device(rows_out, dev), lora)
         self._steps += 1
         launched = self._choose(plan, logits)
         self.step_seconds["launch"] += time.perf_counter() - t1
@@ -495,6 +586,10 @@ class PagedEngine(Engine):
                 error: str | None = None) -> None:
         """Deliver the final result (lock held)."""
         req.done = True
+        if req.lora_slot and self.lora is not None:
+            # the slot keeps its adapter until the sequence leaves the batch: slots are only
+            # rewritten in `_absorb`, after cancelled sequences are removed
+            self.lora.release(req.lora_slot)
         tokens = new_tokens if req.request.streaming else req.generated
         req.results.put(GenerationResult(req.id, tokens, is_final=True, finish_reason=reason,
                                          error=error))

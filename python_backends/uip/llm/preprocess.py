@@ -79,6 +79,7 @@ class LlmRequest:
     exclude_input_in_output: bool = True
     return_num_input_tokens: bool = False
     return_num_output_tokens: bool = False
+    lora_name: str | None = None  # a LoRA adapter (checked by the engine)
 
 
 def _words(inputs: Mapping[str, np.ndarray], name: str, limits: Limits) -> list[str]:
@@ -131,10 +132,11 @@ class Preprocessor:
             raise InvalidInput("'text_input' is empty and this tokenizer adds no BOS token, so "
                                "there is nothing to generate from; send some text")
         validation.check_context(len(ids), max_tokens, lim.max_context)
+        lora_name = Scalar("lora_name", str).read(inputs) or None
         return LlmRequest(prompt=prompt, input_ids=ids, max_tokens=max_tokens, stream=stream,
                           sampling=given, stop_words=stop_words, bad_words=bad_words,
                           exclude_input_in_output=exclude, return_num_input_tokens=ret_in,
-                          return_num_output_tokens=ret_out)
+                          return_num_output_tokens=ret_out, lora_name=lora_name)
 
     # ---------------------------------------------------------------------- engine inputs
 
@@ -142,12 +144,13 @@ class Preprocessor:
                       sampling: bool = True) -> dict[str, np.ndarray]:
         """llm_engine's inputs for one request (batch 1). `stop_words`: pass the stop words
         as token sequences (the ensemble; llm_bls matches stop strings on the text itself).
-        `sampling`: include the sampling inputs that were given (the ensemble maps them
-        straight from its own inputs instead)."""
+        `sampling`: include the sampling inputs and `lora_name` that were given (the ensemble
+        maps them straight from its own inputs instead)."""
         gen = GenerationRequest(
             input_ids=req.input_ids, max_new_tokens=req.max_tokens, end_id=self.end_id,
             pad_id=self.pad_id, streaming=streaming, bad_words=self.word_ids(req.bad_words),
-            stop_words=self.word_ids(req.stop_words) if stop_words else [])
+            stop_words=self.word_ids(req.stop_words) if stop_words else [],
+            lora_name=req.lora_name if sampling else None)
         return engine_tensors.encode_request(gen, req.sampling if sampling else {})
 
 

@@ -11,6 +11,10 @@ Pure parts, all taking the executor module as an argument so tests pass a stand-
   free-memory fraction and block reuse, capacity scheduler policy, leader/orchestrator MPI mode);
 - `to_executor_request(request, trtllm, info)` and `to_result(response)`.
 
+LoRA (spec parameters `lora_dir`, `lora_max_rank`, `lora_dtype`): a request's `lora_name` goes
+to the executor as `LoraConfig` (uip.trtllm.lora); one that fails with "not found in cache" is
+sent again with the adapter's weights, under the same request id for the caller.
+
 Multi-GPU (tp x pp ranks under mpirun, see `uip.launch.mpi`): every rank creates the executor
 in LEADER mode; only rank 0 can enqueue. On the other ranks the constructor blocks in
 `shutdown()` until rank 0 shuts down, as TensorRT-LLM's own Triton model does, so their
@@ -40,6 +44,7 @@ from uip.llm.engine import (
     SamplingParams,
 )
 from uip.trtllm.engine_dir import EngineDir
+from uip.trtllm.lora import NOT_IN_CACHE, TrtllmLora
 
 TRTLLM_CONTAINER = "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
 EXECUTOR_MODULE = "tensorrt_llm.bindings.executor"
@@ -242,7 +247,8 @@ def with_default_eos(req: GenerationRequest, eos_token_ids: tuple[int, ...]) -> 
     return replace(req, end_id=eos_token_ids[0], stop_words=[*req.stop_words, *extra])
 
 
-def to_executor_request(req: GenerationRequest, trtllm: Any, info: EngineDir | None = None):
+def to_executor_request(req: GenerationRequest, trtllm: Any, info: EngineDir | None = None,
+                        lora_config: Any = None):
     """`trtllm.Request` for one generation request: only new tokens come back
     (exclude_input_from_output), one response per step when streaming."""
     sampling = check_request(req, info)
@@ -260,6 +266,8 @@ def to_executor_request(req: GenerationRequest, trtllm: Any, info: EngineDir | N
         kwargs["stop_words"] = [[int(t) for t in w] for w in req.stop_words if w]
     if req.bad_words:
         kwargs["bad_words"] = [[int(t) for t in w] for w in req.bad_words if w]
+    if lora_config is not None:
+        kwargs["lora_config"] = lora_config
     return trtllm.Request([int(t) for t in req.input_ids], int(req.max_new_tokens),
                           **kwargs)
 
@@ -314,6 +322,8 @@ def to_result(response: Any) -> GenerationResult:
 class _Live:
     end_id: int | None
     last_token: int | None = None
+    exec_id: int = 0  # the executor's id now (another one after a LoRA resend)
+    request: GenerationRequest | None = None  # kept for a LoRA resend
 
 
 def _wait(timeout: float | None) -> timedelta | None:
@@ -342,7 +352,7 @@ class TrtllmEngine(Engine):
 
     def __init__(self, engine_dir: Path | str, settings: ExecutorSettings | None = None, *,
                  eos_token_ids: tuple[int, ...] = (), executor_module: Any = None,
-                 check_ranks: bool = True):
+                 check_ranks: bool = True, lora: TrtllmLora | None = None):
         self.trtllm = executor_module if executor_module is not None else import_executor_module()
         self.engine_dir = Path(engine_dir)
         self.info = EngineDir.read(self.engine_dir, check_ranks=check_ranks)
@@ -352,7 +362,9 @@ class TrtllmEngine(Engine):
         self._executor = self.trtllm.Executor(
             self.engine_dir, self.trtllm.ModelType.DECODER_ONLY, config)
         self._lock = threading.Lock()
-        self._live: dict[int, _Live] = {}
+        self._live: dict[int, _Live] = {}  # by the caller's id: the executor's first one
+        self._caller_id: dict[int, int] = {}  # executor id of a resent request -> caller's
+        self.lora = lora
         self._tokens = 0
         self._last_stats: Any = None
         self._closed = False
@@ -366,13 +378,29 @@ class TrtllmEngine(Engine):
     @classmethod
     def from_settings(cls, settings, executor_module: Any = None) -> TrtllmEngine:
         """From a `uip.core.settings.ModelSettings` (artifact = the engine folder)."""
-        return cls(settings.artifact_dir(), ExecutorSettings.from_parameters(settings.parameters),
-                   eos_token_ids=parse_eos(settings.parameters.get("eos_token_ids")),
-                   executor_module=executor_module)
+        params = settings.parameters
+        lora = None
+        if params.get("lora_dir"):
+            from uip.core.paths import resolve_artifact
+
+            lora = TrtllmLora(resolve_artifact(params["lora_dir"]),
+                              int(params.get("lora_max_rank", 64)),
+                              params.get("lora_dtype", "float16"))
+        return cls(settings.artifact_dir(), ExecutorSettings.from_parameters(params),
+                   eos_token_ids=parse_eos(params.get("eos_token_ids")),
+                   executor_module=executor_module, lora=lora)
+
+    def _lora_config(self, request: GenerationRequest, resend: bool = False):
+        if request.lora_name is None:
+            return None
+        if self.lora is None:
+            raise InvalidInput(f"lora_name {request.lora_name!r} given, but this deployment "
+                               "serves no LoRA adapters (no lora_dir parameter)")
+        return self.lora.config(request.lora_name, self.trtllm, resend)
 
     def enqueue(self, request: GenerationRequest) -> int:
         request = with_default_eos(request, self.eos_token_ids)
-        req = to_executor_request(request, self.trtllm, self.info)
+        req = to_executor_request(request, self.trtllm, self.info, self._lora_config(request))
         if not self.is_leader:
             raise RuntimeError("this rank is a TensorRT-LLM worker (rank > 0): only rank 0 "
                                "serves requests")
@@ -380,8 +408,35 @@ class TrtllmEngine(Engine):
             raise RuntimeError("the engine is shut down")
         with self._lock:
             rid = int(self._executor.enqueue_request(req))
-            self._live[rid] = _Live(request.end_id)
+            self._live[rid] = _Live(request.end_id, exec_id=rid,
+                                    request=request if request.lora_name else None)
         return rid
+
+    def _resend(self, live: _Live, caller_id: int) -> None:
+        """Enqueue a LoRA request again with its adapter's weights (lock held)."""
+        assert live.request is not None
+        req = to_executor_request(live.request, self.trtllm, self.info,
+                                  self._lora_config(live.request, resend=True))
+        live.exec_id = int(self._executor.enqueue_request(req))
+        live.request = None  # once
+        self._caller_id[live.exec_id] = caller_id
+
+    # -------------------------------------------------------------- LoRA control (uip lora)
+
+    def adapters(self) -> dict:
+        if self.lora is None:
+            return {"enabled": False, "available": [], "loaded": []}
+        return self.lora.status()
+
+    def load_adapter(self, name: str) -> None:
+        """Check the adapter on disk; its next request sends the weights."""
+        if self.lora is None:
+            raise InvalidInput("this deployment serves no LoRA adapters (no lora_dir parameter)")
+        self.lora.adapters.read(name)
+        self.lora.forget(name)
+
+    def unload_adapter(self, name: str) -> bool:
+        return self.lora is not None and self.lora.forget(name)
 
     def await_responses(self, request_id: int, timeout: float | None = None
                         ) -> list[GenerationResult]:
@@ -389,7 +444,8 @@ class TrtllmEngine(Engine):
             live = self._live.get(request_id)
         if live is None:
             raise KeyError(f"unknown or finished request {request_id}")
-        return self._results(self._executor.await_responses(request_id, timeout=_wait(timeout)))
+        return self._results(self._executor.await_responses(live.exec_id,
+                                                             timeout=_wait(timeout)))
 
     def await_any(self, timeout: float | None = None) -> list[GenerationResult]:
         return self._results(self._executor.await_responses(timeout=_wait(timeout)))
@@ -400,9 +456,15 @@ class TrtllmEngine(Engine):
         with self._lock:
             for resp in responses:
                 r = to_result(resp)
-                live = self._live.get(r.request_id)
+                caller = self._caller_id.pop(r.request_id, r.request_id) if r.is_final \
+                    else self._caller_id.get(r.request_id, r.request_id)
+                live = self._live.get(caller)
                 if live is None:  # a response to a request this engine already finished
                     continue
+                if r.error is not None and NOT_IN_CACHE in r.error and live.request:
+                    self._resend(live, caller)  # the executor evicted the adapter
+                    continue
+                r = replace(r, request_id=caller)
                 if r.tokens:
                     live.last_token = r.tokens[-1]
                 if r.is_final and live.end_id is not None and live.last_token != live.end_id \
@@ -416,9 +478,9 @@ class TrtllmEngine(Engine):
 
     def cancel(self, request_id: int) -> None:
         with self._lock:
-            live = request_id in self._live
-        if live and not self._closed:
-            self._executor.cancel_request(request_id)
+            live = self._live.get(request_id)
+        if live is not None and not self._closed:
+            self._executor.cancel_request(live.exec_id)
 
     def stats(self) -> EngineStats:
         """From the executor's latest iteration stats. Between iterations (idle) those are the

@@ -8,7 +8,9 @@ response per result when streaming (exactly one, FINAL, otherwise), and polls ev
 `is_cancelled()`. So the stub's thread count does not grow with the number of streams. A
 request with `stop` true cancels the in-flight requests that carry the same Triton request id
 (TensorRT-LLM's convention, which llm_bls uses: BLS in Triton 2.51 cannot cancel its own
-request) and gets one empty final response.
+request) and gets one empty final response. A `lora_control` request (`uip lora`, checked
+against the admin key) lists, loads or unloads the engine's LoRA adapters; its one final
+response holds the JSON answer in `lora_status`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+from uip.core.admin_key import check_admin_key
 from uip.core.faults import Unavailable
 from uip.core.inputs import InvalidInput
 from uip.core.settings import ModelSettings
@@ -84,6 +87,10 @@ class LlmEngineModel:
                 self._stop_by_id(request.request_id())
                 pb.send(sender, engine_tensors.encode_response([], "cancelled"), final=True)
                 return
+            if call.control is not None:
+                pb.send(sender, engine_tensors.encode_control_response(
+                    self._control(call.control)), final=True)
+                return
             tid = request.request_id()
             with self._lock:  # registered before the dispatcher can see the first result
                 if len(self._streams) >= self.max_inflight:
@@ -98,6 +105,19 @@ class LlmEngineModel:
             if isinstance(exc, ValueError) and not isinstance(exc, InvalidInput):
                 exc = InvalidInput(str(exc))
             sender.send(pb.error_response(exc), flags=pb.final_flag())
+
+    def _control(self, control: dict) -> dict:
+        """A LoRA control request: list (what `uip lora list` prints), load, unload."""
+        check_admin_key(control.get("key"))
+        engine, op, name = self.engine, control["op"], control.get("name")
+        if not hasattr(engine, "adapters"):
+            raise InvalidInput(f"the {self.settings.runtime} runtime manages no LoRA adapters "
+                               "through llm_engine")
+        if op == "load":
+            engine.load_adapter(name)
+        elif op == "unload" and not engine.unload_adapter(name):
+            raise InvalidInput(f"LoRA adapter {name!r} is not loaded")
+        return engine.adapters()
 
     def _dispatch(self) -> None:
         """The one thread that relays every request's results and polls for cancels."""

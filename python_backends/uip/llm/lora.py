@@ -1,0 +1,290 @@
+"""LoRA adapters for the paged engine, applied per row without merging (S-LoRA / Punica style).
+
+Adapters are PEFT folders (`adapter_config.json` + `adapter_model.safetensors`) under the
+deployment's adapter directory (spec parameter `lora_dir`), one folder per adapter name, LoRA
+on any of q/k/v/o_proj and gate/up/down_proj, rank <= `lora_max_rank`. A folder added while
+the server runs is read on its first request.
+
+The device holds `lora_max_adapters` slots (plus slot 0: zeros, the base model) in fixed
+buffers per layer and fused linear: A [in, slots, W] (W = parts * max_rank: the parts' A^T
+side by side, zero padded) and B [slots, W, out] (block diagonal, PEFT's scale folded in), so
+a fused [q; k; v] or [gate; up] projection gets its delta from one pair of matmuls:
+y += (x @ A[:, slot]) @ B[slot]. A step's rows carry their slot index, so one batch mixes
+adapters and the base model. Steps of up to DENSE_MAX_ROWS rows (decode) compute x against
+every slot's A at once, zero the other slots' columns with a per-row mask and multiply by all
+B stacked: two GEMMs and a multiply per linear, whatever the mix (no gather; the cost grows
+with slots x max_rank, small next to the base GEMMs for the default 8 x 16). Larger steps
+(prefill) run one matmul pair per run of rows sharing a slot. Slots are assigned on
+admission, ref counted by the running requests, and evicted least recently used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from uip.core.inputs import InvalidInput
+from uip.llm.lora_names import CONFIG_FILE, WEIGHTS_FILE, available, check_name
+
+# our fused linears -> the checkpoint projections they hold, in row order
+FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
+         "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
+TARGETS = {p: f for f, parts in FUSED.items() for p in parts}
+_KEY_RE = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
+DENSE_MAX_ROWS = 256  # steps with more rows run per run of rows sharing an adapter
+
+
+@dataclass
+class Adapter:
+    """One adapter read from disk (host memory): per (layer, projection) A [r, in] and
+    scale * B [out, r]."""
+
+    name: str
+    rank: int
+    weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
+    fingerprint: bytes  # changes when the files change (keys the prefix cache)
+
+
+def _dims(shape) -> dict[str, tuple[int, int]]:
+    """projection -> (in, out) of the base model."""
+    q, kv, h = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.hidden
+    inter = shape.intermediate
+    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+
+
+def read_adapter(folder: Path, shape, max_rank: int) -> Adapter:
+    """Parse and check a PEFT LoRA folder against the rank cap and (unless None) the base
+    model's shape."""
+    from safetensors.torch import load_file
+
+    name = folder.name
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    if str(config.get("peft_type", "LORA")).upper() != "LORA":
+        raise InvalidInput(f"adapter {name!r} is a {config.get('peft_type')} adapter; only "
+                           "LoRA is supported")
+    unsupported = [k for k in ("use_dora", "fan_in_fan_out", "rank_pattern", "alpha_pattern")
+                   if config.get(k)]
+    if config.get("bias", "none") != "none":
+        unsupported.append("bias")
+    if unsupported:
+        raise InvalidInput(f"adapter {name!r} uses {unsupported}, which are not supported")
+    rank = int(config["r"])
+    if rank > max_rank:
+        raise InvalidInput(f"adapter {name!r} has rank {rank}, above this deployment's "
+                           f"lora_max_rank of {max_rank}")
+    alpha = float(config.get("lora_alpha", rank))
+    scale = alpha / rank ** 0.5 if config.get("use_rslora") else alpha / rank
+    path = folder / WEIGHTS_FILE
+    raw = load_file(str(path))
+    pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, t in raw.items():
+        m = _KEY_RE.search(key)
+        if m is None or m.group(2) not in TARGETS:
+            raise InvalidInput(f"adapter {name!r} has weight {key!r}: only LoRA on "
+                               f"{sorted(TARGETS)} is supported")
+        layer = int(m.group(1))
+        if shape is not None and layer >= shape.layers:
+            raise InvalidInput(f"adapter {name!r} has layer {layer}; the model has "
+                               f"{shape.layers}")
+        pairs.setdefault((layer, m.group(2)), {})[m.group(3)] = t
+    dims = _dims(shape) if shape is not None else {}
+    weights = {}
+    for (layer, proj), ab in pairs.items():
+        a, b = ab.get("A"), ab.get("B")
+        if a is None or b is None:
+            raise InvalidInput(f"adapter {name!r}: layer {layer} {proj} lacks lora_A or lora_B")
+        r = a.shape[0]
+        d_in, d_out = dims.get(proj, (a.shape[1], b.shape[0]))
+        if a.shape != (r, d_in) or b.shape != (d_out, r) or r > max_rank:
+            raise InvalidInput(f"adapter {name!r}: layer {layer} {proj} has A {list(a.shape)}, "
+                               f"B {list(b.shape)}; the model needs [r, {d_in}], [{d_out}, r] "
+                               f"with r <= {max_rank}")
+        weights[(layer, proj)] = (a.float(), b.float() * scale)
+    if not weights:
+        raise InvalidInput(f"adapter {name!r} holds no LoRA weights")
+    st = path.stat()
+    fingerprint = f"{name}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+    return Adapter(name, rank, weights, fingerprint)
+
+
+class AdapterDir:
+    """The deployment's adapter directory: one PEFT folder per adapter name, read on demand
+    (so a folder added while the server runs is found on its first request)."""
+
+    def __init__(self, directory: Path, max_rank: int, shape=None) -> None:
+        if max_rank < 1:
+            raise ValueError("lora_max_rank must be >= 1")
+        self.directory, self.max_rank, self.shape = Path(directory), max_rank, shape
+
+    def available(self) -> list[str]:
+        return available(self.directory)
+
+    def read(self, name: str) -> Adapter:
+        """The adapter `name`; InvalidInput naming it when it is unknown or does not fit."""
+        folder = self.directory / check_name(name)
+        if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+            raise InvalidInput(f"unknown LoRA adapter {name!r}: no {CONFIG_FILE} and "
+                               f"{WEIGHTS_FILE} under {self.directory}")
+        return read_adapter(folder, self.shape, self.max_rank)
+
+
+@dataclass
+class LoraStep:
+    """One step's adapter rows: a one-hot row -> slot mask (device) or, for large steps, the
+    runs of rows sharing a non-zero slot (host)."""
+
+    onehot: torch.Tensor | None  # [T, slots] in the model's dtype
+    runs: list[tuple[int, int, int]] | None  # (slot, start, end)
+    _masks: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def mask(self, width: int) -> torch.Tensor:
+        """[T, slots * width]: 1 on the columns of each row's own slot (shared by layers)."""
+        m = self._masks.get(width)
+        if m is None:
+            m = self._masks[width] = self.onehot.repeat_interleave(width, dim=1)
+        return m
+
+
+class LoraCache:
+    """The device slots and their buffers; `delta` is what the model runner adds."""
+
+    def __init__(self, directory: Path, shape, max_adapters: int, max_rank: int,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        if max_adapters < 1:
+            raise ValueError("lora_max_adapters must be >= 1")
+        self.adapters = AdapterDir(directory, max_rank, shape)
+        self.directory = self.adapters.directory
+        self.shape, self.max_rank = shape, max_rank
+        self.max_adapters = max_adapters
+        self.device, self.dtype = device, dtype
+        dims = _dims(shape)
+        slots = max_adapters + 1
+        self.buffers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
+        for _ in range(shape.layers):
+            layer = {}
+            for fused, parts in FUSED.items():
+                width = len(parts) * max_rank
+                out = sum(dims[p][1] for p in parts)
+                layer[fused] = (
+                    torch.zeros(dims[parts[0]][0], slots, width, dtype=dtype, device=device),
+                    torch.zeros(slots, width, out, dtype=dtype, device=device))
+            self.buffers.append(layer)
+        self.names: list[str | None] = [None] * slots  # slot -> adapter (slot 0: base)
+        self.fingerprints: list[bytes] = [b""] * slots
+        self.refs = [0] * slots
+        self._lru: OrderedDict[str, int] = OrderedDict()  # resident adapter -> slot; oldest first
+        self.loads = 0
+
+    # ------------------------------------------------------------------ host side
+
+    def available(self) -> list[str]:
+        return self.adapters.available()
+
+    def read(self, name: str) -> Adapter:
+        return self.adapters.read(name)
+
+    def resident(self, name: str) -> bool:
+        return name in self._lru
+
+    # ------------------------------------------------------------------ slots (engine thread)
+
+    def acquire(self, name: str, adapter: Adapter | None) -> int | None:
+        """A slot holding `name` for one more request (loading `adapter` into the least
+        recently used free slot if needed); None when every slot is in use."""
+        slot = self._lru.get(name)
+        if slot is None:
+            if adapter is None:
+                return None
+            slot = self._free_slot()
+            if slot is None:
+                return None
+            self._write(slot, adapter)
+        self._lru.move_to_end(name)
+        self.refs[slot] += 1
+        return slot
+
+    def release(self, slot: int) -> None:
+        if slot:
+            self.refs[slot] -= 1
+            assert self.refs[slot] >= 0, f"LoRA slot {slot} released twice"
+
+    def unload(self, name: str) -> bool:
+        """Forget a resident adapter (requests running with it finish with it)."""
+        slot = self._lru.pop(name, None)
+        if slot is None:
+            return False
+        self.names[slot] = None
+        return True
+
+    def status(self) -> list[dict]:
+        return [{"name": n, "slot": s, "requests": self.refs[s]} for n, s in self._lru.items()]
+
+    def _free_slot(self) -> int | None:
+        for s in range(1, len(self.names)):
+            if self.names[s] is None and self.refs[s] == 0:
+                return s
+        for name, s in self._lru.items():  # least recently used first
+            if self.refs[s] == 0:
+                del self._lru[name]
+                self.names[s] = None
+                return s
+        return None
+
+    def _write(self, slot: int, adapter: Adapter) -> None:
+        r = self.max_rank
+        for i, layer in enumerate(self.buffers):
+            for fused, parts in FUSED.items():
+                a_buf, b_buf = layer[fused]
+                a_buf[:, slot].zero_()
+                b_buf[slot].zero_()
+                col = 0
+                for j, proj in enumerate(parts):
+                    out = _dims(self.shape)[proj][1]
+                    ab = adapter.weights.get((i, proj))
+                    if ab is not None:
+                        a, b = ab
+                        rank = a.shape[0]
+                        a_buf[:, slot, j * r:j * r + rank] = a.T.to(self.dtype)
+                        b_buf[slot, j * r:j * r + rank, col:col + out] = b.T.to(self.dtype)
+                    col += out
+        self.names[slot] = adapter.name
+        self.fingerprints[slot] = adapter.fingerprint
+        self._lru[adapter.name] = slot
+        self.loads += 1
+
+    # ------------------------------------------------------------------ the forward pass
+
+    def step(self, row_slots: list[int]) -> LoraStep | None:
+        """The step's LoRA input from each row's slot; None when no row has an adapter."""
+        if not any(row_slots):
+            return None
+        if len(row_slots) <= DENSE_MAX_ROWS:
+            slots = torch.tensor(row_slots, dtype=torch.long).to(self.device, non_blocking=True)
+            onehot = torch.nn.functional.one_hot(slots, len(self.names)).to(self.dtype)
+            return LoraStep(onehot, None)
+        runs, start = [], 0
+        for i in range(1, len(row_slots) + 1):
+            if i == len(row_slots) or row_slots[i] != row_slots[start]:
+                if row_slots[start]:
+                    runs.append((row_slots[start], start, i))
+                start = i
+        return LoraStep(None, runs)
+
+    def add_delta(self, layer: int, fused: str, x: torch.Tensor, y: torch.Tensor,
+                  step: LoraStep) -> torch.Tensor:
+        """y [T, out] (the base linear's output for rows x [T, in]) plus each row's adapter
+        delta for fused linear `fused` of `layer`."""
+        a, b = self.buffers[layer][fused]
+        d_in, slots, width = a.shape
+        if step.runs is None:
+            xa = x @ a.view(d_in, slots * width)
+            return torch.addmm(y, xa.mul_(step.mask(width)), b.view(slots * width, -1))
+        for slot, start, end in step.runs:
+            y[start:end] += (x[start:end] @ a[:, slot]) @ b[slot]
+        return y
