@@ -15,10 +15,12 @@ system_packages() {
   # libb64-0d: perf_analyzer (from tritonclient's wheel) links libb64.so.0d.
   # openmpi-bin: `uip serve --world-size N` runs one tritonserver per rank under mpirun.
   # postgresql: the gateway's store tests start a throw-away PostgreSQL 15 of their own.
+  # chromium: the playground's browser test (driven by Playwright, no browser download).
   local missing=()
   ldconfig -p | grep -q 'libb64.so.0d' || missing+=(libb64-0d)
   command -v mpirun >/dev/null || missing+=(openmpi-bin)
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+  command -v chromium >/dev/null || missing+=(chromium)
   if [ ${#missing[@]} -gt 0 ]; then
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -17,6 +17,7 @@ from uip.gateway import sse
 from uip.gateway.chat_template import formatter_for, prompt_of
 from uip.gateway.errors import ApiError
 from uip.gateway.llm import Delta, GenParams, collect, generate
+from uip.gateway.retrieval import citations
 from uip.gateway.routing import Target, external_json, external_stream, first_available
 from uip.gateway.state import Caller, Gateway
 
@@ -34,6 +35,7 @@ class TextJob:
     stream: bool
     include_usage: bool
     echo: str = ""
+    hits: list = field(default_factory=list)  # retrieved chunks (file_search): cited
 
     @property
     def path(self) -> str:
@@ -49,15 +51,20 @@ class TextJob:
         return out
 
     def choice(self, text: str | None, finish: str | None, chunk: bool,
-               first: bool = False) -> dict[str, Any]:
+               first: bool = False, answer: str | None = None) -> dict[str, Any]:
+        """`answer`: the whole text so far, given with the last chunk (its citations)."""
         if self.kind == "completion":
             return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
         if not chunk:
-            return {"index": 0, "message": {"role": "assistant", "content": text},
-                    "logprobs": None, "finish_reason": finish}
+            message = {"role": "assistant", "content": text}
+            if self.hits:
+                message["annotations"] = citations(self.hits, text or "")
+            return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
         delta: dict[str, Any] = {"role": "assistant"} if first else {}
         if text is not None:
             delta["content"] = text
+        if self.hits and finish is not None:
+            delta["annotations"] = citations(self.hits, answer or "")
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
 
@@ -125,6 +132,7 @@ async def _events(g: Gateway, caller: Caller, job: TextJob, opened: Opened, rid:
                   created: int) -> AsyncIterator[str]:
     completion = 0
     deltas = _chain(opened)
+    answer = ""
     try:
         first = True
         if job.kind == "chat" or job.echo:
@@ -133,13 +141,15 @@ async def _events(g: Gateway, caller: Caller, job: TextJob, opened: Opened, rid:
                                          None, chunk=True))
             first = False
         async for d in deltas:
+            answer += d.text or ""
             if d.finish_reason is not None:
                 completion = d.completion_tokens
                 if d.text:
                     yield sse.event(job.envelope(
                         rid, created, [job.choice(d.text, None, True, first)], None, True))
                 yield sse.event(job.envelope(
-                    rid, created, [job.choice(None, d.finish_reason, True, first)], None, True))
+                    rid, created, [job.choice(None, d.finish_reason, True, first, answer)],
+                    None, True))
                 break
             yield sse.event(job.envelope(rid, created, [job.choice(d.text, None, True, first)],
                                          None, chunk=True))
