@@ -186,8 +186,12 @@ def rag_search(
         finally:
             await triton.close()
 
+    from uip.gateway.errors import ApiError
+
     try:
         hits = asyncio.run(run())
+    except ApiError as e:
+        raise typer.BadParameter(e.message) from None
     finally:
         db.close()
     for h in hits:

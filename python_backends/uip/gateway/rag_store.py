@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from uip.gateway.store import Store, new_id
@@ -224,12 +224,13 @@ class RagStore:
 
     def add_chunks(self, store_id: str, file_id: str, first_index: int, texts: list[str],
                    vectors: np.ndarray) -> None:
+        rows = [{"vector_store_id": store_id, "file_id": file_id, "idx": first_index + i,
+                 "content": t} for i, t in enumerate(texts)]
         with self.session() as s, s.begin():
-            rows = [Chunk(vector_store_id=store_id, file_id=file_id, idx=first_index + i,
-                          content=t) for i, t in enumerate(texts)]
-            s.add_all(rows)
-            s.flush()
-            self.index.add(s.connection(), store_id, [r.id for r in rows], texts, vectors)
+            conn = s.connection()  # Core, not ORM objects: a batch is one multi-row insert
+            ids = list(conn.scalars(insert(Chunk).returning(Chunk.id,
+                                                            sort_by_parameter_order=True), rows))
+            self.index.add(conn, store_id, ids, texts, vectors)
 
     def _remove_chunks(self, s: Session, where) -> None:
         ids = list(s.scalars(select(Chunk.id).where(where)))
