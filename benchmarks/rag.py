@@ -7,8 +7,9 @@ numpy search over the same vectors, with recall@10 against numpy's exact top 10.
 Vectors are synthetic, 384-d like all-MiniLM-L6-v2 (clustered, L2-normalized) and texts are
 random words, so the index is measured, not the embedding model; `--embed` adds the
 in-process MiniLM throughput on 200-token chunks (what bounds a real ingestion on CPU).
-Queries are stored vectors with noise added. Latency of one query: the store's `search`
-(index query + fetching the chunk rows) and numpy's `matrix @ q` + argpartition.
+Queries (`--queries`, 200) are stored vectors with noise added. Latency of one query: the
+store's `search` (index query + fetching the chunk rows) and numpy's `matrix @ q` +
+argpartition.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from uip.gateway.rag_store import rag_of
 from uip.gateway.store import Store
 from uip.gateway.vector_index import normalized
 
-DIM, BATCH, QUERIES, K = 384, 256, 200, 10
+DIM, BATCH, K = 384, 256, 10
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -41,7 +42,7 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values) * 1000, q))
 
 
-def run(url: str, label: str, n: int, seed: int = 0) -> dict:
+def run(url: str, label: str, n: int, queries_n: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     vecs, texts = corpus(n, rng)
     store = Store.open(url)
@@ -55,8 +56,8 @@ def run(url: str, label: str, n: int, seed: int = 0) -> dict:
     ingest_s = time.perf_counter() - t0
     rags.finish(vs.id, f.id, None)
 
-    picks = rng.integers(0, n, QUERIES)
-    queries = normalized(vecs[picks] + 0.3 * rng.standard_normal((QUERIES, DIM)))
+    picks = rng.integers(0, n, queries_n)
+    queries = normalized(vecs[picks] + 0.3 * rng.standard_normal((queries_n, DIM)))
     words = [" ".join(texts[i].split()[:3]) for i in picks]
     store_ms, hybrid_ms, numpy_ms, recall = [], [], [], []
     for q, w in zip(queries, words, strict=True):
@@ -98,15 +99,17 @@ def embed_rate() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--queries", type=int, default=200, help="queries per size")
     ap.add_argument("--postgres", help="also run on this SQLAlchemy PostgreSQL URL")
     ap.add_argument("--embed", action="store_true", help="also time MiniLM in-process")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in [int(s) for s in args.sizes.split(",")]:
-            rows.append(run(f"sqlite:///{tmp}/bench-{n}.db", "sqlite (sqlite-vec + FTS5)", n))
+            rows.append(run(f"sqlite:///{tmp}/bench-{n}.db", "sqlite (sqlite-vec + FTS5)", n,
+                            args.queries))
             if args.postgres:
-                rows.append(run(args.postgres, "postgresql (numpy + tsvector)", n))
+                rows.append(run(args.postgres, "postgresql (numpy + tsvector)", n, args.queries))
     head = ("| backend | chunks | ingest chunks/s | vector p50 ms | vector p99 ms | "
             "hybrid p50 ms | hybrid p99 ms | numpy p50 ms | numpy p99 ms | recall@10 |")
     lines = [head, "|" + "---|" * 10]

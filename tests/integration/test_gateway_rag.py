@@ -116,8 +116,10 @@ def test_streamed_file_search_events(client, docs):
     question, name = list(QUESTIONS.items())[2]
     with client.responses.stream(model="llm_bls", input=question, max_output_tokens=6,
                                  tools=[{"type": TOOLS, "vector_store_ids": [vs_id]}]) as s:
-        kinds = [e.type for e in s]
-        final = s.get_final_response()
+        events = list(s)
+    kinds = [e.type for e in events]
+    final = events[-1].response  # incomplete: the tiny model stops at max_output_tokens
+    assert kinds[-1] in ("response.completed", "response.incomplete")
     assert "response.file_search_call.completed" in kinds
     assert "response.output_text.annotation.added" in kinds
     assert final.output[0].type == "file_search_call" and final.output[0].results is None
