@@ -21,6 +21,12 @@ from uip.embedding.encoder import SentenceEncoder
 TOOLS = "file_search"
 
 
+@pytest.fixture(scope="session")
+def encoder():
+    """The embedding model in-process (the reference of the served vectors), loaded once."""
+    return SentenceEncoder(artifacts_root() / "embedding", max_seq_length=256, device="cpu")
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def gw(request, server, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"gateway-rag-{request.param}")
@@ -80,13 +86,12 @@ def test_search_ranks_the_answering_file_first(client, docs, ranker):
         assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
 
 
-def test_vector_scores_are_the_embedding_models_cosine(client, docs):
+def test_vector_scores_are_the_embedding_models_cosine(client, docs, encoder):
     vs_id, ids = docs
     question = next(iter(QUESTIONS))
     top = client.vector_stores.search(vs_id, query=question, max_num_results=1,
                                       ranking_options={"ranker": "vector"}).data[0]
-    enc = SentenceEncoder(artifacts_root() / "embedding", max_seq_length=256, device="cpu")
-    q, chunk = enc.encode([question, top.content[0].text])
+    q, chunk = encoder.encode([question, top.content[0].text])
     assert top.score == pytest.approx(float(np.dot(q, chunk)), abs=1e-4)
 
 
