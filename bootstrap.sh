@@ -16,11 +16,13 @@ system_packages() {
   # openmpi-bin: `uip serve --world-size N` runs one tritonserver per rank under mpirun.
   # postgresql: the gateway's store tests start a throw-away PostgreSQL 15 of their own.
   # nginx: the artifact-transfer tests serve (range GETs, WebDAV PUT) from an nginx of their own.
+  # chromium: the playground's browser test (driven by Playwright, no browser download).
   local missing=()
   ldconfig -p | grep -q 'libb64.so.0d' || missing+=(libb64-0d)
   command -v mpirun >/dev/null || missing+=(openmpi-bin)
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+  command -v chromium >/dev/null || missing+=(chromium)
   if [ ${#missing[@]} -gt 0 ]; then
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

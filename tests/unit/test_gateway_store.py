@@ -31,7 +31,7 @@ def test_store_on_sqlite(tmp_path):
     db = sqlite3.connect(tmp_path / "g.db")
     hashes = [r[0] for r in db.execute("select key_hash from api_keys")]
     assert hashes == [hash_key(key)] and key not in hashes
-    assert db.execute("select version_num from alembic_version").fetchone()[0] == "0002"
+    assert db.execute("select version_num from alembic_version").fetchone()[0] == "0003"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -26,6 +26,10 @@ def create_app(triton_grpc: str, spec_path: Path | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if store is not None:
+            from uip.gateway.rag_store import rag_of
+
+            rag_of(store).fail_unfinished()
         app.state.gateway = Gateway(spec, triton_grpc, store)
         yield
         await app.state.gateway.close()
@@ -37,9 +41,13 @@ def create_app(triton_grpc: str, spec_path: Path | None = None,
 
     app.include_router(openai_routes.router)
     if store is not None:
-        from uip.gateway import state_routes
+        from uip.gateway import rag_routes, state_routes
 
         app.include_router(state_routes.router)
+        app.include_router(rag_routes.router)
+    from uip.gateway import playground
+
+    app.include_router(playground.router)
 
     @app.get("/health", include_in_schema=False)
     async def health():

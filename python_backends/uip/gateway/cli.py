@@ -1,4 +1,5 @@
-"""`uip gateway` (the OpenAI-compatible gateway alone) and `uip keys create|list|revoke`."""
+"""`uip gateway` (the OpenAI-compatible gateway alone), `uip keys create|list|revoke`,
+`uip rag add|search`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from uip.gateway.app import DEFAULT_PORT
 
 keys_app = typer.Typer(help="API keys of the gateway (stored as hashes in its database).",
                        no_args_is_help=True)
+rag_app = typer.Typer(help="Vector stores of the gateway: ingest files, search them.",
+                      no_args_is_help=True)
 
 
 def gateway(
@@ -113,6 +116,136 @@ def start_beside(grpc_port: int, port: int) -> subprocess.Popen:
                             preexec_fn=die_with_parent(signal.SIGTERM))
 
 
+TRITON = typer.Option("localhost:8001", help="Triton's gRPC HOST:PORT (the embedding model)")
+SPEC = typer.Option(None, help="gateway spec (default: specs/gateway.yaml): rag settings")
+DATABASE = typer.Option(None, envvar="UIP_DATABASE_URL",
+                        help="SQLAlchemy URL (default: sqlite file in var/)")
+
+
+def _vector_store(rags, ref: str, create: bool):
+    row = rags.get_vector_store(ref) or rags.find_vector_store(ref)
+    if row is None and create:
+        row = rags.create_vector_store(ref, {})
+        typer.echo(f"created vector store {row.id} ({ref!r})", err=True)
+    if row is None:
+        raise typer.BadParameter(f"no vector store with id or name {ref!r}")
+    return row
+
+
+@rag_app.command("add")
+def rag_add(
+    store: str = typer.Argument(..., help="vector store id (vs_...) or name (made if new)"),
+    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+    triton_grpc: str = TRITON,
+    spec: Path = SPEC,
+    database_url: str = DATABASE,
+) -> None:
+    """Upload files and ingest them into a vector store here (chunk, embed through Triton,
+    index), with a progress bar per file; the gateway serves them at once."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from uip.gateway.documents import Chunking, extract_text
+    from uip.gateway.rag_store import rag_of
+    from uip.gateway.retrieval import ingest, triton_embedder
+    from uip.gateway.spec import load_gateway_spec
+    from uip.gateway.store import Store
+    from uip.gateway.triton import Triton
+
+    rag = load_gateway_spec(spec).rag
+    chunking = Chunking(rag.chunk_tokens, rag.chunk_overlap_tokens)
+    db = Store.open(database_url)
+    rags = rag_of(db)
+    failed = 0
+
+    async def run() -> None:
+        nonlocal failed
+        triton = Triton(triton_grpc)
+        embed = triton_embedder(triton, rag.embedding_model, 300)
+        try:
+            vs = _vector_store(rags, store, create=True)
+            for path in files:
+                data = path.read_bytes()
+                if len(data) > rag.max_file_bytes:
+                    typer.echo(f"{path}: larger than rag.max_file_bytes", err=True)
+                    failed += 1
+                    continue
+                try:
+                    extract_text(path.name, data)
+                except ValueError as e:
+                    typer.echo(f"{path}: {e}", err=True)
+                    failed += 1
+                    continue
+                row = rags.create_file(path.name, "assistants", data)
+                rags.attach(vs.id, row.id, chunking.strategy(), {})
+                with tqdm(desc=path.name, unit="chunk", total=0) as bar:
+                    def progress(n: int, total: int, bar=bar) -> None:
+                        bar.total = total
+                        bar.update(n)
+
+                    error = await ingest(db, embed, rag, vs.id, row.id, chunking, progress)
+                if error:
+                    failed += 1
+                    typer.echo(f"{path}: failed: {error['message']}", err=True)
+                else:
+                    typer.echo(f"{row.id}\t{path}")
+        finally:
+            await triton.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        db.close()
+    if failed:
+        raise typer.Exit(1)
+
+
+@rag_app.command("search")
+def rag_search(
+    store: str = typer.Argument(..., help="vector store id (vs_...) or name"),
+    query: str = typer.Argument(...),
+    k: int = typer.Option(5, "-k", min=1, help="results"),
+    ranker: str = typer.Option("hybrid", help="hybrid, vector or text"),
+    triton_grpc: str = TRITON,
+    spec: Path = SPEC,
+    database_url: str = DATABASE,
+) -> None:
+    """Search a vector store: the best chunks, with their score and file."""
+    import asyncio
+
+    from uip.gateway.rag_store import rag_of
+    from uip.gateway.retrieval import file_search, triton_embedder
+    from uip.gateway.spec import load_gateway_spec
+    from uip.gateway.store import Store
+    from uip.gateway.triton import Triton
+
+    rag = load_gateway_spec(spec).rag
+    db = Store.open(database_url)
+
+    async def run():
+        triton = Triton(triton_grpc)
+        try:
+            vs = _vector_store(rag_of(db), store, create=False)
+            return await file_search(db, [vs.id], query, k, ranker=ranker,
+                                     embed=triton_embedder(triton, rag.embedding_model, 60))
+        finally:
+            await triton.close()
+
+    from uip.gateway.errors import ApiError
+
+    try:
+        hits = asyncio.run(run())
+    except ApiError as e:
+        raise typer.BadParameter(e.message) from None
+    finally:
+        db.close()
+    for h in hits:
+        text = " ".join(h.text.split())
+        typer.echo(f"{h.score:.4f}\t{h.filename}#{h.chunk_index}\t{text[:120]}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("gateway")(gateway)
     app.add_typer(keys_app, name="keys")
+    app.add_typer(rag_app, name="rag")

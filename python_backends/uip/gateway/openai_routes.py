@@ -18,6 +18,7 @@ from uip.gateway import textgen
 from uip.gateway.auth import authorize
 from uip.gateway.errors import ApiError
 from uip.gateway.llm import GenParams
+from uip.gateway.retrieval import retrieve
 from uip.gateway.routing import Target, external_json, first_available
 from uip.gateway.schemas import (
     ChatRequest,
@@ -79,10 +80,16 @@ async def chat_completions(body: ChatRequest, caller: Caller = Depends(authorize
     params = GenParams.of(body, body.max_completion_tokens or body.max_tokens, g.spec.limits,
                           param)
     messages = _messages(body, g.spec.limits.max_messages)
+    hits = []
+    if body.file_search is not None:  # retrieval first: the prompt holds what it found
+        found = await retrieve(g, body.file_search, messages)
+        messages, hits = found.messages, found.hits
+    forwarded = body.model_dump(exclude_none=True)
+    if forwarded.pop("file_search", None) is not None:  # an external API gets the augmented
+        forwarded["messages"] = messages  # messages, not our extra field
     job = textgen.TextJob(
-        "chat", body.model, messages, None, params,
-        body.model_dump(exclude_none=True), bool(body.stream),
-        bool(body.stream_options and body.stream_options.include_usage))
+        "chat", body.model, messages, None, params, forwarded, bool(body.stream),
+        bool(body.stream_options and body.stream_options.include_usage), hits=hits)
     return await textgen.run(g, caller, targets, job)
 
 

@@ -47,10 +47,21 @@ class Sampling(_Body):
     user: str | None = None
 
 
+class FileSearchOption(_Body):
+    """Retrieval from vector stores: the Responses API's `file_search` tool, or the chat
+    completions `file_search` extra body (same fields)."""
+
+    type: Literal["file_search"] = "file_search"
+    vector_store_ids: list[str] = Field(min_length=1)
+    max_num_results: int | None = Field(None, ge=1)
+    ranking_options: dict[str, Any] | None = None
+
+
 class ChatRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[Any] | None = None
+    file_search: FileSearchOption | None = None  # not OpenAI's: retrieval via extra_body
 
 
 class CompletionRequest(Sampling):
@@ -103,6 +114,8 @@ class ResponseRequest(_Body):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     metadata: dict[str, str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    include: list[str] | None = None
 
 
 class ConversationCreate(_Body):

@@ -83,10 +83,43 @@ class Limits(_Strict):
     max_list_items: int = Field(100, ge=1)  # page size cap of item lists
 
 
+DEFAULT_RAG_TEMPLATE = (
+    "Answer the question from the sources below; say so when they do not hold the answer.\n"
+    "{sources}\n\nQuestion: {question}")
+
+
+class Rag(_Strict):
+    """Files, vector stores and retrieval (`file_search`)."""
+
+    embedding_model: str = "embedding"  # a Triton model of kind embedding
+    tokenizer: str = "embedding"  # artifact whose tokenizer counts chunk tokens
+    chunk_tokens: int = Field(200, ge=16, le=4096)  # default max_chunk_size_tokens; the
+    # embedding model reads at most 256 tokens (its limits.max_seq_length)
+    chunk_overlap_tokens: int = Field(50, ge=0)  # default chunk_overlap_tokens
+    embed_batch: int = Field(32, ge=1, le=64)  # texts per request to the embedding model
+    max_file_bytes: int = Field(32 << 20, ge=1)  # larger uploads get 413
+    max_chunks_per_file: int = Field(100_000, ge=1)
+    max_num_results: int = Field(50, ge=1)  # the largest max_num_results of a search
+    default_num_results: int = Field(10, ge=1)
+    max_vector_store_ids: int = Field(8, ge=1)  # stores one search may span
+    prompt_template: str = DEFAULT_RAG_TEMPLATE  # {sources} and {question}
+    source_template: str = "[{n}] {filename}: {text}"  # one retrieved chunk in {sources}
+
+    @model_validator(mode="after")
+    def _overlap(self) -> Rag:
+        if self.chunk_overlap_tokens * 2 > self.chunk_tokens:
+            raise ValueError("chunk_overlap_tokens must be at most half of chunk_tokens")
+        for name in ("{sources}", "{question}"):
+            if name not in self.prompt_template:
+                raise ValueError(f"prompt_template needs {name}")
+        return self
+
+
 class GatewaySpec(_Strict):
     triton: dict[str, TritonModel] = {}
     models: dict[str, Route] = {}
     limits: Limits = Limits()
+    rag: Rag = Rag()
 
     @model_validator(mode="after")
     def _check_routes(self) -> GatewaySpec:

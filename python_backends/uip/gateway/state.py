@@ -40,6 +40,7 @@ class Gateway:
         self.store = store
         self.limiter = limiter or Limiter()
         self._writes: set[asyncio.Task] = set()
+        self._jobs: set[asyncio.Task] = set()  # background work (file ingestion)
         self._watch = asyncio.ensure_future(self._watch_keys()) if store is not None else None
 
     async def _watch_keys(self) -> None:
@@ -53,9 +54,21 @@ class Gateway:
                 log.warning("API keys not checked: %s", e)
             await asyncio.sleep(self.store.NO_KEYS_TTL_S / 2)
 
+    def background(self, coro) -> asyncio.Task:
+        """Run `coro` after the response; cancelled when the gateway stops (an ingestion cut
+        short is marked failed at the next start)."""
+        task = asyncio.ensure_future(coro)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+        return task
+
     async def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
+        for task in list(self._jobs):
+            task.cancel()
+        if self._jobs:
+            await asyncio.gather(*self._jobs, return_exceptions=True)
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
         await self.triton.close()

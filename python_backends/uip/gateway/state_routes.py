@@ -14,6 +14,13 @@ from uip.gateway.auth import authorize
 from uip.gateway.chat_template import prompt_of
 from uip.gateway.errors import ApiError, not_found
 from uip.gateway.llm import Delta, GenParams, check_max_tokens, generate
+from uip.gateway.retrieval import (
+    Retrieved,
+    call_item,
+    citations,
+    file_search_tools,
+    retrieve,
+)
 from uip.gateway.routing import Target, first_available
 from uip.gateway.schemas import (
     ConversationCreate,
@@ -95,7 +102,7 @@ def _response(body: ResponseRequest, rid: str, created: int, cid: str | None,
             "error": None,
             "incomplete_details": ({"reason": "max_output_tokens"}
                                    if status == "incomplete" else None),
-            "parallel_tool_calls": False, "tool_choice": "auto", "tools": [],
+            "parallel_tool_calls": False, "tool_choice": "auto", "tools": body.tools or [],
             "text": {"format": {"type": "text"}}, "usage": usage}
 
 
@@ -116,7 +123,8 @@ async def create_response(body: ResponseRequest, caller: Caller = Depends(author
     new_items = input_items(body.input)
     context, cid = await _context(g, body)
     messages = [{"role": "system", "content": body.instructions}] if body.instructions else []
-    messages += [chat_message(i) for i in context + new_items]
+    messages += [chat_message(i) for i in context + new_items
+                 if i.get("type", "message") == "message"]  # not file_search_call items
     if len(messages) > g.spec.limits.max_messages:
         raise ApiError(400, f"the exchange holds more than {g.spec.limits.max_messages} "
                        "messages (limits.max_messages)", "input")
@@ -124,6 +132,10 @@ async def create_response(body: ResponseRequest, caller: Caller = Depends(author
     params = GenParams(body.max_output_tokens or g.spec.limits.default_max_tokens,
                        body.temperature, body.top_p)
     g.limiter.admit(caller)
+    found = None
+    if (option := file_search_tools(body.tools)) is not None:
+        found = await retrieve(g, option, messages)
+        messages = found.messages
 
     async def attempt(target: Target):
         prompt, tokens = prompt_of(target.tokenizer, messages)
@@ -132,7 +144,7 @@ async def create_response(body: ResponseRequest, caller: Caller = Depends(author
         return tokens, await anext(deltas), deltas
 
     prompt_tokens, first, deltas = await first_available(targets, attempt)
-    turn = _Turn(g, caller, body, cid, new_items, prompt_tokens)
+    turn = _Turn(g, caller, body, cid, new_items, prompt_tokens, found)
     if body.stream:
         return sse.response(turn.events(first, deltas))
     async for _ in turn.run(first, deltas):
@@ -144,16 +156,21 @@ class _Turn:
     """One response being generated: its deltas, then storing it and its usage."""
 
     def __init__(self, g: Gateway, caller: Caller, body: ResponseRequest, cid: str | None,
-                 new_items: list[dict], prompt_tokens: int):
+                 new_items: list[dict], prompt_tokens: int, found: Retrieved | None = None):
         self.g, self.caller, self.body, self.cid = g, caller, body, cid
         self.new_items, self.prompt_tokens = new_items, prompt_tokens
         self.rid, self.msg_id = new_id("resp"), new_id("msg")
         self.created = int(time.time())
         self.result: dict[str, Any] = {}
+        self.hits = found.hits if found else []
+        # output items before the message: the file_search_call of a retrieval
+        self.calls = [call_item(found.query, found.hits, "file_search_call.results" in
+                                (body.include or []))] if found else []
 
     def item(self, text: str, status: str) -> dict[str, Any]:
+        notes = citations(self.hits, text) if status == "completed" else []
         return {"type": "message", "id": self.msg_id, "status": status, "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": []}]}
+                "content": [{"type": "output_text", "text": text, "annotations": notes}]}
 
     async def run(self, first: Delta, deltas: AsyncIterator[Delta]) -> AsyncIterator[str]:
         """Yields the text deltas; stores the finished response."""
@@ -174,7 +191,7 @@ class _Turn:
             await self.g.record_usage(self.caller, self.body.model, "/responses",
                                       self.prompt_tokens, completion)
         status = "incomplete" if last.finish_reason == "length" else "completed"
-        output = [self.item("".join(parts), "completed")]
+        output = [*self.calls, self.item("".join(parts), "completed")]
         self.result = _response(self.body, self.rid, self.created, self.cid, status, output,
                                 _usage(self.prompt_tokens, completion))
         store = self.g.store
@@ -195,10 +212,18 @@ class _Turn:
                             None)
         yield ev("response.created", response=started)
         yield ev("response.in_progress", response=started)
-        yield ev("response.output_item.added", output_index=0,
+        for at, call in enumerate(self.calls):  # done before generation: reported at once
+            yield ev("response.output_item.added", output_index=at,
+                     item={**call, "status": "in_progress", "results": None})
+            for phase in ("in_progress", "searching", "completed"):
+                yield ev(f"response.file_search_call.{phase}", output_index=at,
+                         item_id=call["id"])
+            yield ev("response.output_item.done", output_index=at, item=call)
+        at = len(self.calls)
+        yield ev("response.output_item.added", output_index=at,
                  item={**self.item("", "in_progress"), "content": []})
         part = {"type": "output_text", "text": "", "annotations": []}
-        where = {"item_id": self.msg_id, "output_index": 0, "content_index": 0}
+        where = {"item_id": self.msg_id, "output_index": at, "content_index": 0}
         yield ev("response.content_part.added", part=part, **where)
         try:
             async for text in self.run(first, deltas):
@@ -206,10 +231,14 @@ class _Turn:
         except ApiError as e:
             yield ev("error", code=e.code, message=e.message, param=e.param)
             return
-        text = self.result["output"][0]["content"][0]["text"]
-        yield ev("response.output_text.done", text=text, logprobs=[], **where)
-        yield ev("response.content_part.done", part={**part, "text": text}, **where)
-        yield ev("response.output_item.done", output_index=0, item=self.result["output"][0])
+        message = self.result["output"][at]
+        done_part = message["content"][0]
+        for n, note in enumerate(done_part["annotations"]):
+            yield ev("response.output_text.annotation.added", annotation=note,
+                     annotation_index=n, **where)
+        yield ev("response.output_text.done", text=done_part["text"], logprobs=[], **where)
+        yield ev("response.content_part.done", part=done_part, **where)
+        yield ev("response.output_item.done", output_index=at, item=message)
         kind = "response.completed" if self.result["status"] == "completed" else \
             "response.incomplete"
         yield ev(kind, response=self.result)

@@ -63,7 +63,25 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def sqlite_module():
+    """The DB-API module for SQLite: the standard one when it can load extensions (sqlite-vec),
+    else pysqlite3 (a wheel bundling a recent SQLite with extension loading and FTS5): CPython
+    builds without `--enable-loadable-sqlite-extensions` (pyenv's default) lack it."""
+    import sqlite3
+
+    if hasattr(sqlite3.Connection, "enable_load_extension"):
+        return sqlite3
+    import pysqlite3.dbapi2
+
+    return pysqlite3.dbapi2
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    import sqlite_vec
+
+    dbapi_conn.enable_load_extension(True)
+    sqlite_vec.load(dbapi_conn)
+    dbapi_conn.enable_load_extension(False)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
@@ -89,7 +107,8 @@ class Store:
     def open(cls, url: str | None = None) -> Store:
         url = url or default_url()
         try:
-            engine = create_engine(url, pool_pre_ping=True)
+            extra = {"module": sqlite_module()} if url.startswith("sqlite") else {}
+            engine = create_engine(url, pool_pre_ping=True, **extra)
         except (ArgumentError, ImportError) as e:
             raise StoreError(f"UIP_DATABASE_URL {url!r} cannot be used: {e}") from None
         if engine.dialect.name == "sqlite":

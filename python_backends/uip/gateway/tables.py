@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String
+from sqlalchemy import JSON, Float, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -59,3 +59,48 @@ class ConversationItem(Base):
         String(64), ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
     item: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class File(Base):
+    __tablename__ = "files"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+
+
+class VectorStore(Base):
+    __tablename__ = "vector_stores"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    name: Mapped[str | None] = mapped_column(String(256))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    last_active_at: Mapped[float] = mapped_column(Float)
+
+
+class VectorStoreFile(Base):
+    __tablename__ = "vector_store_files"
+    vector_store_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("vector_stores.id", ondelete="CASCADE"), primary_key=True)
+    file_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))  # in_progress | completed | failed
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    chunking: Mapped[dict[str, Any]] = mapped_column(JSON)  # OpenAI's chunking_strategy
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    usage_bytes: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Chunk(Base):
+    """One chunk of a file in a vector store. Its vector: in the `embedding` column on
+    PostgreSQL; in sqlite-vec's `vec_chunks_<dim>` table (same rowid) on SQLite."""
+
+    __tablename__ = "vector_chunks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vector_store_id: Mapped[str] = mapped_column(String(64), index=True)
+    file_id: Mapped[str] = mapped_column(String(64), index=True)
+    idx: Mapped[int] = mapped_column(Integer)  # the chunk's place in its file
+    content: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -19,6 +19,7 @@ from uip.gateway import sse
 from uip.gateway.chat_template import formatter_for, prompt_of
 from uip.gateway.errors import ApiError
 from uip.gateway.llm import Delta, GenParams, generate
+from uip.gateway.retrieval import citations
 from uip.gateway.routing import Target, external_json, external_stream, first_available
 from uip.gateway.state import Caller, Gateway
 
@@ -36,6 +37,7 @@ class TextJob:
     stream: bool
     include_usage: bool
     echo: str = ""
+    hits: list = field(default_factory=list)  # retrieved chunks (file_search): cited
 
     @property
     def path(self) -> str:
@@ -51,16 +53,22 @@ class TextJob:
         return out
 
     def choice(self, index: int, text: str | None, finish: str | None, chunk: bool,
-               first: bool = False) -> dict[str, Any]:
+               first: bool = False, answer: str | None = None) -> dict[str, Any]:
+        """`answer`: the choice's whole text, given with its last chunk (its citations)."""
         if self.kind == "completion":
             return {"index": index, "text": text or "", "logprobs": None,
                     "finish_reason": finish}
         if not chunk:
-            return {"index": index, "message": {"role": "assistant", "content": text},
-                    "logprobs": None, "finish_reason": finish}
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if self.hits:
+                message["annotations"] = citations(self.hits, text or "")
+            return {"index": index, "message": message, "logprobs": None,
+                    "finish_reason": finish}
         delta: dict[str, Any] = {"role": "assistant"} if first else {}
         if text is not None:
             delta["content"] = text
+        if self.hits and finish is not None:
+            delta["annotations"] = citations(self.hits, answer or "")
         return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
 
 
@@ -226,6 +234,7 @@ async def _events(g: Gateway, caller: Caller, job: TextJob, opened: Opened, rid:
     chunks = Chunks(job, rid, created)
     n = len(opened.choices)
     completion = 0
+    answers = [""] * n  # each choice's text so far (for citations)
     merged = _merged(opened.choices)
     try:
         if job.kind == "chat" or job.echo:
@@ -234,10 +243,12 @@ async def _events(g: Gateway, caller: Caller, job: TextJob, opened: Opened, rid:
                 yield chunks.event([job.choice(i, text, None, True, first=True)])
         async for i, d in merged:
             if d.text:
+                answers[i] += d.text
                 yield chunks.text(i, d.text)
             if d.finish_reason is not None:
                 completion += d.completion_tokens
-                yield chunks.event([job.choice(i, None, d.finish_reason, True)])
+                yield chunks.event([job.choice(i, None, d.finish_reason, True,
+                                               answer=answers[i])])
         if job.include_usage:
             yield chunks.event([], usage(opened.prompt_tokens, completion))
         yield sse.event("[DONE]")
