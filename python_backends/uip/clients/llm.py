@@ -33,6 +33,7 @@ INPUTS: dict[str, tuple[Any, bool]] = {
     "exclude_input_in_output": (bool, False),
     "return_num_input_tokens": (bool, False),
     "return_num_output_tokens": (bool, False),
+    "guided_decoding": (object, True),  # one JSON string (uip.llm.guided): shape [1, 1]
 }
 
 

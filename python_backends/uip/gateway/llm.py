@@ -24,6 +24,7 @@ class GenParams:
     top_p: float | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    guide: str | None = None  # guided_decoding (structured output, tool calls)
 
     @classmethod
     def of(cls, body: Sampling, max_tokens: int | None, limits: Limits,
@@ -43,7 +44,8 @@ class GenParams:
     def inputs(self) -> dict[str, Any]:
         return parameters(max_tokens=self.max_tokens, temperature=self.temperature,
                           top_p=self.top_p, seed=self.seed, stop_words=self.stop or None,
-                          return_num_output_tokens=True, stream=True)
+                          guided_decoding=self.guide, return_num_output_tokens=True,
+                          stream=True)
 
 
 def check_max_tokens(max_tokens: int | None, limits: Limits, param: str) -> None:

@@ -19,6 +19,7 @@ from uip.gateway.errors import ApiError
 from uip.gateway.llm import Delta, GenParams, collect, generate
 from uip.gateway.routing import Target, external_json, external_stream, first_available
 from uip.gateway.state import Caller, Gateway
+from uip.gateway.tools import Call, ToolPlan
 
 
 @dataclass
@@ -34,6 +35,7 @@ class TextJob:
     stream: bool
     include_usage: bool
     echo: str = ""
+    tools: ToolPlan | None = None  # the turn offers tools: the output may be a call
 
     @property
     def path(self) -> str:
@@ -49,16 +51,27 @@ class TextJob:
         return out
 
     def choice(self, text: str | None, finish: str | None, chunk: bool,
-               first: bool = False) -> dict[str, Any]:
+               first: bool = False, call: Call | None = None) -> dict[str, Any]:
         if self.kind == "completion":
             return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
         if not chunk:
-            return {"index": 0, "message": {"role": "assistant", "content": text},
-                    "logprobs": None, "finish_reason": finish}
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if call is not None:
+                message["tool_calls"] = [call.chat()]
+            return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
         delta: dict[str, Any] = {"role": "assistant"} if first else {}
         if text is not None:
             delta["content"] = text
+        if call is not None:
+            delta["tool_calls"] = [{"index": 0, **call.chat()}]
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    def answer(self, text: str, finish: str) -> tuple[str | None, Call | None, str]:
+        """The output as content and tool call, and the finish reason to report."""
+        if self.tools is None:
+            return text, None, finish
+        content, call = self.tools.parse(text)
+        return content, call, "tool_calls" if call is not None else finish
 
 
 def usage(prompt: int, completion: int) -> dict[str, int]:
@@ -109,7 +122,10 @@ async def run(g: Gateway, caller: Caller, targets: list[Target], job: TextJob):
         use = usage(opened.prompt_tokens, comp.completion_tokens)
         await g.record_usage(caller, job.model, job.path, use["prompt_tokens"],
                              use["completion_tokens"])
-        choice = job.choice(job.echo + comp.text, comp.finish_reason, chunk=False)
+        content, call, finish = job.answer(comp.text, comp.finish_reason)
+        if content is not None:
+            content = job.echo + content
+        choice = job.choice(content, finish, chunk=False, call=call)
         return JSONResponse(job.envelope(rid, created, [choice], use, chunk=False))
     return sse.response(_events(g, caller, job, opened, rid, created))
 
@@ -126,6 +142,22 @@ async def _events(g: Gateway, caller: Caller, job: TextJob, opened: Opened, rid:
     completion = 0
     deltas = _chain(opened)
     try:
+        if job.tools is not None:  # the output may be a call: it is sent when complete
+            comp = await collect(deltas)
+            completion = comp.completion_tokens
+            content, call, finish = job.answer(comp.text, comp.finish_reason)
+            yield sse.event(job.envelope(rid, created, [job.choice(content, None, True, True)],
+                                         None, chunk=True))
+            if call is not None:
+                yield sse.event(job.envelope(
+                    rid, created, [job.choice(None, None, True, call=call)], None, True))
+            yield sse.event(job.envelope(rid, created, [job.choice(None, finish, True)], None,
+                                         True))
+            if job.include_usage:
+                yield sse.event(job.envelope(rid, created, [],
+                                             usage(opened.prompt_tokens, completion), True))
+            yield sse.event("[DONE]")
+            return
         first = True
         if job.kind == "chat" or job.echo:
             text = "" if job.kind == "chat" else job.echo

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from uip.llm.guided import Guide
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -40,6 +43,7 @@ class GenerationRequest:
     stop_words: list[list[int]] = field(default_factory=list)  # token sequences that end output
     bad_words: list[list[int]] = field(default_factory=list)  # token sequences never produced
     streaming: bool = True
+    guide: Guide | None = None  # structured output: what the tokens must match
 
 
 @dataclass(frozen=True)
