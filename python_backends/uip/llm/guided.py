@@ -150,7 +150,7 @@ class Guides:
                     return c.compile_grammar(guide.value)
                 return c.compile_structural_tag(
                     json.dumps({"type": "structural_tag", "format": json.loads(guide.value)}))
-        except (RuntimeError, ValueError, TypeError) as e:
+        except Exception as e:  # noqa: BLE001 - xgrammar's errors: the guide is at fault
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise _fail(f"the {guide.kind.replace('_', ' ')} cannot be compiled: "
                         f"{message}") from None
