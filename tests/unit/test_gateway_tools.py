@@ -157,3 +157,25 @@ def test_agent_loop_stops_at_client_functions_and_at_max_iterations(http_server)
     gen, _ = _scripted('{"name": "t", "arguments": {}}')
     done = asyncio.run(agent.run([], plan, {"t": tool}, 1, gen))
     assert done.status == "incomplete" and done.reason == "max_iterations"
+
+
+def test_response_formats_become_guides_and_bad_schemas_are_400():
+    from uip.gateway import structured
+    from uip.gateway.schemas import ResponseFormat, TextConfig
+
+    assert structured.chat_guide(ResponseFormat(type="text")) is None
+    assert json.loads(structured.chat_guide(ResponseFormat(type="json_object"))) == \
+        {"type": "json_object"}
+    fmt = ResponseFormat.model_validate({"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "integer"}, "strict": True}})
+    assert json.loads(structured.chat_guide(fmt))["schema"] == {"type": "integer"}
+    text = TextConfig.model_validate({"format": {"type": "json_schema", "name": "x",
+                                                 "schema": {"type": "boolean"}}})
+    assert json.loads(structured.responses_guide(text))["schema"] == {"type": "boolean"}
+    assert structured.format_echo(text)["format"]["schema"] == {"type": "boolean"}
+    with pytest.raises(ApiError, match="needs 'json_schema'"):
+        structured.chat_guide(ResponseFormat(type="json_schema"))
+    bad = ResponseFormat.model_validate({"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"a": {"minimum": "0"}}}}})
+    with pytest.raises(ApiError, match="invalid JSON schema at properties/a/minimum"):
+        structured.chat_guide(bad)
