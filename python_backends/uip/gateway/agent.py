@@ -74,7 +74,7 @@ class HttpServerTool:
 
 def _http(item: dict[str, Any], g: Gateway) -> ServerTool:
     name = item.get("name")
-    if name not in g.spec.tools:
+    if not isinstance(name, str) or name not in g.spec.tools:
         raise ApiError(400, f"no HTTP tool {name!r} in the gateway spec (known: "
                        f"{sorted(g.spec.tools)})", "tools")
     return HttpServerTool(name, g.spec.tools[name], g.spec.agent, g.http)
