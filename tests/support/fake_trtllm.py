@@ -165,8 +165,39 @@ class ExecutorConfig(_Record):
         _check("max_batch_size", max_batch_size, int)
         _check("parallel_config", parallel_config, ParallelConfig)
         _check("max_queue_size", max_queue_size, int)
+        _check("guided_decoding_config", guided_decoding_config, GuidedDecodingConfig)
         scheduler_config = scheduler_config or SchedulerConfig()
         kv_cache_config = kv_cache_config or KvCacheConfig()
+        self._keep(locals())
+
+
+class GuidedDecodingConfig(_Record):
+    class GuidedDecodingBackend(enum.Enum):
+        XGRAMMAR = 0
+        LLGUIDANCE = 1
+
+    def __init__(self, backend, encoded_vocab=None, tokenizer_str=None, stop_token_ids=None):
+        _check("backend", backend, GuidedDecodingConfig.GuidedDecodingBackend, optional=False)
+        if encoded_vocab is not None and not (isinstance(encoded_vocab, list) and all(
+                isinstance(t, str) for t in encoded_vocab)):
+            raise TypeError("encoded_vocab: expected a list of str")
+        _check("tokenizer_str", tokenizer_str, str)
+        if stop_token_ids is not None:
+            _tokens("stop_token_ids", stop_token_ids)
+        self._keep(locals())
+
+
+class GuidedDecodingParams(_Record):
+    class GuideType(enum.Enum):
+        JSON = 0
+        JSON_SCHEMA = 1
+        REGEX = 2
+        EBNF_GRAMMAR = 3
+        STRUCTURAL_TAG = 4
+
+    def __init__(self, guide_type, guide=None):
+        _check("guide_type", guide_type, GuidedDecodingParams.GuideType, optional=False)
+        _check("guide", guide, str)
         self._keep(locals())
 
 
@@ -244,6 +275,7 @@ class Request(_Record):
                     raise TypeError(f"{name}: expected a list of token lists, got {words!r}")
                 for w in words:
                     _tokens(name, w)
+        _check("guided_decoding_params", guided_decoding_params, GuidedDecodingParams)
         sampling_config = sampling_config or SamplingConfig()
         output_config = output_config or OutputConfig()
         self._keep(locals())
@@ -434,6 +466,9 @@ class Executor:
         _check("request", request, Request, optional=False)
         if not self.is_leader:
             raise RuntimeError("Only the leader can enqueue requests")
+        if request.guided_decoding_params is not None and \
+                self.config.guided_decoding_config is None:
+            raise RuntimeError("Guided decoding is not enabled: set guided_decoding_config")
         with self._cond:
             if not self._running:
                 raise RuntimeError("Shutdown called, cannot enqueue request")
@@ -641,7 +676,8 @@ def _build_config(path: Path) -> dict:
 _PUBLIC = (ModelType, BatchingType, CapacitySchedulerPolicy, CommunicationType, CommunicationMode,
            FinishReason, KvCacheConfig, SchedulerConfig, OrchestratorConfig, ParallelConfig,
            ExecutorConfig, SamplingConfig, OutputConfig, Request, Result, Response,
-           KvCacheStats, IterationStats, LoraConfig)
+           KvCacheStats, IterationStats, LoraConfig, GuidedDecodingConfig,
+           GuidedDecodingParams)
 
 
 def module(model: TokenModel | None = None, *, is_leader: bool = True, step_delay: float = 0.0,

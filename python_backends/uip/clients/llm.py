@@ -34,6 +34,7 @@ INPUTS: dict[str, tuple[Any, bool]] = {
     "return_num_input_tokens": (bool, False),
     "return_num_output_tokens": (bool, False),
     "lora_name": (object, True),  # one adapter name, BYTES [1]
+    "guided_decoding": (object, True),  # one JSON string (uip.llm.guided): shape [1, 1]
 }
 
 

@@ -28,6 +28,7 @@ class GenParams:
     stop: list[str] = field(default_factory=list)
     n: int = 1  # choices: n generations of the same prompt
     lora_name: str | None = None  # set per target (model id '<model>:<adapter>')
+    guide: str | None = None  # guided_decoding (structured output, tool calls)
 
     @classmethod
     def of(cls, body: Sampling, max_tokens: int | None, limits: Limits,
@@ -52,7 +53,8 @@ class GenParams:
         seed = None if self.seed is None else (self.seed + choice) % SEED_SPACE
         return parameters(max_tokens=self.max_tokens, temperature=self.temperature,
                           top_p=self.top_p, seed=seed, stop_words=self.stop or None,
-                          return_num_output_tokens=True, stream=True, lora_name=self.lora_name)
+                          guided_decoding=self.guide, return_num_output_tokens=True,
+                          stream=True, lora_name=self.lora_name)
 
 
 def check_max_tokens(max_tokens: int | None, limits: Limits, param: str) -> None:
@@ -84,3 +86,20 @@ async def generate(triton: Triton, model: str, prompt: str, params: GenParams,
             if text:
                 yield Delta(text)
     yield Delta("", finish or "stop", tokens)
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str
+    completion_tokens: int
+
+
+async def collect(deltas: AsyncIterator[Delta]) -> Completion:
+    """A whole generation from its deltas."""
+    parts: list[str] = []
+    last = Delta()
+    async for d in deltas:
+        parts.append(d.text)
+        last = d
+    return Completion("".join(parts), last.finish_reason or "stop", last.completion_tokens)

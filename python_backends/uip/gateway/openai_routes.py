@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends
 
 from uip.clients.tensors import grpc_input as tensor
 from uip.core.paths import resolve_artifact
-from uip.gateway import textgen
+from uip.gateway import structured, textgen, tools
 from uip.gateway.auth import authorize
 from uip.gateway.errors import ApiError
 from uip.gateway.llm import GenParams
@@ -64,17 +64,32 @@ async def get_model(model_id: str, caller: Caller = Depends(authorize),
 
 
 def _messages(body: ChatRequest, limit: int) -> list[dict[str, str]]:
+    """The chat as the template sees it: earlier tool calls written in the call format,
+    tool results as role `tool` messages."""
     if len(body.messages) > limit:
         raise ApiError(400, f"at most {limit} messages (limits.max_messages)", "messages")
-    return [{"role": "system" if m.role == "developer" else m.role,
-             "content": text_of(m.content)} for m in body.messages]
+    out = []
+    for m in body.messages:
+        text = text_of(m.content) + "".join(
+            tools.call_text(c.function.name, c.function.arguments) for c in m.tool_calls or [])
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": text})
+    return out
+
+
+def _tool_plan(body: ChatRequest) -> tools.ToolPlan | None:
+    functions = []
+    for i, spec in enumerate(body.tools or []):
+        if spec.get("type") != "function":
+            raise ApiError(400, f"tools[{i}]: only function tools are supported in chat "
+                           "completions (server-side tools run in /v1/responses)",
+                           f"tools[{i}].type")
+        functions.append(tools.function_of(spec, f"tools[{i}]"))
+    return tools.plan(functions, body.tool_choice, body.parallel_tool_calls)
 
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatRequest, caller: Caller = Depends(authorize),
                            g: Gateway = Depends(gateway)):
-    if body.tools:
-        raise ApiError(400, "tools are not supported by this gateway", "tools")
     targets = g.router.targets(body.model, "llm")
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     params = GenParams.of(body, body.max_completion_tokens or body.max_tokens, g.spec.limits,
@@ -87,9 +102,18 @@ async def chat_completions(body: ChatRequest, caller: Caller = Depends(authorize
     forwarded = body.model_dump(exclude_none=True)
     if forwarded.pop("file_search", None) is not None:  # an external API gets the augmented
         forwarded["messages"] = messages  # messages, not our extra field
+    params.guide = structured.chat_guide(body.response_format)
+    plan = _tool_plan(body)
+    if plan is not None and plan.active:
+        if params.guide is not None:
+            raise ApiError(400, "response_format cannot be combined with tools unless "
+                           "tool_choice is none", "response_format")
+        params.guide = plan.guide()
+        messages = plan.prompt_messages(messages)
     job = textgen.TextJob(
         "chat", body.model, messages, None, params, forwarded, bool(body.stream),
-        bool(body.stream_options and body.stream_options.include_usage), hits=hits)
+        bool(body.stream_options and body.stream_options.include_usage), hits=hits,
+        tools=plan if plan is not None and plan.active else None)
     return await textgen.run(g, caller, targets, job)
 
 

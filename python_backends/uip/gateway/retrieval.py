@@ -214,11 +214,12 @@ class Retrieved:
 
 
 def file_search_tools(tools: list[dict[str, Any]] | None) -> FileSearchOption | None:
-    """The Responses API's `file_search` tool among `tools` (other tools are not served)."""
+    """The Responses API's `file_search` tool among `tools` (the others are the agent
+    loop's: uip.gateway.agent)."""
     found = None
     for i, tool in enumerate(tools or []):
         if not isinstance(tool, dict) or tool.get("type") != "file_search":
-            raise ApiError(400, "only the file_search tool is supported", f"tools.{i}.type")
+            continue
         try:
             found = FileSearchOption.model_validate(tool)
         except ValidationError as e:

@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI endpoints the gateway serves (pydantic: a wrong field is 400).
 
 Unknown fields are ignored, as OpenAI-compatible servers commonly do; fields the gateway
-cannot honour (n > 1, tools) are refused by the handlers with the field named.
+cannot honour (n > 1, parallel tool calls) are refused by the handlers with the field named.
 """
 
 from __future__ import annotations
@@ -22,10 +22,51 @@ class TextPart(_Body):
     text: str
 
 
+class FunctionCall(_Body):
+    name: str = Field(min_length=1)
+    arguments: str = ""
+
+
+class ToolCall(_Body):
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # role tool: the call this result answers
+
+
+class JsonSchemaFormat(_Body):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Body):
+    """Chat completions' `response_format`."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class TextFormat(_Body):
+    """The Responses API's `text.format` (the json_schema fields sit beside `type`)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class TextConfig(_Body):
+    format: TextFormat | None = None
 
 
 class StreamOptions(_Body):
@@ -60,7 +101,10 @@ class FileSearchOption(_Body):
 class ChatRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     file_search: FileSearchOption | None = None  # not OpenAI's: retrieval via extra_body
 
 
@@ -98,13 +142,37 @@ class InputMessage(_Body):
     content: str | list[TextPart]
 
 
+class FunctionCallItem(_Body):
+    """A function call the model made (fed back as context on a later turn)."""
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str = ""
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputItem(_Body):
+    """The client's result of a function call."""
+
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str
+    id: str | None = None
+    status: str | None = None
+
+
+InputItem = InputMessage | FunctionCallItem | FunctionCallOutputItem
+
+
 class ConversationRef(_Body):
     id: str
 
 
 class ResponseRequest(_Body):
     model: str = Field(min_length=1)
-    input: str | list[InputMessage]
+    input: str | list[InputItem]
     instructions: str | None = None
     store: bool | None = True
     previous_response_id: str | None = None
@@ -116,6 +184,9 @@ class ResponseRequest(_Body):
     metadata: dict[str, str] | None = None
     tools: list[dict[str, Any]] | None = None
     include: list[str] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: TextConfig | None = None
 
 
 class ConversationCreate(_Body):

@@ -4,13 +4,16 @@ Triton models are listed by what they serve (`kind`); an llm with `lora_dir` is 
 as `<model>:<adapter>` for each adapter folder there (its engine loads it); `models` adds ids
 that alias a Triton model or an external OpenAI-compatible API (key from an environment
 variable), each with fallbacks tried in order when its target is unavailable. `limits` caps
-every request.
+every request. `tools` declares server-side HTTP tools that `/v1/responses` runs in its agent
+loop (`{"type": "http", "name": ...}` in a request's tools), within `agent`'s limits: at most
+`max_iterations` model turns per response, only hosts in `allowed_hosts`, `timeout_s`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -115,11 +118,35 @@ class Rag(_Strict):
         return self
 
 
+class HttpTool(_Strict):
+    """A server-side tool: the model's arguments are POSTed as JSON to `url`; the answer's
+    body (text) is the tool's output."""
+
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object",
+                                                                "properties": {}})
+    url: str = Field(pattern=r"^https?://")
+    timeout_s: float | None = Field(None, gt=0)  # None: agent.tool_timeout_s
+
+
+class Agent(_Strict):
+    max_iterations: int = Field(8, ge=1, le=64)  # model turns per response (calls + answer)
+    allowed_hosts: list[str] = ["127.0.0.1", "localhost"]  # HTTP tools reach only these
+    tool_timeout_s: float = Field(30.0, gt=0)
+    max_tool_output_bytes: int = Field(16384, ge=1)  # longer tool answers are cut
+
+
+def host_of(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
 class GatewaySpec(_Strict):
     triton: dict[str, TritonModel] = {}
     models: dict[str, Route] = {}
     limits: Limits = Limits()
     rag: Rag = Rag()
+    tools: dict[str, HttpTool] = {}
+    agent: Agent = Agent()
 
     @model_validator(mode="after")
     def _check_routes(self) -> GatewaySpec:
@@ -135,6 +162,11 @@ class GatewaySpec(_Strict):
                     raise ValueError(f"models.{name}.fallbacks: unknown model id {fb!r}")
         for name in self.models:
             self.chain(name)  # raises on a cycle
+        allowed = {h.lower() for h in self.agent.allowed_hosts}
+        for name, tool in self.tools.items():
+            if host_of(tool.url) not in allowed:
+                raise ValueError(f"tools.{name}.url: host {host_of(tool.url)!r} is not in "
+                                 f"agent.allowed_hosts {sorted(allowed)}")
         return self
 
     def kind_of(self, model_id: str) -> Kind | None:

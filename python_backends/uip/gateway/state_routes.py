@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
-from uip.gateway import sse
+from uip.gateway import agent, sse, structured, tools
 from uip.gateway.auth import authorize
 from uip.gateway.chat_template import prompt_of
 from uip.gateway.errors import ApiError, not_found
-from uip.gateway.llm import Delta, GenParams, check_max_tokens, generate
+from uip.gateway.llm import Delta, GenParams, check_max_tokens, collect, generate
 from uip.gateway.retrieval import (
     Retrieved,
     call_item,
@@ -25,6 +26,7 @@ from uip.gateway.routing import Target, first_available
 from uip.gateway.schemas import (
     ConversationCreate,
     ConversationUpdate,
+    InputItem,
     InputMessage,
     ItemsCreate,
     ResponseRequest,
@@ -45,14 +47,23 @@ def message_item(msg: InputMessage) -> dict[str, Any]:
             "content": [{"type": part, "text": text_of(msg.content)}]}
 
 
-def input_items(value: str | list[InputMessage]) -> list[dict[str, Any]]:
+def input_items(value: str | list[InputItem]) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return [{"type": "message", "role": "user",
                  "content": [{"type": "input_text", "text": value}]}]
-    return [message_item(m) for m in value]
+    return [message_item(m) if isinstance(m, InputMessage) else m.model_dump(exclude_none=True)
+            for m in value]
 
 
 def chat_message(item: dict[str, Any]) -> dict[str, str]:
+    """An item as a chat message: a function call in the call format the model writes, its
+    output as a `tool` message."""
+    kind = item.get("type") or "message"
+    if kind == "function_call":
+        return {"role": "assistant",
+                "content": tools.call_text(str(item.get("name")), item.get("arguments") or "")}
+    if kind == "function_call_output":
+        return {"role": "tool", "content": str(item.get("output", ""))}
     content = item.get("content")
     text = content if isinstance(content, str) else "".join(
         p.get("text", "") for p in content or [] if isinstance(p, dict))
@@ -102,8 +113,9 @@ def _response(body: ResponseRequest, rid: str, created: int, cid: str | None,
             "error": None,
             "incomplete_details": ({"reason": "max_output_tokens"}
                                    if status == "incomplete" else None),
-            "parallel_tool_calls": False, "tool_choice": "auto", "tools": body.tools or [],
-            "text": {"format": {"type": "text"}}, "usage": usage}
+            "parallel_tool_calls": False, "tool_choice": body.tool_choice or "auto",
+            "tools": body.tools or [], "text": structured.format_echo(body.text),
+            "usage": usage}
 
 
 def _usage(prompt: int, completion: int) -> dict[str, Any]:
@@ -124,18 +136,28 @@ async def create_response(body: ResponseRequest, caller: Caller = Depends(author
     context, cid = await _context(g, body)
     messages = [{"role": "system", "content": body.instructions}] if body.instructions else []
     messages += [chat_message(i) for i in context + new_items
-                 if i.get("type", "message") == "message"]  # not file_search_call items
+                 if i.get("type") != "file_search_call"]  # retrieval is not a message
     if len(messages) > g.spec.limits.max_messages:
         raise ApiError(400, f"the exchange holds more than {g.spec.limits.max_messages} "
                        "messages (limits.max_messages)", "input")
     check_max_tokens(body.max_output_tokens, g.spec.limits, "max_output_tokens")
     params = GenParams(body.max_output_tokens or g.spec.limits.default_max_tokens,
-                       body.temperature, body.top_p)
+                       body.temperature, body.top_p, guide=structured.responses_guide(body.text))
+    option = file_search_tools(body.tools)  # retrieval first: the prompt holds what it found
+    functions, servers = agent.resolve(
+        [t for t in body.tools or [] if t.get("type") != "file_search"], g)
+    plan = tools.plan(functions, body.tool_choice, body.parallel_tool_calls)
+    if plan is not None and plan.active and params.guide is not None:
+        raise ApiError(400, "text.format cannot be combined with tools unless tool_choice "
+                       "is none", "text.format")
     g.limiter.admit(caller)
     found = None
-    if (option := file_search_tools(body.tools)) is not None:
+    if option is not None:
         found = await retrieve(g, option, messages)
         messages = found.messages
+    if plan is not None and plan.active:  # (with file_search too: no citations then)
+        return await _agent_turn(g, caller, body, targets, messages, params, plan, servers,
+                                 cid, new_items)
 
     async def attempt(target: Target):
         prompt, tokens = prompt_of(target.tokenizer, messages)
@@ -150,6 +172,89 @@ async def create_response(body: ResponseRequest, caller: Caller = Depends(author
     async for _ in turn.run(first, deltas):
         pass
     return turn.result
+
+
+async def _store(g: Gateway, body: ResponseRequest, result: dict[str, Any], cid: str | None,
+                 new_items: list[dict]) -> None:
+    store = g.store
+    if body.store:
+        await store.run(store.save_response, result, new_items)
+    if cid:
+        await store.run(store.add_items, cid, new_items + result["output"])
+
+
+async def _agent_turn(g: Gateway, caller: Caller, body: ResponseRequest, targets: list[Target],
+                      messages: list[dict], params: GenParams, plan: tools.ToolPlan,
+                      servers: dict, cid: str | None, new_items: list[dict]):
+    """A response with tools: the agent loop (uip.gateway.agent), every step an output item.
+    Streamed, its events are sent when the loop has finished."""
+    timeout = g.spec.limits.stream_timeout_s
+
+    async def step(msgs: list[dict[str, str]], guide: str | None) -> agent.Step:
+        p = replace(params, guide=guide)
+
+        async def attempt(target: Target):
+            prompt, tokens = prompt_of(target.tokenizer, msgs)
+            deltas = generate(g.triton, target.triton, prompt, p, timeout)
+            return tokens, await anext(deltas), deltas
+
+        tokens, first, deltas = await first_available(targets, attempt)
+
+        async def chain():
+            yield first
+            async for d in deltas:
+                yield d
+
+        comp = await collect(chain())
+        return agent.Step(comp.text, comp.finish_reason, tokens, comp.completion_tokens)
+
+    rid, created = new_id("resp"), int(time.time())
+    done = await agent.run(messages, plan, servers, g.spec.agent.max_iterations, step)
+    await g.record_usage(caller, body.model, "/responses", done.prompt_tokens,
+                         done.completion_tokens)
+    result = _response(body, rid, created, cid, done.status, done.output,
+                       _usage(done.prompt_tokens, done.completion_tokens))
+    if done.reason is not None:
+        result["incomplete_details"] = {"reason": done.reason}
+    await _store(g, body, result, cid, new_items)
+    if not body.stream:
+        return result
+    return sse.response(_replay(body, result, cid))
+
+
+async def _replay(body: ResponseRequest, result: dict[str, Any], cid: str | None
+                  ) -> AsyncIterator[str]:
+    """The events of a finished response, item by item."""
+    seq = 0
+
+    def ev(kind: str, **fields) -> str:
+        nonlocal seq
+        seq += 1
+        return sse.event({"type": kind, "sequence_number": seq - 1, **fields}, kind)
+
+    started = {**result, "status": "in_progress", "output": [], "usage": None}
+    yield ev("response.created", response=started)
+    yield ev("response.in_progress", response=started)
+    for index, item in enumerate(result["output"]):
+        if item["type"] == "message":
+            yield ev("response.output_item.added", output_index=index,
+                     item={**item, "status": "in_progress", "content": []})
+            where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+            part = {"type": "output_text", "text": "", "annotations": []}
+            text = item["content"][0]["text"]
+            yield ev("response.content_part.added", part=part, **where)
+            if text:
+                yield ev("response.output_text.delta", delta=text, logprobs=[], **where)
+            yield ev("response.output_text.done", text=text, logprobs=[], **where)
+            yield ev("response.content_part.done", part={**part, "text": text}, **where)
+        else:
+            yield ev("response.output_item.added", output_index=index, item=item)
+            if item["type"] == "function_call":
+                yield ev("response.function_call_arguments.done", item_id=item["id"],
+                         output_index=index, arguments=item["arguments"], name=item["name"])
+        yield ev("response.output_item.done", output_index=index, item=item)
+    kind = "response.completed" if result["status"] == "completed" else "response.incomplete"
+    yield ev(kind, response=result)
 
 
 class _Turn:
@@ -194,11 +299,7 @@ class _Turn:
         output = [*self.calls, self.item("".join(parts), "completed")]
         self.result = _response(self.body, self.rid, self.created, self.cid, status, output,
                                 _usage(self.prompt_tokens, completion))
-        store = self.g.store
-        if self.body.store:
-            await store.run(store.save_response, self.result, self.new_items)
-        if self.cid:
-            await store.run(store.add_items, self.cid, self.new_items + output)
+        await _store(self.g, self.body, self.result, self.cid, self.new_items)
 
     async def events(self, first: Delta, deltas: AsyncIterator[Delta]) -> AsyncIterator[str]:
         seq = 0

@@ -22,6 +22,7 @@ from uip.gateway.llm import Delta, GenParams, generate
 from uip.gateway.retrieval import citations
 from uip.gateway.routing import Target, external_json, external_stream, first_available
 from uip.gateway.state import Caller, Gateway
+from uip.gateway.tools import Call, ToolPlan
 
 
 @dataclass
@@ -38,6 +39,7 @@ class TextJob:
     include_usage: bool
     echo: str = ""
     hits: list = field(default_factory=list)  # retrieved chunks (file_search): cited
+    tools: ToolPlan | None = None  # the turn offers tools: the output may be a call
 
     @property
     def path(self) -> str:
@@ -53,8 +55,9 @@ class TextJob:
         return out
 
     def choice(self, index: int, text: str | None, finish: str | None, chunk: bool,
-               first: bool = False, answer: str | None = None) -> dict[str, Any]:
-        """`answer`: the choice's whole text, given with its last chunk (its citations)."""
+               first: bool = False, whole: str | None = None,
+               call: Call | None = None) -> dict[str, Any]:
+        """`whole`: the choice's whole text, given with its last chunk (its citations)."""
         if self.kind == "completion":
             return {"index": index, "text": text or "", "logprobs": None,
                     "finish_reason": finish}
@@ -62,14 +65,25 @@ class TextJob:
             message: dict[str, Any] = {"role": "assistant", "content": text}
             if self.hits:
                 message["annotations"] = citations(self.hits, text or "")
+            if call is not None:
+                message["tool_calls"] = [call.chat()]
             return {"index": index, "message": message, "logprobs": None,
                     "finish_reason": finish}
         delta: dict[str, Any] = {"role": "assistant"} if first else {}
         if text is not None:
             delta["content"] = text
+        if call is not None:
+            delta["tool_calls"] = [{"index": 0, **call.chat()}]
         if self.hits and finish is not None:
-            delta["annotations"] = citations(self.hits, answer or "")
+            delta["annotations"] = citations(self.hits, whole or "")
         return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    def answer(self, text: str, finish: str) -> tuple[str | None, Call | None, str]:
+        """The output as content and tool call, and the finish reason to report."""
+        if self.tools is None:
+            return text, None, finish
+        content, call = self.tools.parse(text)
+        return content, call, "tool_calls" if call is not None else finish
 
 
 def usage(prompt: int, completion: int) -> dict[str, int]:
@@ -222,7 +236,12 @@ async def _whole(g: Gateway, caller: Caller, job: TextJob, opened: Opened, rid: 
         await merged.aclose()
     use = usage(opened.prompt_tokens, completion)
     await g.record_usage(caller, job.model, job.path, opened.prompt_tokens, completion)
-    choices = [job.choice(i, "".join(texts[i]), finish[i], chunk=False) for i in range(n)]
+    choices = []
+    for i in range(n):
+        content, call, fin = job.answer("".join(texts[i][1:]), finish[i])
+        if content is not None:
+            content = job.echo + content
+        choices.append(job.choice(i, content, fin, chunk=False, call=call))
     return JSONResponse(job.envelope(rid, created, choices, use, chunk=False))
 
 
@@ -237,6 +256,23 @@ async def _events(g: Gateway, caller: Caller, job: TextJob, opened: Opened, rid:
     answers = [""] * n  # each choice's text so far (for citations)
     merged = _merged(opened.choices)
     try:
+        if job.tools is not None:  # the output may be a call: each is sent when complete
+            texts, finish = [""] * n, ["stop"] * n
+            async for i, d in merged:
+                texts[i] += d.text
+                if d.finish_reason is not None:
+                    finish[i] = d.finish_reason
+                    completion += d.completion_tokens
+            for i in range(n):
+                content, call, fin = job.answer(texts[i], finish[i])
+                yield chunks.event([job.choice(i, content, None, True, first=True)])
+                if call is not None:
+                    yield chunks.event([job.choice(i, None, None, True, call=call)])
+                yield chunks.event([job.choice(i, None, fin, True)])
+            if job.include_usage:
+                yield chunks.event([], usage(opened.prompt_tokens, completion))
+            yield sse.event("[DONE]")
+            return
         if job.kind == "chat" or job.echo:
             text = "" if job.kind == "chat" else job.echo
             for i in range(n):
@@ -248,7 +284,7 @@ async def _events(g: Gateway, caller: Caller, job: TextJob, opened: Opened, rid:
             if d.finish_reason is not None:
                 completion += d.completion_tokens
                 yield chunks.event([job.choice(i, None, d.finish_reason, True,
-                                               answer=answers[i])])
+                                               whole=answers[i])])
         if job.include_usage:
             yield chunks.event([], usage(opened.prompt_tokens, completion))
         yield sse.event("[DONE]")

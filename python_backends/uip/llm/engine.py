@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from uip.llm.guided import Guide
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -41,6 +44,7 @@ class GenerationRequest:
     bad_words: list[list[int]] = field(default_factory=list)  # token sequences never produced
     streaming: bool = True
     lora_name: str | None = None  # a LoRA adapter of the deployment (None: the base model)
+    guide: Guide | None = None  # structured output: what the tokens must match
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ INT32 [1] (optional; default: all of input_ids), `request_output_len` INT32 [1],
 INT32 [1], `runtime_top_p` FP32 [1], `random_seed` UINT64 [1], `stop_words_list` and
 `bad_words_list` INT32 [2, -1] (TensorRT-LLM's format: row 0 the words' ids concatenated,
 row 1 each word's end offset, -1 padded), `stop` BOOL [1], `stream_key` BYTES [1] (ours: an
-opaque id echoed as `stream_key_out` on every response, for the `llm` ensemble's postprocess).
+opaque id echoed as `stream_key_out` on every response, for the `llm` ensemble's postprocess),
+`guided_decoding` BYTES [1] (ours: structured output, a JSON object; see `uip.llm.guided`).
 `lora_name` BYTES [1] (optional: a LoRA adapter of the deployment; empty or absent: the base
 model). A control request carries `lora_control` BYTES [1] instead (JSON `{"op": "list" |
 "load" | "unload", "name": ..., "key": <the admin key>}`, `uip lora`) and gets one final
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from uip.core.inputs import InvalidInput, Scalar, as_text
-from uip.llm import sampling, validation
+from uip.llm import guided, sampling, validation
 from uip.llm.engine import GenerationRequest
 
 RESPONSE_OUTPUTS = ("output_ids", "finish_reason")  # what a caller asks llm_engine for
@@ -155,6 +156,7 @@ def decode_request(inputs: Mapping[str, np.ndarray], max_tokens: int,
         bad_words=word_list(inputs, "bad_words_list"),
         streaming=Scalar("streaming", bool, default=False).read(inputs),
         lora_name=Scalar("lora_name", str).read(inputs) or None,
+        guide=guided.read(inputs),
     ), stream_key=stream_key)
 
 
@@ -199,6 +201,8 @@ def encode_request(req: GenerationRequest, given_sampling: Mapping[str, float | 
         "stop_words_list": to_word_list(req.stop_words),
         "bad_words_list": to_word_list(req.bad_words),
     }
+    if req.guide is not None:
+        out[guided.INPUT] = req.guide.tensor()
     for name, value in (("end_id", req.end_id), ("pad_id", req.pad_id)):
         if value is not None:
             out[name] = np.array([[value]], dtype=np.int32)

@@ -11,6 +11,8 @@ words, per-request seeded sampling, max_new_tokens (finish 'length'), cancel (fi
 
 Guided decoding hook: `enqueue(request, logits_mask=fn)`; `fn(generated_tokens)` runs in the
 engine thread before each token and returns a bool tensor [vocab] of allowed tokens, or None.
+A request with a `guide` (structured output) gets its mask from `uip.llm.guided.Guides`,
+built on the first such request from the checkpoint's tokenizer.
 
 CUDA graphs (GPU, spec parameter `cuda_graphs`, default on): decode-only steps replay a graph
 captured at start-up for their batch-size bucket (cuda_graphs.py); steps with prefill chunks
@@ -71,6 +73,7 @@ from uip.llm.scheduler import Scheduler, Sequence, StepPlan
 if TYPE_CHECKING:
     from uip.core.settings import ModelSettings
     from uip.llm.cuda_graphs import DecodeGraphs
+    from uip.llm.guided import Guides
 
 log = logging.getLogger("uip.llm.paged_runtime")
 
@@ -215,6 +218,8 @@ class PagedEngine(Engine):
         # schedule + inputs, forward launch (graph replay or eager), token choice (waits for
         # the GPU: the step's one sync), delivery of the results
         self.step_seconds = dict.fromkeys(("prepare", "launch", "choose", "deliver"), 0.0)
+        self._guides: Guides | None = None
+        self._guides_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="uip-paged-engine", daemon=True)
         self._thread.start()
 
@@ -305,9 +310,22 @@ class PagedEngine(Engine):
         with self._lock:
             return self.lora.unload(check_name(name))
 
+    def guides(self) -> Guides:
+        """Grammar compilation for this model's tokenizer (made on first use)."""
+        with self._guides_lock:
+            if self._guides is None:
+                from uip.llm.guided import Guides
+
+                self._guides = Guides.from_folder(self.model_dir, self.vocab_size,
+                                                  sorted(self.default_eos))
+            return self._guides
+
     def enqueue(self, request: GenerationRequest, logits_mask: LogitsMask | None = None) -> int:
         sampling = self.validate(request)
         adapter = self._adapter(request.lora_name)
+        eos = frozenset([request.end_id]) if request.end_id is not None else self.default_eos
+        if request.guide is not None and logits_mask is None:
+            logits_mask = self.guides().mask(request.guide, sorted(eos))
         generator = None
         if sampling is not None:
             seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
@@ -324,8 +342,6 @@ class PagedEngine(Engine):
             seq = Sequence(rid, list(request.input_ids), len(request.input_ids))
             row = Row(sampling, generator, [list(w) for w in request.bad_words if w],
                       seq.tokens)
-            eos = frozenset([request.end_id]) if request.end_id is not None \
-                else self.default_eos
             req = _Request(rid, request, eos, row, seq, logits_mask, adapter=adapter)
             seq.owner = req
             self._requests[rid] = req

@@ -3,7 +3,8 @@
 Inputs (batch dimension 1): `text_input` BYTES [1] (required); optional `max_tokens` INT32,
 `stream` BOOL, `temperature` FP32, `top_p` FP32, `top_k` INT32, `seed` UINT64, `stop_words`
 BYTES [-1], `bad_words` BYTES [-1], `exclude_input_in_output` BOOL (default true),
-`return_num_input_tokens`, `return_num_output_tokens` BOOL.
+`return_num_input_tokens`, `return_num_output_tokens` BOOL, `guided_decoding` BYTES
+(structured output, `uip.llm.guided`; the ensemble maps it straight to llm_engine).
 
 Rules (one validator for the ensemble's `llm_preprocess` and for `llm_bls`):
 - the prompt becomes ids exactly as `tokenizer(text_input)["input_ids"]`. An empty prompt is
@@ -28,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from uip.core.inputs import InvalidInput, Scalar, one_text, texts
-from uip.llm import engine_tensors, sampling, validation
+from uip.llm import engine_tensors, guided, sampling, validation
 from uip.llm.engine import GenerationRequest
+from uip.llm.guided import Guide
 
 FLAGS = (
     Scalar("stream", bool, default=False),
@@ -80,6 +82,7 @@ class LlmRequest:
     return_num_input_tokens: bool = False
     return_num_output_tokens: bool = False
     lora_name: str | None = None  # a LoRA adapter (checked by the engine)
+    guide: Guide | None = None
 
 
 def _words(inputs: Mapping[str, np.ndarray], name: str, limits: Limits) -> list[str]:
@@ -127,6 +130,7 @@ class Preprocessor:
         stream, exclude, ret_in, ret_out = (f.read(inputs) for f in FLAGS)
         stop_words = _words(inputs, "stop_words", lim)
         bad_words = _words(inputs, "bad_words", lim)
+        guide = guided.read(inputs)
         ids = self.tokenize(prompt)
         if not ids:
             raise InvalidInput("'text_input' is empty and this tokenizer adds no BOS token, so "
@@ -136,7 +140,8 @@ class Preprocessor:
         return LlmRequest(prompt=prompt, input_ids=ids, max_tokens=max_tokens, stream=stream,
                           sampling=given, stop_words=stop_words, bad_words=bad_words,
                           exclude_input_in_output=exclude, return_num_input_tokens=ret_in,
-                          return_num_output_tokens=ret_out, lora_name=lora_name)
+                          return_num_output_tokens=ret_out, lora_name=lora_name,
+                          guide=guide)
 
     # ---------------------------------------------------------------------- engine inputs
 
@@ -149,7 +154,7 @@ class Preprocessor:
         gen = GenerationRequest(
             input_ids=req.input_ids, max_new_tokens=req.max_tokens, end_id=self.end_id,
             pad_id=self.pad_id, streaming=streaming, bad_words=self.word_ids(req.bad_words),
-            stop_words=self.word_ids(req.stop_words) if stop_words else [],
+            stop_words=self.word_ids(req.stop_words) if stop_words else [], guide=req.guide,
             lora_name=req.lora_name if sampling else None)
         return engine_tensors.encode_request(gen, req.sampling if sampling else {})
 

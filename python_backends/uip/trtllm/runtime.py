@@ -9,7 +9,11 @@ Pure parts, all taking the executor module as an argument so tests pass a stand-
 - `ExecutorSettings.from_parameters` (config.pbtxt parameters -> settings, checked);
 - `executor_config(settings, trtllm)` (-> `ExecutorConfig`: in-flight batching, paged KV cache
   free-memory fraction and block reuse, capacity scheduler policy, leader/orchestrator MPI mode);
-- `to_executor_request(request, trtllm, info)` and `to_result(response)`.
+- `to_executor_request(request, trtllm, info)` and `to_result(response)`;
+- guided decoding (structured output): spec parameters `guided_decoding_backend: xgrammar` and
+  `tokenizer_dir` (the checkpoint's tokenizer folder) give the executor a
+  `GuidedDecodingConfig` (`guided_decoding_config`); a request's `guide` becomes
+  `GuidedDecodingParams` (`guided_decoding_params`), TensorRT-LLM's documented API.
 
 LoRA (spec parameters `lora_dir`, `lora_max_rank`, `lora_dtype`): a request's `lora_name` goes
 to the executor as `LoraConfig` (uip.trtllm.lora); one that fails with "not found in cache" is
@@ -24,6 +28,7 @@ tritonserver serves nothing.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import threading
 from collections.abc import Mapping
@@ -43,6 +48,7 @@ from uip.llm.engine import (
     GenerationResult,
     SamplingParams,
 )
+from uip.llm.guided import Guide
 from uip.trtllm.engine_dir import EngineDir
 from uip.trtllm.lora import NOT_IN_CACHE, TrtllmLora
 
@@ -101,6 +107,8 @@ class ExecutorSettings:
     communication_mode: str = "leader"
     executor_worker_path: str | None = None
     iter_stats_max_iterations: int | None = None
+    guided_decoding_backend: str | None = None  # xgrammar: structured output
+    tokenizer_dir: str | None = None  # the tokenizer guided decoding compiles against
 
     def __post_init__(self) -> None:
         if self.batching_type not in BATCHING_TYPES:
@@ -109,6 +117,12 @@ class ExecutorSettings:
         if self.batch_scheduler_policy not in SCHEDULER_POLICIES:
             raise ValueError(f"batch_scheduler_policy must be one of "
                              f"{sorted(SCHEDULER_POLICIES)}, got {self.batch_scheduler_policy!r}")
+        if self.guided_decoding_backend not in (None, "xgrammar"):
+            raise ValueError("guided_decoding_backend must be xgrammar (or unset), got "
+                             f"{self.guided_decoding_backend!r}")
+        if self.guided_decoding_backend and not self.tokenizer_dir:
+            raise ValueError("guided_decoding_backend needs tokenizer_dir (the folder with "
+                             "the model's tokenizer.json)")
         if self.communication_mode not in COMMUNICATION_MODES:
             raise ValueError(f"communication_mode must be one of {sorted(COMMUNICATION_MODES)}, "
                              f"got {self.communication_mode!r}")
@@ -141,7 +155,8 @@ class ExecutorSettings:
                 elif f.name == "gpu_device_ids":
                     kw[f.name] = tuple(int(x) for x in raw.split(",") if x.strip())
                 else:
-                    kw[f.name] = raw.lower() if f.name != "executor_worker_path" else raw
+                    kw[f.name] = raw if f.name in ("executor_worker_path", "tokenizer_dir") \
+                        else raw.lower()
             except ValueError as e:
                 raise ValueError(f"parameter {f.name}={raw!r}: {e}") from None
         try:
@@ -160,8 +175,10 @@ class ExecutorSettings:
         return out
 
 
-def executor_config(s: ExecutorSettings, trtllm: Any, max_beam_width: int = 1):
-    """`trtllm.ExecutorConfig` for these settings (in-flight batching, paged KV cache)."""
+def executor_config(s: ExecutorSettings, trtllm: Any, max_beam_width: int = 1,
+                    eos_token_ids: tuple[int, ...] = ()):
+    """`trtllm.ExecutorConfig` for these settings (in-flight batching, paged KV cache, guided
+    decoding when configured)."""
     kv_kwargs: dict[str, Any] = {
         "enable_block_reuse": s.enable_kv_cache_reuse,
         "free_gpu_memory_fraction": s.kv_cache_free_gpu_mem_fraction,
@@ -184,7 +201,61 @@ def executor_config(s: ExecutorSettings, trtllm: Any, max_beam_width: int = 1):
         kwargs["max_queue_size"] = s.max_queue_size
     if s.iter_stats_max_iterations is not None:
         kwargs["iter_stats_max_iterations"] = s.iter_stats_max_iterations
+    if s.guided_decoding_backend:
+        kwargs["guided_decoding_config"] = guided_decoding_config(
+            Path(s.tokenizer_dir or ""), trtllm, eos_token_ids)
     return trtllm.ExecutorConfig(**kwargs)
+
+
+def guided_decoding_config(tokenizer_dir: Path, trtllm: Any, eos_token_ids: tuple[int, ...]):
+    """`GuidedDecodingConfig` (xgrammar) from a tokenizer folder: the vocabulary in id order,
+    the serialized fast tokenizer and the stop tokens, as TensorRT-LLM's Triton model builds it."""
+    from tokenizers import Tokenizer
+
+    path = tokenizer_dir / "tokenizer.json"
+    if not path.is_file():
+        raise ValueError(f"tokenizer_dir {tokenizer_dir}: no tokenizer.json (guided decoding "
+                         "needs the model's fast tokenizer)")
+    text = path.read_text()
+    vocab = Tokenizer.from_str(text).get_vocab(with_added_tokens=True)
+    encoded = [tok for tok, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    return trtllm.GuidedDecodingConfig(
+        backend=trtllm.GuidedDecodingConfig.GuidedDecodingBackend.XGRAMMAR,
+        encoded_vocab=encoded, tokenizer_str=text,
+        stop_token_ids=[int(t) for t in eos_token_ids] or None)
+
+
+GUIDE_TYPES = {"json_object": "JSON", "json_schema": "JSON_SCHEMA", "regex": "REGEX",
+               "grammar": "EBNF_GRAMMAR", "structural_tag": "STRUCTURAL_TAG"}
+
+
+def _legacy_structural_tag(value: str) -> str:
+    """TensorRT-LLM 1.2's STRUCTURAL_TAG guide is xgrammar's first format ({"structures":
+    [{"begin", "schema", "end"}], "triggers"}): a `triggered_tags` format of JSON-schema tags
+    converts to it; other structural tags do not run on this runtime."""
+    fmt = json.loads(value)
+    tags = fmt.get("tags") or []
+    if fmt.get("type") != "triggered_tags" or not all(
+            isinstance(t.get("content"), dict) and t["content"].get("type") == "json_schema"
+            and isinstance(t.get("begin"), str) and isinstance(t.get("end"), str)
+            for t in tags):
+        raise InvalidInput("'guided_decoding': the tensorrt_llm runtime takes structural tags "
+                           "of type triggered_tags whose tags hold JSON schemas only")
+    return json.dumps({"structures": [{"begin": t["begin"],
+                                       "schema": t["content"]["json_schema"],
+                                       "end": t["end"]} for t in tags],
+                       "triggers": list(fmt.get("triggers") or [])})
+
+
+def guided_decoding_params(guide: Guide, trtllm: Any):
+    """A request's guide as `trtllm.GuidedDecodingParams(guide_type, guide)`."""
+    params = trtllm.GuidedDecodingParams
+    kind = getattr(params.GuideType, GUIDE_TYPES[guide.kind])
+    if guide.kind == "json_object":
+        return params(guide_type=kind)
+    value = _legacy_structural_tag(guide.value) if guide.kind == "structural_tag" \
+        else guide.value
+    return params(guide_type=kind, guide=value)
 
 
 def parallel_config(s: ExecutorSettings, trtllm: Any):
@@ -248,9 +319,10 @@ def with_default_eos(req: GenerationRequest, eos_token_ids: tuple[int, ...]) -> 
 
 
 def to_executor_request(req: GenerationRequest, trtllm: Any, info: EngineDir | None = None,
-                        lora_config: Any = None):
+                        lora_config: Any = None, guided: bool = True):
     """`trtllm.Request` for one generation request: only new tokens come back
-    (exclude_input_from_output), one response per step when streaming."""
+    (exclude_input_from_output), one response per step when streaming. `guided`: whether
+    the executor was configured for guided decoding."""
     sampling = check_request(req, info)
     kwargs: dict[str, Any] = {
         "streaming": bool(req.streaming),
@@ -268,6 +340,12 @@ def to_executor_request(req: GenerationRequest, trtllm: Any, info: EngineDir | N
         kwargs["bad_words"] = [[int(t) for t in w] for w in req.bad_words if w]
     if lora_config is not None:
         kwargs["lora_config"] = lora_config
+    if req.guide is not None:
+        if not guided:
+            raise InvalidInput("'guided_decoding': this llm_engine runs without guided "
+                               "decoding; set its parameters guided_decoding_backend: xgrammar "
+                               "and tokenizer_dir")
+        kwargs["guided_decoding_params"] = guided_decoding_params(req.guide, trtllm)
     return trtllm.Request([int(t) for t in req.input_ids], int(req.max_new_tokens),
                           **kwargs)
 
@@ -358,7 +436,7 @@ class TrtllmEngine(Engine):
         self.info = EngineDir.read(self.engine_dir, check_ranks=check_ranks)
         self.settings = settings or ExecutorSettings()
         self.eos_token_ids = tuple(eos_token_ids)
-        config = executor_config(self.settings, self.trtllm)
+        config = executor_config(self.settings, self.trtllm, eos_token_ids=self.eos_token_ids)
         self._executor = self.trtllm.Executor(
             self.engine_dir, self.trtllm.ModelType.DECODER_ONLY, config)
         self._lock = threading.Lock()
@@ -400,7 +478,8 @@ class TrtllmEngine(Engine):
 
     def enqueue(self, request: GenerationRequest) -> int:
         request = with_default_eos(request, self.eos_token_ids)
-        req = to_executor_request(request, self.trtllm, self.info, self._lora_config(request))
+        req = to_executor_request(request, self.trtllm, self.info, self._lora_config(request),
+                                  guided=bool(self.settings.guided_decoding_backend))
         if not self.is_leader:
             raise RuntimeError("this rank is a TensorRT-LLM worker (rank > 0): only rank 0 "
                                "serves requests")

@@ -92,6 +92,9 @@ class LlmEngineModel:
                     self._control(call.control)), final=True)
                 return
             tid = request.request_id()
+            guides = getattr(self.engine, "guides", None)  # the torch runtime's grammars
+            if call.request.guide is not None and guides is not None:
+                guides().compile(call.request.guide)  # outside the lock (cached after)
             with self._lock:  # registered before the dispatcher can see the first result
                 if len(self._streams) >= self.max_inflight:
                     raise Unavailable(f"llm_engine has {len(self._streams)} requests in flight, "
