@@ -19,7 +19,8 @@ models' specs declare them; the networks' dtype when co-located), `max_batch` (8
 stepped together; sd_unet's max_batch_size must hold 2x as many CFG rows), `max_waiting` (64:
 more are refused UNAVAILABLE), `default_steps` (50), `default_guidance_scale` (7.5), `eta`
 (0.0, DDIM), `text_encoder_model` / `unet_model` / `vae_decoder_model` (model names),
-`torch_threads`.
+`torch_threads` (the loop's own math; separate placement), `colocated_torch_threads` (default:
+torch's own count, as the sd_* models run).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ PLACEMENTS = ("separate", "colocated")
 
 class StableDiffusion:
     def initialize(self, args: dict[str, str]) -> None:
+        default_threads = torch.get_num_threads()
         self.settings, self.device, self.dtype = setup(args)
         s = self.settings
         folder = s.artifact_dir()
@@ -72,6 +74,9 @@ class StableDiffusion:
                              f"got {self.placement!r}")
         encode, unet, decode = self._encode, self._unet, self._decode
         if self.placement == "colocated":  # GPU speed parameters: uip.sd.accel
+            # the networks run here: torch's own thread count, as in the sd_* models (the
+            # spec's torch_threads is for the loop's math alone; another count moves last bits)
+            torch.set_num_threads(s.param("colocated_torch_threads", default_threads, int))
             accel = Acceleration.from_settings(s, self.device)
             encode = TextEncoder(folder, self.device, self.dtype)
             unet = UNet(folder, self.device, self.dtype, accel=accel)
