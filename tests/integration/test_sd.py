@@ -131,8 +131,9 @@ def _check_concurrent(server, grpc, reference, schedulers, steps=6):
     executions, inferences = after[0] - before[0], after[1] - before[1]
     assert inferences == 2 * sum(calls)  # every step of every request: its [neg, pos] pair
     # steps merge: fewer sd_unet calls than steps. The goal is max(calls) * ceil(6 / max_batch)
-    # (all six joining at once); seen: 27 for 36 steps with the separate placement on a loaded
-    # 2-core host, where requests reach the batcher spread over its iterations (open, issue 12)
+    # (all six joining at once). Seen with the separate placement: 12 and 7 calls for 36 steps
+    # (goal 6) at load ~5, 27 at load ~15: requests that reach the batcher spread over its
+    # iterations join late (issue 12, open)
     assert executions < sum(calls), \
         f"{executions} sd_unet executions for 6 requests of {max(calls)} steps"
 
