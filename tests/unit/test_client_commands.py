@@ -37,14 +37,16 @@ def bench_sd_settings(app, monkeypatch, *argv: str) -> sd.Settings:
 
 def test_bench_sd_cpu_defaults_and_flags(uip, monkeypatch, tmp_path):
     s = bench_sd_settings(uip, monkeypatch, "--steps", "4", "--concurrency", "1,2",
-                          "--requests-per-level", "2", "--rounds", "1", "--no-step-gate",
+                          "--requests-per-level", "2", "--rounds", "1", "--placement",
+                          "colocated", "--max-batch", "4", "--sd-param", "compile=true",
                           "--server-arg=--log-info=1", "--server-arg", "--exit-timeout-secs=5",
                           "--skip-diffusers", "--out", str(tmp_path / "t.md"))
     assert (s.config, s.device, s.dtype, s.size, s.scheduler) == ("tiny", "cpu", "float32", 64,
                                                                    "ddim")
     assert (s.steps, s.concurrency, s.requests_per_level, s.rounds) == (4, [1, 2], 2, 1)
     assert s.orchestrators == sd.spec_instances()  # the spec's count on CPU
-    assert s.no_step_gate and s.skip_diffusers and not s.skip_triton
+    assert (s.placement, s.max_batch, s.sd_param) == ("colocated", 4, ["compile=true"])
+    assert s.skip_diffusers and not s.skip_triton
     assert s.server_arg == ["--log-info=1", "--exit-timeout-secs=5"]
     assert (s.url, s.artifact, s.unet_queue_delay_us, s.out) == (None, None, None,
                                                                  tmp_path / "t.md")
@@ -53,8 +55,9 @@ def test_bench_sd_cpu_defaults_and_flags(uip, monkeypatch, tmp_path):
 def test_bench_sd_cuda_defaults(uip, monkeypatch):
     s = bench_sd_settings(uip, monkeypatch, "--config", "sd15", "--device", "cuda",
                           "--concurrency", "1,8", "--unet-queue-delay-us", "5000")
-    assert (s.dtype, s.size, s.orchestrators, s.unet_queue_delay_us) == ("float16", 512, 8, 5000)
-    assert not s.no_step_gate and s.server_arg == []
+    assert (s.dtype, s.size, s.unet_queue_delay_us) == ("float16", 512, 5000)
+    assert s.orchestrators == sd.spec_instances()  # one instance batches the steps itself
+    assert s.placement is None and s.sd_param == [] and s.server_arg == []
 
 
 def test_bench_sd_refuses_an_unknown_config(uip):
@@ -79,7 +82,8 @@ def test_bench_sd_table():
     s = sd.Settings(config="tiny", artifact=None, device="cpu", dtype=None, steps=4, size=None,
                     guidance=7.5, scheduler="ddim", concurrency=[1, 2], requests_per_level=2,
                     rounds=1, repeat=1, orchestrators=4, unet_queue_delay_us=None,
-                    no_step_gate=False, server_arg=[], url=None, skip_diffusers=False,
+                    placement=None, max_batch=None, sd_param=[], server_arg=[], url=None,
+                    skip_diffusers=False,
                     skip_triton=False, out=None)
     s.triton_image = s.diffusers_image = np.zeros((64, 64, 3), np.uint8)
     rows = [dict(engine="Triton stable_diffusion (gRPC)", c=2, n=2, lat=0.5, p50=0.4, ips=3.0,

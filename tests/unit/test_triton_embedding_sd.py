@@ -1,5 +1,6 @@
 """The embedding adapter (a fake encoder: per-request validation, one batched encode) and the
-stable_diffusion adapter built without its pipeline (CANCELLED, INVALID_ARG, INTERNAL, BLS)."""
+stable_diffusion adapter built without its pipeline (answers through the response sender:
+CANCELLED, INVALID_ARG, INTERNAL, UNAVAILABLE; BLS)."""
 
 from __future__ import annotations
 
@@ -119,22 +120,25 @@ class FakeSchedulers:
         pass
 
 
-class FakeLoop:
-    """Records the requests; raises Cancelled when the request's `cancelled()` says so."""
+class FakeBatcher:
+    """Records the submitted requests; answers at once: an image, or `error`."""
 
-    def __init__(self, error: Exception | None = None):
-        self.requests, self.error = [], error
+    def __init__(self, error: BaseException | None = None, refuse: Exception | None = None):
+        self.requests, self.error, self.refuse = [], error, refuse
 
-    def __call__(self, req, cancelled):
+    def submit(self, req, cancelled, done):
+        if self.refuse is not None:
+            raise self.refuse
         self.requests.append(req)
         if cancelled():
-            raise Cancelled()
-        if self.error is not None:
-            raise self.error
-        return np.full((req.height, req.width, 3), 7, dtype=np.uint8)
+            done(None, Cancelled())
+        elif self.error is not None:
+            done(None, self.error)
+        else:
+            done(np.full((req.height, req.width, 3), 7, dtype=np.uint8), None)
 
 
-def make_sd(loop=None) -> StableDiffusion:
+def make_sd(batcher=None) -> StableDiffusion:
     """The adapter without initialize: only what its request methods use."""
     sd = StableDiffusion.__new__(StableDiffusion)
     sd.limits = SDLimits(max_steps=20, max_height=128, max_width=128)
@@ -142,8 +146,7 @@ def make_sd(loop=None) -> StableDiffusion:
                              scheduler="pndm")
     sd.schedulers = FakeSchedulers()
     sd.size_multiple = 8
-    sd.gate = None
-    sd.loop = loop or FakeLoop()
+    sd.batcher = batcher or FakeBatcher()
     sd.models = {"text": "sd_text_encoder", "unet": "sd_unet", "vae": "sd_vae_decoder"}
     sd.device, sd.dtype = "cpu", torch.float16
     return sd
@@ -156,30 +159,28 @@ def sd_request(prompt: str | None = "a cat", cancelled=False, **extra):
     return pbu.Request(inputs, cancelled=cancelled)
 
 
-def test_sd_image_for_a_good_request():
+def test_sd_image_for_a_good_request_through_its_sender():
     sd = make_sd()
-    (resp,) = sd.execute([sd_request(steps=np.int32(3), height=np.int32(32))])
-    assert not resp.has_error()
+    request = sd_request(steps=np.int32(3), height=np.int32(32))
+    assert sd.execute([request]) is None  # answered through the sender (non-decoupled too)
+    ((resp, flags),) = pbu.finished(request)
+    assert not resp.has_error() and flags == pbu.TRITONSERVER_RESPONSE_COMPLETE_FINAL
     image = resp.outputs()["image"]
     assert image.shape == (1, 32, 64, 3) and image.dtype == np.uint8
-    (req,) = sd.loop.requests
+    (req,) = sd.batcher.requests
     assert (req.prompt, req.steps, req.height, req.width, req.scheduler) == \
         ("a cat", 3, 32, 64, "pndm")
 
 
 def test_sd_cancelled_request_answers_cancelled_and_the_others_go_on():
     sd = make_sd()
-    out = sd.execute([sd_request(cancelled=True), sd_request()])
-    assert out[0].has_error() and out[0].error().code() == pbu.TritonError.CANCELLED
-    assert out[0].output_tensors() == []
-    assert not out[1].has_error() and out[1].outputs()["image"].shape == (1, 64, 64, 3)
-
-
-def test_sd_loop_raising_cancelled_answers_cancelled(monkeypatch):
-    sd = make_sd(loop=FakeLoop(error=Cancelled()))
-    (resp,) = sd.execute([sd_request()])
-    assert resp.error().code() == pbu.TritonError.CANCELLED
-    assert resp.error().message() == "request cancelled by the client"
+    a, b = sd_request(cancelled=True), sd_request()
+    sd.execute([a, b])
+    err = pbu.only_error(a)
+    assert err.code() == pbu.TritonError.CANCELLED
+    assert err.message() == "request cancelled by the client"
+    ((resp, _),) = pbu.finished(b)
+    assert not resp.has_error() and resp.outputs()["image"].shape == (1, 64, 64, 3)
 
 
 @pytest.mark.parametrize("request_, message", [
@@ -188,19 +189,28 @@ def test_sd_loop_raising_cancelled_answers_cancelled(monkeypatch):
     (sd_request(height=np.int32(30)), "height"),
     (sd_request(scheduler=b"euler_x"), "scheduler"),
 ])
-def test_sd_bad_request_is_invalid_arg_without_running_the_loop(request_, message):
+def test_sd_bad_request_is_invalid_arg_without_reaching_the_batcher(request_, message):
     sd = make_sd()
-    (resp,) = sd.execute([request_])
-    assert resp.error().code() == pbu.TritonError.INVALID_ARG
-    assert message in resp.error().message()
-    assert sd.loop.requests == []
+    request_.sender.sent.clear()
+    sd.execute([request_])
+    err = pbu.only_error(request_)
+    assert err.code() == pbu.TritonError.INVALID_ARG and message in err.message()
+    assert sd.batcher.requests == []
 
 
-def test_sd_loop_failure_is_internal():
-    sd = make_sd(loop=FakeLoop(error=RuntimeError("unet failed")))
-    (resp,) = sd.execute([sd_request()])
-    assert resp.error().code() == pbu.TritonError.INTERNAL
-    assert resp.error().message() == "RuntimeError: unet failed"
+def test_sd_batcher_failure_is_internal_and_a_full_queue_unavailable():
+    sd = make_sd(FakeBatcher(error=RuntimeError("unet failed")))
+    request = sd_request()
+    sd.execute([request])
+    err = pbu.only_error(request)
+    assert err.code() == pbu.TritonError.INTERNAL and err.message() == "RuntimeError: unet failed"
+    from uip.core.faults import Unavailable
+
+    sd = make_sd(FakeBatcher(refuse=Unavailable("64 stable_diffusion requests are waiting")))
+    request = sd_request()
+    sd.execute([request])
+    err = pbu.only_error(request)
+    assert err.code() == pbu.TritonError.UNAVAILABLE and "64 stable_diffusion" in err.message()
 
 
 def test_sd_unet_step_goes_through_bls(monkeypatch):

@@ -123,11 +123,14 @@ def bench_sd(
     repeat: int = typer.Option(1, help="run each level N times and keep the best (for noisy, "
                                "shared hosts)"),
     orchestrators: int = typer.Option(None, help="stable_diffusion instances (default: the "
-                                      "spec's count on CPU, the highest concurrency on CUDA)"),
+                                      "spec's count; one instance batches the steps itself)"),
     unet_queue_delay_us: int = typer.Option(None, help="override sd_unet's dynamic batching "
                                             "max_queue_delay_us"),
-    no_step_gate: bool = typer.Option(False, "--no-step-gate", help="let concurrent loops "
-                                      "send their UNet steps unaligned"),
+    placement: str = typer.Option(None, help="separate (BLS to the sd_* models) or colocated "
+                                  "(default: the spec's)"),
+    max_batch: int = typer.Option(None, help="requests stepped together (default: the spec's)"),
+    sd_param: list[str] = typer.Option([], help="another stable_diffusion spec parameter, "
+                                       "KEY=VALUE (repeatable), e.g. compile=true"),
     server_arg: list[str] = typer.Option([], help="extra tritonserver flag, e.g. --server-arg="
                                          "--cuda-memory-pool-byte-size=0:268435456 "
                                          "(repeatable)"),
@@ -147,7 +150,8 @@ def bench_sd(
         guidance=guidance, scheduler=scheduler, concurrency=parse_levels(concurrency),
         requests_per_level=requests_per_level, rounds=rounds, repeat=repeat,
         orchestrators=orchestrators, unet_queue_delay_us=unet_queue_delay_us,
-        no_step_gate=no_step_gate, server_arg=list(server_arg), url=url,
+        placement=placement, max_batch=max_batch, sd_param=list(sd_param),
+        server_arg=list(server_arg), url=url,
         skip_diffusers=skip_diffusers, skip_triton=skip_triton, out=out))
 
 

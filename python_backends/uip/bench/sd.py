@@ -3,10 +3,10 @@ StableDiffusionPipeline in-process, on the same folder, in the same run.
 
   # CPU, the tiny model (starts its own tritonserver on a repository rendered from the spec):
   uip bench sd --out benchmarks/results/sd_cpu.md
-  # GPU (H100): SD 1.5-shaped UNet/VAE/CLIP with random fp16 weights, 512x512, 50 steps
-  # (builds artifacts/sd15-random, ~2 GB, on first use; 8 orchestrator instances):
-  uip bench sd --config sd15 --device cuda --unet-queue-delay-us 5000 \
-      --out benchmarks/results/sd15-h100.md
+  # GPU (H200): SD 1.5-shaped UNet/VAE/CLIP with random fp16 weights, 512x512, 50 steps
+  # (builds artifacts/sd15-random, ~2 GB, on first use; one orchestrator batching the steps):
+  uip bench sd --config sd15 --device cuda --placement colocated \
+      --out benchmarks/results/sd15-h200.md
   # against a server that is already running (no server start):
   uip bench sd --url localhost:8001 --skip-diffusers
 
@@ -63,7 +63,9 @@ class Settings:
     repeat: int
     orchestrators: int | None
     unet_queue_delay_us: int | None
-    no_step_gate: bool
+    placement: str | None
+    max_batch: int | None
+    sd_param: list[str]
     server_arg: list[str]
     url: str | None
     skip_diffusers: bool
@@ -76,9 +78,7 @@ class Settings:
     def __post_init__(self) -> None:
         self.dtype = self.dtype or ("float16" if self.device == "cuda" else "float32")
         self.size = self.size or (512 if self.config == "sd15" else 64)
-        if not self.orchestrators:
-            self.orchestrators = (max(self.concurrency) if self.device == "cuda"
-                                  else spec_instances())
+        self.orchestrators = self.orchestrators or spec_instances()
 
 
 def artifact_for(args) -> Path:
@@ -114,12 +114,20 @@ def render_repository(args, folder: Path, out: Path) -> None:
 
     data = copy.deepcopy(load_spec(DEFAULT_SPECS / "stable_diffusion.yaml").model_dump())
     wire = {"float32": "FP32", "float16": "FP16", "bfloat16": "BF16"}[args.dtype]
+    if args.placement == "colocated":  # the networks live in stable_diffusion's process
+        data["models"] = [m for m in data["models"] if m["name"] == "stable_diffusion"]
     for m in data["models"]:
         if m.get("artifact"):
             m["artifact"] = {"path": str(folder), "sha256": {}}
         if m["name"] == "stable_diffusion":
             m["instances"][0]["count"] = args.orchestrators
-            m["parameters"]["step_gate"] = not args.no_step_gate
+            if args.placement:
+                m["parameters"]["placement"] = args.placement
+            if args.max_batch:
+                m["parameters"]["max_batch"] = args.max_batch
+            for kv in args.sd_param:  # e.g. compile=true (see uip.triton.models.stable_diffusion)
+                key, _, value = kv.partition("=")
+                m["parameters"][key] = value
         if m["name"] == "sd_unet" and args.unet_queue_delay_us is not None:
             m["batching"]["dynamic"]["max_queue_delay_us"] = args.unet_queue_delay_us
         if args.device == "cuda":
@@ -158,7 +166,12 @@ def options(args, seed: int) -> dict:
 def unet_stats(client, headers: dict[str, str] | None = None) -> tuple[int, int, int, int]:
     """sd_unet's executions, inferences, and nanoseconds queued / computing (all requests);
     `headers`: the admin key's gRPC metadata (statistics is a restricted API)."""
-    s = client.get_inference_statistics("sd_unet", headers=headers).model_stats[0]
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        s = client.get_inference_statistics("sd_unet", headers=headers).model_stats[0]
+    except InferenceServerException:  # co-located: no sd_unet model
+        return 0, 0, 0, 0
     st = s.inference_stats
     return (s.execution_count, s.inference_count, st.queue.ns,
             st.compute_input.ns + st.compute_infer.ns + st.compute_output.ns)
@@ -299,8 +312,10 @@ def table(args, rows: list[dict], folder: Path) -> str:
         f"Stable Diffusion benchmark, {dt.datetime.now():%Y-%m-%d %H:%M}: {dev}; "
         f"model `{folder.name}` ({args.config}, {args.dtype}); {args.size}x{args.size}, "
         f"{args.steps} steps, scheduler {args.scheduler}, CFG {args.guidance}; "
-        f"{args.orchestrators} orchestrator instances, step gate "
-        f"{'off' if args.no_step_gate else 'on'}; best of {args.repeat} per level; "
+        f"{args.orchestrators} orchestrator instance(s), placement "
+        f"{args.placement or 'spec'}, max_batch {args.max_batch or 'spec'}"
+        f"{', ' + ' '.join(args.sd_param) if args.sd_param else ''}; best of {args.repeat} "
+        f"per level; "
         f"torch {torch.__version__}, "
         f"Python {platform.python_version()}.",
         "",
@@ -342,7 +357,11 @@ def bench_own_server(args: Settings, folder: Path) -> list[dict]:
             states = srv.wait_models()
             if any(v != "READY" for v in states.values()):
                 raise RuntimeError(f"models not ready: {states}")
-            return bench_triton(args, srv.grpc_url, srv.admin_key)
+            rows = bench_triton(args, srv.grpc_url, srv.admin_key)
+            for line in srv.log().splitlines():  # start-up timings (CUDA graph capture)
+                if line.startswith("uip.sd: "):
+                    print(line, flush=True)
+            return rows
         except Exception:
             print("tritonserver log (last 80 lines):\n"
                   + "\n".join(srv.log().splitlines()[-80:]), file=sys.stderr)

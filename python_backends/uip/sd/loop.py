@@ -1,13 +1,17 @@
 """The Stable Diffusion sampling loop, step for step as diffusers' StableDiffusionPipeline.
 
-Pure logic: the three networks are callables (in-process modules in tests, BLS calls to
-`sd_text_encoder`, `sd_unet` and `sd_vae_decoder` in the server), so the same loop is checked
-against the pipeline without a server. What keeps it bit-exact with the pipeline:
+Pure logic: the three networks are callables (in-process modules in tests and in the
+co-located placement, BLS calls to `sd_text_encoder`, `sd_unet` and `sd_vae_decoder` in the
+separate one). One request's sampling state is a `Job` (its own scheduler, seeded generator,
+latents and step index); `uip.sd.batcher.StepBatcher` steps many jobs with one UNet call per
+iteration, `SDLoop` runs one alone. What keeps them bit-exact with the pipeline:
 - prompt and negative prompt are tokenized to the tokenizer's max length (77) and encoded
-  separately, as `encode_prompt` does; CFG only when guidance_scale > 1;
+  separately (one encoder call for the prompts, one for the negatives), as `encode_prompt`
+  does; CFG only when guidance_scale > 1;
 - a fresh scheduler per request, `set_timesteps` first; the initial noise comes from
   `randn_tensor` with a CPU generator seeded per request, times `init_noise_sigma`;
-- per step: `scale_model_input` on the [negative, positive] batch, ONE batch-2 UNet call,
+- per step: `scale_model_input` on the request's [negative, positive] batch, ONE UNet call
+  holding that pair (with other requests' pairs when batched: the last bits may change),
   guidance, `scheduler.step(..., eta/generator only if its signature takes them)`;
 - `decode` gets the final latents (the VAE model divides by its scaling factor).
 """
@@ -78,8 +82,70 @@ def _never() -> bool:
     return False
 
 
+class Job:
+    """One request's sampling state: its own scheduler, seeded generator, latents and step."""
+
+    def __init__(self, req: SDRequest, schedulers: SchedulerFactory, info: PipelineInfo,
+                 device: torch.device, eta: float = 0.0):
+        self.req = req
+        self.guided = req.guidance_scale > 1.0
+        self.scheduler = schedulers.create(req.scheduler)
+        self.scheduler.set_timesteps(req.steps, device=device)
+        self.timesteps = self.scheduler.timesteps
+        self.generator = torch.Generator(device="cpu").manual_seed(req.seed)
+        self.device = device
+        s = info.vae_scale_factor
+        self.latent_shape = (info.latent_channels, req.height // s, req.width // s)
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        self.extra: dict = {}
+        if "eta" in params:
+            self.extra["eta"] = eta
+        if "generator" in params:
+            self.extra["generator"] = self.generator
+        self.index = 0
+        self.hidden: torch.Tensor | None = None  # [negative, positive] (or [positive])
+        self.latents: torch.Tensor | None = None
+
+    @property
+    def rows(self) -> int:
+        """Samples of this request in a UNet call: its CFG pair, or one."""
+        return 2 if self.guided else 1
+
+    @property
+    def finished(self) -> bool:
+        return self.index >= len(self.timesteps)
+
+    def begin(self, positive: torch.Tensor, negative: torch.Tensor | None) -> None:
+        """The prompt's embeddings ([1, L, D] each) arrived: draw the initial noise."""
+        hidden = positive
+        if self.guided:
+            hidden = torch.cat([negative.to(positive.dtype), positive])
+        self.hidden = hidden
+        latents = randn_tensor((1, *self.latent_shape), generator=self.generator,
+                               device=self.device, dtype=hidden.dtype)
+        self.latents = latents * self.scheduler.init_noise_sigma
+
+    def unet_input(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's UNet input [rows, C, h, w] and its timestep per sample [rows]."""
+        t = self.timesteps[self.index]
+        x = torch.cat([self.latents] * 2) if self.guided else self.latents
+        x = self.scheduler.scale_model_input(x, t)
+        return x, t.reshape(1).expand(x.shape[0])
+
+    def step(self, noise: torch.Tensor) -> None:
+        """The UNet's prediction for this request's rows: guidance, then the scheduler step."""
+        t = self.timesteps[self.index]
+        if self.guided:
+            uncond, text = noise.chunk(2)
+            noise = uncond + self.req.guidance_scale * (text - uncond)
+        self.latents = self.scheduler.step(noise, t, self.latents, **self.extra,
+                                           return_dict=False)[0]
+        self.index += 1
+
+
 class SDLoop:
-    """text -> image, calling `encode`, `unet` and `decode` like StableDiffusionPipeline does."""
+    """text -> image for one request at a time, calling `encode`, `unet` and `decode` like
+    StableDiffusionPipeline does (the batcher's logic, with a batch of one)."""
 
     def __init__(self, tokenizer, schedulers: SchedulerFactory, info: PipelineInfo,
                  encode: Encode, unet: UNet, decode: Decode, device: str | torch.device = "cpu",
@@ -93,57 +159,62 @@ class SDLoop:
         self.device = torch.device(device)
         self.eta = eta
 
-    def tokenize(self, text: str, max_length: int | None = None) -> torch.Tensor:
-        """Token ids [1, 77]: padded to and truncated at the tokenizer's max length."""
+    def job(self, req: SDRequest) -> Job:
+        return Job(req, self.schedulers, self.info, self.device, self.eta)
+
+    def tokenize(self, texts: str | list[str], max_length: int | None = None) -> torch.Tensor:
+        """Token ids [B, 77]: padded to and truncated at the tokenizer's max length."""
         return self.tokenizer(
-            text, padding="max_length",
+            texts, padding="max_length",
             max_length=max_length or self.tokenizer.model_max_length,
             truncation=True, return_tensors="pt",
         ).input_ids
 
-    def embeddings(self, req: SDRequest, guided: bool) -> torch.Tensor:
-        positive = self.encode(self.tokenize(req.prompt))
-        if not guided:
-            return positive
-        negative = self.encode(self.tokenize(req.negative_prompt, positive.shape[1]))
-        return torch.cat([negative.to(positive.dtype), positive])
+    def begin(self, jobs: list[Job]) -> None:
+        """Encode the jobs' prompts in one call, their negative prompts in another."""
+        positive = self.encode(self.tokenize([j.req.prompt for j in jobs]))
+        guided = [j for j in jobs if j.guided]
+        negative = {}
+        if guided:
+            out = self.encode(self.tokenize([j.req.negative_prompt for j in guided],
+                                            positive.shape[1]))
+            negative = {id(j): out[k:k + 1] for k, j in enumerate(guided)}
+        for k, j in enumerate(jobs):
+            j.begin(positive[k:k + 1], negative.get(id(j)))
+
+    def step(self, jobs: list[Job]) -> None:
+        """One UNet call over the jobs (all of one latent shape), then each scheduler's step."""
+        inputs = [j.unet_input() for j in jobs]
+        x = torch.cat([i[0] for i in inputs]) if len(jobs) > 1 else inputs[0][0]
+        t = torch.cat([i[1].to(torch.float32) for i in inputs])
+        hidden = torch.cat([j.hidden for j in jobs]) if len(jobs) > 1 else jobs[0].hidden
+        noise = self.unet(x, t, hidden)
+        for j, part in zip(jobs, torch.split(noise, [j.rows for j in jobs]), strict=True):
+            j.step(part)
+
+    def finish(self, jobs: list[Job]) -> list[np.ndarray]:
+        """Decode the finished jobs (one latent shape) in one call: uint8 [H, W, 3] each."""
+        latents = torch.cat([j.latents for j in jobs]) if len(jobs) > 1 else jobs[0].latents
+        image = self.decode(latents)
+        if isinstance(image, torch.Tensor):
+            image = image.cpu().numpy()
+        image = np.asarray(image)
+        return [image[k] for k in range(len(jobs))]
 
     def __call__(self, req: SDRequest, cancelled: Callable[[], bool] = _never,
                  on_step: Callable[[int, torch.Tensor], None] | None = None) -> np.ndarray:
         """The image, uint8 [H, W, 3]; raises Cancelled when `cancelled()` turns true."""
         if cancelled():
             raise Cancelled()
-        guided = req.guidance_scale > 1.0
-        hidden = self.embeddings(req, guided)
-        scheduler = self.schedulers.create(req.scheduler)
-        scheduler.set_timesteps(req.steps, device=self.device)
-        generator = torch.Generator(device="cpu").manual_seed(req.seed)
-        s = self.info.vae_scale_factor
-        shape = (1, self.info.latent_channels, req.height // s, req.width // s)
-        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=hidden.dtype)
-        latents = latents * scheduler.init_noise_sigma
-        params = set(inspect.signature(scheduler.step).parameters)
-        extra = {}
-        if "eta" in params:
-            extra["eta"] = self.eta
-        if "generator" in params:
-            extra["generator"] = generator
-
-        for i, t in enumerate(scheduler.timesteps):
+        job = self.job(req)
+        self.begin([job])
+        while not job.finished:
             if cancelled():
                 raise Cancelled()
-            x = torch.cat([latents] * 2) if guided else latents
-            x = scheduler.scale_model_input(x, t)
-            noise = self.unet(x, t.reshape(1).expand(x.shape[0]), hidden)
-            if guided:
-                uncond, text = noise.chunk(2)
-                noise = uncond + req.guidance_scale * (text - uncond)
-            latents = scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
+            i, t = job.index, job.timesteps[job.index]
+            self.step([job])
             if on_step is not None:
                 on_step(i, t)
         if cancelled():
             raise Cancelled()
-        image = self.decode(latents)
-        if isinstance(image, torch.Tensor):
-            image = image.cpu().numpy()
-        return np.asarray(image)[0]
+        return self.finish([job])[0]

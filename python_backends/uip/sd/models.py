@@ -8,9 +8,12 @@ SD 1.x/2.x pipeline folder works.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
+
+from uip.sd.accel import Acceleration, GraphedCall
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -45,10 +48,11 @@ class _Component:
     part = ""
 
     def __init__(self, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 model=None):
+                 model=None, accel: Acceleration | None = None):
         self.model = model if model is not None else _load(folder, self.part, device, dtype)
         self.device = torch.device(device)
         self.dtype = dtype
+        self.accel = accel or Acceleration()
 
 
 class TextEncoder(_Component):
@@ -67,13 +71,34 @@ class UNet(_Component):
 
     part = "unet"
 
+    def __init__(self, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 model=None, accel: Acceleration | None = None):
+        super().__init__(folder, device, dtype, model, accel)
+        self.forward = self.accel.prepare(self.model, self.accel.compile)
+        self.graphed: GraphedCall | None = None
+        if self.accel.cuda_graphs:
+            self.graphed = GraphedCall(self._run, self.accel.graph_buckets,
+                                       *graph_shapes(Path(folder), self.model.config),
+                                       self.device, dtype)
+            startup_note(f"sd unet: CUDA graphs for batches {self.graphed.buckets} captured in "
+                         f"{sum(self.graphed.capture_s.values()):.1f} s (" + ", ".join(
+                             f"{b}: {t:.1f} s" for b, t in sorted(self.graphed.capture_s.items()))
+                         + f"; compile {self.accel.compile})")
+
+    def _run(self, x: torch.Tensor, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.forward(x, t, encoder_hidden_states=h, return_dict=False)[0]
+
     @torch.inference_mode()
     def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor,
                  hidden: torch.Tensor) -> torch.Tensor:
-        return self.model(
-            latents.to(self.device, self.dtype), timesteps.to(self.device).reshape(-1),
-            encoder_hidden_states=hidden.to(self.device, self.dtype), return_dict=False,
-        )[0]
+        x = latents.to(self.device, self.dtype)
+        t = timesteps.to(self.device).reshape(-1)
+        h = hidden.to(self.device, self.dtype)
+        if self.graphed is not None:
+            out = self.graphed(x, t.to(torch.float32), h)
+            if out is not None:
+                return out
+        return self._run(x, t, h)
 
 
 class VaeDecoder(_Component):
@@ -85,13 +110,32 @@ class VaeDecoder(_Component):
 
     part = "vae"
 
+    def __init__(self, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 model=None, accel: Acceleration | None = None):
+        super().__init__(folder, device, dtype, model, accel)
+        self.decode = self.accel.prepare(self.model, self.accel.compile_vae, self.model.decode)
+
     @torch.inference_mode()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         latents = latents.to(self.device, self.dtype)
-        image = self.model.decode(latents / self.model.config.scaling_factor, return_dict=False)[0]
+        image = self.decode(latents / self.model.config.scaling_factor, return_dict=False)[0]
         image = (image * 0.5 + 0.5).clamp(0, 1)
         image = image.permute(0, 2, 3, 1).float()
         return (image * 255).round().to(torch.uint8)
+
+
+def startup_note(text: str) -> None:
+    """A start-up timing line on stderr (the server log), whatever the logging set-up."""
+    print(f"uip.sd: {text}", file=sys.stderr, flush=True)
+
+
+def graph_shapes(folder: Path, unet_config) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The UNet's sample shape at the default size and its text hidden states' shape."""
+    size = unet_config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    text = json.loads((Path(folder) / "text_encoder" / "config.json").read_text())
+    length = int(text.get("max_position_embeddings", 77))
+    return (unet_config.in_channels, *size), (length, unet_config.cross_attention_dim)
 
 
 def setup(args: dict[str, str]):

@@ -7,10 +7,13 @@
   different steps share a batch (`UNet` flattens the [B, 1] timesteps to [B]).
 - `sd_vae_decoder`: latents [C, h, w] (as the sampler ends) -> image UINT8 [H, W, 3],
   post-processed exactly as diffusers' VaeImageProcessor does.
+GPU speed (channels_last, torch.compile, CUDA graphs per batch bucket): parameters in
+uip.sd.accel.
 """
 
 from __future__ import annotations
 
+from uip.sd.accel import Acceleration
 from uip.sd.models import TextEncoder, UNet, VaeDecoder, setup
 from uip.triton import pb
 
@@ -22,7 +25,8 @@ class SDComponentModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         self.settings, self.device, dtype = setup(args)
-        self.model = self.component(self.settings.artifact_dir(), self.device, dtype)
+        accel = Acceleration.from_settings(self.settings, self.device)  # see uip.sd.accel
+        self.model = self.component(self.settings.artifact_dir(), self.device, dtype, accel=accel)
 
     def _run(self, **tensors):
         return {self.output: self.model(*(tensors[n] for n in self.inputs))}

@@ -1,35 +1,49 @@
-"""`stable_diffusion` (Orchestrator, BLS): text -> UINT8 image [H, W, 3].
+"""`stable_diffusion` (Orchestrator): text -> UINT8 image [H, W, 3], in-flight step batching.
 
-Not decoupled, so plain HTTP/gRPC infer work; concurrency comes from the spec's instance count.
-Each request: validate (limits from the spec), tokenize, `sd_text_encoder`, the sampling loop
-with a fresh scheduler and a seeded generator (uip.sd.loop.SDLoop) calling `sd_unet` once per
-step, `sd_vae_decoder`. `request.is_cancelled()` is polled before every step: a cancelled
-request stops and answers CANCELLED. On a GPU instance the tensors stay on the device (DLPack).
+Not decoupled, so plain HTTP/gRPC infer work. ONE instance serves many requests at once:
+`execute` only validates each request (limits from the spec: bad input answers INVALID_ARG at
+once) and hands it to the instance's `uip.sd.batcher.StepBatcher`, then returns None; the
+batcher's thread runs the iterations (one UNet call over all active requests of a latent size)
+and answers each request through its response sender (Triton >= 24.01 lets a non-decoupled
+model answer after `execute` returned). A cancelled request answers CANCELLED at the next
+iteration and its slot goes to the next waiting request.
+
+Placement (spec parameter `placement`): `separate` (default) calls the Mono models
+`sd_text_encoder`, `sd_unet` and `sd_vae_decoder` through BLS (on a GPU, tensors pass by DLPack
+and stay on the device); `colocated` loads the three networks into this process (one unit: no
+IPC, less memory, the sub-models need not be deployed; the GPU speed parameters of
+uip.sd.accel then apply here).
 
 Spec parameters: `dtype` (float32 | float16: the wire dtype of the float tensors, as the SD
-models' specs declare them), `default_steps` (50), `default_guidance_scale` (7.5), `eta` (0.0,
-DDIM), `text_encoder_model` / `unet_model` / `vae_decoder_model` (model names), `torch_threads`,
-`step_gate` (true: concurrent loops wait for each other's UNet calls so their steps merge, see
-uip.sd.gate), `step_gate_max_wait_s` (5).
+models' specs declare them; the networks' dtype when co-located), `max_batch` (8: requests
+stepped together; sd_unet's max_batch_size must hold 2x as many CFG rows), `max_waiting` (64:
+more are refused UNAVAILABLE), `default_steps` (50), `default_guidance_scale` (7.5), `eta`
+(0.0, DDIM), `text_encoder_model` / `unet_model` / `vae_decoder_model` (model names),
+`torch_threads` (the loop's own math; separate placement), `colocated_torch_threads` (default:
+torch's own count, as the sd_* models run).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 
+import numpy as np
 import torch
 
-from uip.sd.gate import StepGate, shape_key
+from uip.sd.accel import Acceleration
+from uip.sd.batcher import StepBatcher
 from uip.sd.loop import Cancelled, PipelineInfo, SDLoop, load_tokenizer
-from uip.sd.models import setup
+from uip.sd.models import TextEncoder, UNet, VaeDecoder, setup
 from uip.sd.request import DEFAULT_SEED, SDDefaults, SDLimits, parse_request
 from uip.sd.schedulers import SchedulerFactory
 from uip.triton import pb
 
+PLACEMENTS = ("separate", "colocated")
+
 
 class StableDiffusion:
     def initialize(self, args: dict[str, str]) -> None:
+        default_threads = torch.get_num_threads()
         self.settings, self.device, self.dtype = setup(args)
         s = self.settings
         folder = s.artifact_dir()
@@ -54,17 +68,27 @@ class StableDiffusion:
             "unet": s.param("unet_model", "sd_unet"),
             "vae": s.param("vae_decoder_model", "sd_vae_decoder"),
         }
-        self.loop = SDLoop(load_tokenizer(folder), self.schedulers, info, self._encode,
-                           self._unet, self._decode, device=self.device,
-                           eta=s.param("eta", 0.0, float))
-        self.gate = None
-        if s.param("step_gate", True, bool):  # line concurrent loops up (see uip.sd.gate)
-            self.gate = StepGate(f"{s.name}-{os.getppid()}-{self.device}",
-                                 max_wait_s=s.param("step_gate_max_wait_s", 5.0, float))
+        self.placement = s.param("placement", "separate")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"parameter placement must be one of {PLACEMENTS}, "
+                             f"got {self.placement!r}")
+        encode, unet, decode = self._encode, self._unet, self._decode
+        if self.placement == "colocated":  # GPU speed parameters: uip.sd.accel
+            # the networks run here: torch's own thread count, as in the sd_* models (the
+            # spec's torch_threads is for the loop's math alone; another count moves last bits)
+            torch.set_num_threads(s.param("colocated_torch_threads", default_threads, int))
+            accel = Acceleration.from_settings(s, self.device)
+            encode = TextEncoder(folder, self.device, self.dtype)
+            unet = UNet(folder, self.device, self.dtype, accel=accel)
+            decode = VaeDecoder(folder, self.device, self.dtype, accel=accel)
+        self.loop = SDLoop(load_tokenizer(folder), self.schedulers, info, encode, unet, decode,
+                           device=self.device, eta=s.param("eta", 0.0, float))
         self.schedulers.warm_up()
         self.loop.tokenize("warm up")
+        self.batcher = StepBatcher(self.loop, max_batch=s.param("max_batch", 8, int),
+                                   max_waiting=s.param("max_waiting", 64, int)).start()
 
-    # --- the three models, called through BLS -----------------------------------------------
+    # --- the three models, called through BLS (placement: separate) --------------------------
     def _encode(self, ids: torch.Tensor) -> torch.Tensor:
         out = pb.infer(self.models["text"], {"input_ids": ids.to(torch.int64)},
                        ["last_hidden_state"], self.device)
@@ -76,42 +100,40 @@ class StableDiffusion:
             "timestep": t.to(self.device, torch.float32).reshape(-1, 1),
             "encoder_hidden_states": hidden.to(self.dtype),
         }
-        gate = self.gate
-        if gate is not None:
-            key = shape_key(tuple(latents.shape[1:]))
-            gate.wait(key)
-            gate.begin(key)
-        try:
-            out = pb.infer(self.models["unet"], inputs, ["noise_pred"], self.device)
-        finally:
-            if gate is not None:
-                gate.end()
-        return out["noise_pred"]
+        return pb.infer(self.models["unet"], inputs, ["noise_pred"], self.device)["noise_pred"]
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         out = pb.infer(self.models["vae"], {"latents": latents.to(self.dtype)}, ["image"])
         return out["image"]
 
     # --- requests ---------------------------------------------------------------------------
-    def _one(self, request):
-        req = parse_request(pb.inputs_of(request), self.limits, self.defaults,
-                            check_scheduler=self.schedulers.check,
-                            size_multiple=self.size_multiple)
-        self.schedulers.check_steps(req.scheduler, req.steps)
-        if self.gate is not None:
-            self.gate.start_loop()
+    def _submit(self, request) -> None:
+        sender = request.get_response_sender()
         try:
-            image = self.loop(req, cancelled=request.is_cancelled)
-        except Cancelled:
-            return pb.cancelled_response("request cancelled by the client")
-        return {"image": image[None]}
+            req = parse_request(pb.inputs_of(request), self.limits, self.defaults,
+                                check_scheduler=self.schedulers.check,
+                                size_multiple=self.size_multiple)
+            self.schedulers.check_steps(req.scheduler, req.steps)
+            self.batcher.submit(req, sender.is_cancelled,
+                                lambda image, error: _answer(sender, image, error))
+        except Exception as exc:  # noqa: BLE001 - INVALID_ARG / UNAVAILABLE / INTERNAL
+            sender.send(pb.error_response(exc), flags=pb.final_flag())
 
     def execute(self, requests):
-        # INVALID_ARG for bad input, CANCELLED for a client cancel, else INTERNAL
-        return pb.respond_each(requests, self._one)
+        for request in requests:
+            self._submit(request)
+        return None  # answered by the batcher's thread, through each request's sender
 
     def finalize(self) -> None:
+        self.batcher.stop()
         self.loop = None
-        if self.gate is not None:
-            self.gate.close()
 
+
+def _answer(sender, image: np.ndarray | None, error: BaseException | None) -> None:
+    if isinstance(error, Cancelled):
+        sender.send(pb.cancelled_response("request cancelled by the client"),
+                    flags=pb.final_flag())
+    elif error is not None:
+        sender.send(pb.error_response(error), flags=pb.final_flag())
+    else:
+        pb.send(sender, {"image": image[None]}, final=True)

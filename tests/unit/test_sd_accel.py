@@ -1,0 +1,43 @@
+"""uip.sd.accel: the GPU speed parameters as the spec gives them (CUDA graphs need a GPU:
+their capture is measured by benchmarks/gpu/run_sd.sh, not here)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from uip.core.settings import ModelSettings
+from uip.sd.accel import Acceleration
+
+
+def _settings(**params: str) -> ModelSettings:
+    return ModelSettings(name="sd_unet", parameters=dict(params))
+
+
+def test_defaults_per_device():
+    cpu, gpu = (Acceleration.from_settings(_settings(), d) for d in ("cpu", "cuda:0"))
+    assert not cpu.channels_last and gpu.channels_last  # NHWC only pays on the GPU
+    assert not (cpu.compile or cpu.cuda_graphs or gpu.compile or gpu.cuda_graphs)
+    assert gpu.graph_buckets == (1, 2, 4, 8, 16)
+
+
+def test_parameters_are_read_and_checked():
+    a = Acceleration.from_settings(_settings(
+        compile="true", compile_mode="max-autotune-no-cudagraphs", compile_dynamic="false",
+        cuda_graphs="yes", graph_buckets="16, 2,8", compile_cache_dir="/tmp/x"), "cuda:1")
+    assert a.compile and a.cuda_graphs and not a.compile_dynamic
+    assert a.graph_buckets == (2, 8, 16) and a.compile_cache_dir == "/tmp/x"
+    assert a.compile_mode == "max-autotune-no-cudagraphs"
+    with pytest.raises(ValueError, match="cuda_graphs needs a GPU"):
+        Acceleration.from_settings(_settings(cuda_graphs="true"), "cpu")
+    with pytest.raises(ValueError, match="graph_buckets"):
+        Acceleration.from_settings(_settings(graph_buckets="0,2"), "cuda:0")
+
+
+def test_prepare_channels_last_and_compile():
+    conv = torch.nn.Conv2d(4, 8, 3)
+    same = Acceleration().prepare(conv, compile_it=False)
+    assert same is conv and conv.weight.is_contiguous()
+    fn = Acceleration(channels_last=True).prepare(conv, compile_it=True, fn=conv.forward)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fn is not conv.forward and callable(fn)  # compiled lazily, on its first call
