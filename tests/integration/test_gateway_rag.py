@@ -13,7 +13,12 @@ import numpy as np
 import openai
 import pytest
 from support.documents import QUESTIONS, files
-from support.gateway_fixtures import postgres, start_gateway  # noqa: F401
+from support.gateway_fixtures import (  # noqa: F401
+    DATABASES,
+    database_url,
+    postgres,
+    start_gateway,
+)
 
 from uip.core.paths import artifacts_root
 from uip.embedding.encoder import SentenceEncoder
@@ -27,16 +32,10 @@ def encoder():
     return SentenceEncoder(artifacts_root() / "embedding", max_seq_length=256, device="cpu")
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=DATABASES)
 def gw(request, server, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"gateway-rag-{request.param}")
-    if request.param == "sqlite":
-        url = f"sqlite:///{folder / 'gateway.db'}"
-    else:
-        pg = request.getfixturevalue("postgres")
-        pg.reset()
-        url = pg.url
-    proc = start_gateway(server, folder, url)
+    proc = start_gateway(server, folder, database_url(request, folder))
     yield proc
     proc.stop()
 

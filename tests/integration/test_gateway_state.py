@@ -7,21 +7,21 @@ from __future__ import annotations
 
 import openai
 import pytest
-from support.gateway_fixtures import llm_reference, postgres, start_gateway  # noqa: F401
+from support.gateway_fixtures import (  # noqa: F401
+    DATABASES,
+    database_url,
+    llm_reference,
+    postgres,
+    start_gateway,
+)
 
 N = 8
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=DATABASES)
 def gw(request, server, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"gateway-{request.param}")
-    if request.param == "sqlite":
-        url = f"sqlite:///{folder / 'gateway.db'}"
-    else:
-        pg = request.getfixturevalue("postgres")
-        pg.reset()
-        url = pg.url
-    proc = start_gateway(server, folder, url)
+    proc = start_gateway(server, folder, database_url(request, folder))
     yield proc
     proc.stop()
 

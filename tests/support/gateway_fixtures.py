@@ -15,6 +15,18 @@ from uip.core.paths import artifacts_root
 from uip.gateway.spec import DEFAULT_GATEWAY_SPEC
 from uip.launch.command import free_port
 
+DATABASES = ["sqlite", "postgresql"]  # params of a fixture that calls database_url
+
+
+def database_url(request, folder: Path, name: str = "gateway.db") -> str:
+    """The database of a fixture parametrized over DATABASES: a new SQLite file in `folder`,
+    or the session's PostgreSQL, emptied."""
+    if request.param == "sqlite":
+        return f"sqlite:///{folder / name}"
+    pg = request.getfixturevalue("postgres")
+    pg.reset()
+    return pg.url
+
 
 @pytest.fixture(scope="session")
 def postgres():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from support.documents import CHESS, VOLCANO, tiny_pdf
-from support.gateway_fixtures import postgres  # noqa: F401
+from support.gateway_fixtures import DATABASES, database_url, postgres  # noqa: F401
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from uip.gateway.documents import Chunking, DocumentError, chunk_text, extract_text
@@ -19,15 +19,9 @@ from uip.gateway.vector_index import normalized
 DIM = 16
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DATABASES)
 def store(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'g.db'}"
-    else:
-        pg = request.getfixturevalue("postgres")
-        pg.reset()
-        url = pg.url
-    s = Store.open(url)
+    s = Store.open(database_url(request, tmp_path, "g.db"))
     yield s
     s.close()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from support.gateway_fixtures import postgres  # noqa: F401
+from support.gateway_fixtures import DATABASES, database_url, postgres  # noqa: F401
 
 from uip.gateway.store import Store, hash_key
 
@@ -34,15 +34,9 @@ def test_store_on_sqlite(tmp_path):
     assert db.execute("select version_num from alembic_version").fetchone()[0] == "0003"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DATABASES)
 def store(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'keys.db'}"
-    else:
-        pg = request.getfixturevalue("postgres")
-        pg.reset()
-        url = pg.url
-    s = Store.open(url)
+    s = Store.open(database_url(request, tmp_path, "keys.db"))
     yield s
     s.close()
 
