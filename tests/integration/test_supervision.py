@@ -30,13 +30,28 @@ KILLS = {  # the model whose stub is killed -> the public model the clients call
 RECOVERY_S = 30.0
 
 
-@pytest.fixture(scope="module")
-def supervised(tmp_path_factory):
+TRITON_ABORT = "boost::interprocess::lock_exception"  # README, Known limits of Triton 2.51
+
+
+def _start(tmp_path_factory):
     # a model whose stub died keeps its old instance until exit: don't wait 30 s for it
-    srv = start_test_server(DEFAULT_REPOSITORY, tmp_path_factory.mktemp("supervised"),
-                            [*TEST_FLAGS, "--exit-timeout-secs=3"])
-    yield srv
-    srv.stop()
+    return start_test_server(DEFAULT_REPOSITORY, tmp_path_factory.mktemp("supervised"),
+                             [*TEST_FLAGS, "--exit-timeout-secs=3"])
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    holder = [_start(tmp_path_factory)]
+    yield holder
+    holder[0].stop()
+
+
+@pytest.fixture
+def supervised(servers, tmp_path_factory):
+    if servers[0].proc.poll() is not None:  # an earlier kill aborted tritonserver itself
+        servers[0].stop()
+        servers[0] = _start(tmp_path_factory)
+    return servers[0]
 
 
 HUNG = ("no response within", "Deadline Exceeded", "DEADLINE_EXCEEDED")
@@ -91,6 +106,10 @@ def test_killed_stub_is_reloaded_under_load(supervised, killed):
     timeline = "\n".join(f"sent {o[0] - killed_at:+7.2f} s, ended {o[3] - killed_at:+7.2f} s: "
                          f"{o[1]} {o[2][:120]}" for o in outcomes)
     log = f"{timeline}\n--- server log ---\n{supervised.log()[-4000:]}"
+    if supervised.proc.poll() is not None and TRITON_ABORT in supervised.log():
+        # the stub died inside the Python backend's shared-memory lock: Triton 2.51 aborts
+        # the whole server (uip serve starts it again; the next case gets a new server)
+        pytest.xfail(f"tritonserver aborted ({TRITON_ABORT}) when the stub was killed")
     assert went_down is not None, f"{killed} stayed ready after its stub died\n{log}"
     assert served is not None, f"no {target} request served {RECOVERY_S} s after the kill\n{log}"
     bad = [o for o in outcomes if o[1] in CLIENT_ERRORS]

@@ -93,3 +93,38 @@ def test_diagnose_names_the_failed_model():
 def test_diagnose_port_in_use():
     msg = diagnose(["E1126 grpc_server.cc] Address already in use"], 1)
     assert "port is taken" in msg
+
+
+def _crashing_server(tmp_path, monkeypatch, script: str) -> Path:
+    """run_foreground on a stand-in 'tritonserver' (a shell script); its runs are counted."""
+    from uip.launch import server
+
+    runs = tmp_path / "runs"
+    cmd = ["/bin/sh", "-c", f"echo run >> {runs}; {script}"]
+    monkeypatch.setattr(server, "prepare", lambda *a, **k: (cmd, {}))
+    return runs
+
+
+def test_a_crashed_server_is_started_again(tmp_path, monkeypatch, capsys):
+    from uip.launch.server import SERVING, run_foreground
+
+    runs = _crashing_server(tmp_path, monkeypatch, f'echo "{SERVING}"; '
+                            f'[ $(wc -l < {tmp_path / "runs"}) -ge 3 ] && exit 0; kill -ABRT $$')
+    assert run_foreground(tmp_path, None) == 0
+    assert runs.read_text().count("run") == 3
+    assert "starting it again (2 of 3" in capsys.readouterr().out
+
+
+def test_crash_loop_and_start_failure_are_not_restarted_for_ever(tmp_path, monkeypatch):
+    from uip.launch.command import LaunchError
+    from uip.launch.server import SERVING, run_foreground
+
+    runs = _crashing_server(tmp_path, monkeypatch, f'echo "{SERVING}"; exit 3')
+    with pytest.raises(LaunchError):
+        run_foreground(tmp_path, None, max_restarts=2)
+    assert runs.read_text().count("run") == 3
+    runs.unlink()
+    _crashing_server(tmp_path, monkeypatch, "echo 'error: model failed to load'; exit 1")
+    with pytest.raises(LaunchError):
+        run_foreground(tmp_path, None)
+    assert runs.read_text().count("run") == 1  # it never served: no restart

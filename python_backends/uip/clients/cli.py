@@ -155,17 +155,17 @@ def fuzz(
                                help="models whose /v2 routes are fuzzed"),
 ) -> None:
     """HTTP fuzz of the /v2 routes (boofuzz: method, path, version, headers, body); exit 1
-    when the server is not healthy afterwards or a 5xx answer is not Triton's JSON parser."""
+    when the server is not healthy afterwards or a 5xx answer is not Triton's own frontend."""
     import urllib.request
 
+    from uip.clients.http_fuzz import frontend_error
     from uip.clients.http_fuzz import fuzz as run_fuzz
-    from uip.clients.http_fuzz import parser_error
 
     host, _, port = url.rpartition(":")
     names = [m for m in models.split(",") if m]
     rep = run_fuzz(host or "localhost", int(port), names, cases_per_field)
     typer.echo(rep.table())
-    ours = [e for e in rep.server_errors if not parser_error(e[2])]
+    ours = [e for e in rep.server_errors if not frontend_error(e[2])]
     for fuzzed, status, body in ours[:20]:
         typer.echo(f"  {status} ({fuzzed}): {body[:200]}")
     healthy = True

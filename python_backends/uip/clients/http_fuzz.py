@@ -3,7 +3,8 @@
 One boofuzz session per field of the request (method, path, version, headers, body): the other
 fields stay valid while that one is mutated, so each field gets its share of `cases`. Every
 answer's status is tallied; 5xx answers are kept with their body for the caller to judge (Triton's
-own frontend answers 500 to some malformed JSON before any model sees it). Whether the server
+own frontend answers 500 to malformed JSON and 501 to `infer` on a decoupled model before
+any model sees them). Whether the server
 survived is the caller's check (`uip fuzz http` and tests/integration/test_http_fuzz.py look
 at health, readiness and the stub processes after the run).
 """
@@ -22,14 +23,15 @@ import boofuzz as bf
 METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")
 FIELDS = ("method", "path", "version", "headers", "body")
 _STATUS = re.compile(rb"^HTTP/\d(?:\.\d)? (\d{3})")
-# what Triton 2.51's HTTP frontend answers itself, with 500, to malformed JSON (before any model)
-PARSER_ERRORS = ("Unable to parse", "attempt to access JSON", "failed to parse",
-                 "JSON parse error")
+# what Triton 2.51's HTTP frontend answers itself, before any model sees the request: 500 to
+# malformed JSON, 501 to `infer` on a decoupled model
+FRONTEND_ERRORS = ("Unable to parse", "attempt to access JSON", "failed to parse",
+                   "JSON parse error", "doesn't support models with decoupled")
 
 
-def parser_error(body: str) -> bool:
-    """A 5xx body from Triton's own JSON parsing, not from a model."""
-    return any(p.lower() in body.lower() for p in PARSER_ERRORS)
+def frontend_error(body: str) -> bool:
+    """A 5xx body from Triton's own HTTP frontend, not from a model."""
+    return any(p.lower() in body.lower() for p in FRONTEND_ERRORS)
 
 
 def routes(models: list[str]) -> list[str]:

@@ -98,33 +98,66 @@ def _printer(msg: str) -> None:
     print(msg, flush=True)
 
 
+MAX_RESTARTS = 3  # tritonserver crashes healed per RESTART_WINDOW_S; more: uip serve fails
+RESTART_WINDOW_S = 600.0
+SERVING = "Started GRPCInferenceService"  # in the log once tritonserver serves
+
+
 def run_foreground(repository: Path, ports: Ports, extra: list[str] | None = None,
-                   admin_key: str | None = None) -> int:
+                   admin_key: str | None = None, max_restarts: int = MAX_RESTARTS) -> int:
     """Run tritonserver until it exits, with the watchdog; SIGINT/SIGTERM are forwarded for a
-    clean shutdown. tritonserver is SIGKILLed if this process dies (lifeline)."""
+    clean shutdown. tritonserver is SIGKILLed if this process dies (lifeline). A tritonserver
+    that dies on its own (e.g. Triton 2.51's `boost::interprocess::lock_exception` abort when
+    a stub is killed inside the Python backend's shared-memory lock) after it had started
+    serving is started again, at most `max_restarts` times per RESTART_WINDOW_S; otherwise
+    its diagnosis is raised."""
     cmd, env = prepare(repository, ports, extra, admin_key)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1, preexec_fn=die_with_parent())
-    dog = None
-    if supervised(cmd):
-        dog = Watchdog(proc.pid, AdminApi(f"localhost:{ports.http}", admin_key), repository,
-                       log=_printer)
-        dog.start()
-    stopping = []
+    stopping: list[int] = []
+    current: list[tuple[subprocess.Popen, Watchdog | None]] = []
 
     def forward(signum, _frame):
         stopping.append(signum)
+        for proc, dog in current:
+            if dog is not None:
+                dog.stop()
+            proc.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _serve(cmd, env, repository, ports, admin_key, max_restarts, stopping, current)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _serve(cmd, env, repository: Path, ports: Ports, admin_key: str | None, max_restarts: int,
+           stopping: list[int], current: list) -> int:
+    restarts: deque[float] = deque()
+    while True:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, preexec_fn=die_with_parent())
+        dog = None
+        if supervised(cmd):
+            dog = Watchdog(proc.pid, AdminApi(f"localhost:{ports.http}", admin_key), repository,
+                           log=_printer)
+            dog.start()
+        current[:] = [(proc, dog)]
+        tail = echo_output(proc)
+        rc = proc.wait()
         if dog is not None:
             dog.stop()
-        proc.send_signal(signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, forward)
-    tail = echo_output(proc)
-    rc = proc.wait()
-    if rc != 0 and not stopping:
-        raise LaunchError(diagnose(tail, rc))
-    return 0
+        if rc == 0 or stopping:
+            return 0
+        if not any(SERVING in line for line in tail):  # failed to start: not a crash
+            raise LaunchError(diagnose(tail, rc))
+        now = time.monotonic()
+        while restarts and now - restarts[0] > RESTART_WINDOW_S:
+            restarts.popleft()
+        if len(restarts) >= max_restarts:
+            raise LaunchError(diagnose(tail, rc))
+        restarts.append(now)
+        _printer(f"uip serve: tritonserver exited with {rc}; starting it again "
+                 f"({len(restarts)} of {max_restarts} in {RESTART_WINDOW_S:.0f} s)")
 
 
 def echo_output(proc: subprocess.Popen, keep: int = 400) -> list[str]:
