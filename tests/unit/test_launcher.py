@@ -109,7 +109,7 @@ def test_a_crashed_server_is_started_again(tmp_path, monkeypatch, capsys):
     from uip.launch.server import SERVING, run_foreground
 
     runs = _crashing_server(tmp_path, monkeypatch, f'echo "{SERVING}"; '
-                            f'[ $(wc -l < {tmp_path / "runs"}) -ge 3 ] && exit 0; kill -ABRT $$')
+                            f'[ $(wc -l < {tmp_path / "runs"}) -ge 3 ] && exit 0; kill -KILL $$')
     assert run_foreground(tmp_path, None) == 0
     assert runs.read_text().count("run") == 3
     assert "starting it again (2 of 3" in capsys.readouterr().out
