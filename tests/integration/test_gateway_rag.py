@@ -115,6 +115,28 @@ def test_responses_file_search_cites_the_file(client, docs):
     assert again.status in ("completed", "incomplete")
 
 
+def test_file_search_is_a_tool_of_the_agent_loop(client, docs):
+    """With another tool beside it, file_search is a tool the model calls (here forced): the
+    agent runs the search, feeds the passages back, and the answer cites their files."""
+    vs_id, ids = docs
+    weather = {"type": "function", "name": "weather", "description": "the weather",
+               "parameters": {"type": "object",
+                              "properties": {"city": {"type": "string", "maxLength": 10}}}}
+    r = client.responses.create(
+        model="llm_bls", input="What do the files say?", max_output_tokens=160,
+        tools=[{"type": TOOLS, "vector_store_ids": [vs_id], "max_num_results": 2}, weather],
+        tool_choice={"type": "function", "name": "file_search"})
+    kinds = [item.type for item in r.output]
+    assert kinds[:2] == ["function_call", "function_call_output"], kinds
+    call, result = r.output[0], r.output[1]
+    assert call.name == "file_search" and "query" in json.loads(call.arguments)
+    assert any(name in result.output for name in ids)  # the passages name their files
+    answer = r.output[-1]
+    assert answer.type == "message"
+    assert {n.file_id for n in answer.content[0].annotations} <= set(ids.values())
+    assert answer.content[0].annotations, "the answer cites the files the search found"
+
+
 def test_streamed_file_search_events(client, docs):
     vs_id, ids = docs
     question, name = list(QUESTIONS.items())[2]

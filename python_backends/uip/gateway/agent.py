@@ -2,14 +2,15 @@
 
 A request's `tools` may hold client functions (`{"type": "function", ...}`: the client runs
 them and sends a `function_call_output` item on the next turn) and server tools, built by
-`SERVER_TOOLS[type](item, gateway)`: today `{"type": "http", "name": N}` (an HTTP tool of the
-gateway spec); a built-in tool (e.g. `file_search`) is one small class with `function` and
-`run` registered there. The loop: generate; a call to a server tool runs it and feeds its
-output back (another turn); a text answer or a call to a client function ends the response.
-Every step is an output item (`function_call`, `function_call_output`, `message`), stored with
-the response and appended to its conversation. The first turn uses the request's
-`tool_choice`, later ones `auto` (so a forced call is not repeated for ever) and the last
-allowed turn (`agent.max_iterations`) `none`, so the loop ends with an answer.
+`SERVER_TOOLS[type](item, gateway)`: `{"type": "http", "name": N}` (an HTTP tool of the
+gateway spec) and the built-in `file_search` (a tool of the loop when the request has other
+tools; alone it retrieves before generating, uip.gateway.retrieval). The loop: generate; a
+call to a server tool runs it and feeds its output back (another turn); a text answer or a
+call to a client function ends the response. Every step is an output item (`function_call`,
+`function_call_output`, `message`), stored with the response and appended to its
+conversation. The first turn uses the request's `tool_choice`, later ones `auto` (so a forced
+call is not repeated for ever) and the last allowed turn (`agent.max_iterations`) `none`, so
+the loop ends with an answer.
 """
 
 from __future__ import annotations
@@ -80,8 +81,46 @@ def _http(item: dict[str, Any], g: Gateway) -> ServerTool:
     return HttpServerTool(name, g.spec.tools[name], g.spec.agent, g.http)
 
 
+class FileSearchTool:
+    """The built-in `file_search` tool inside the agent loop: the model asks with a query, the
+    output is the chunks found (numbered, with their files); the hits are kept so the answer
+    can cite them."""
+
+    def __init__(self, item: dict[str, Any], g: Gateway):
+        from pydantic import ValidationError
+
+        from uip.gateway.schemas import FileSearchOption
+
+        try:
+            self.option = FileSearchOption.model_validate(item)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ApiError(400, f"file_search tool: {where}: {first['msg']}", "tools") from None
+        self.g = g
+        self.hits: list = []
+        self.function = tools.Function(
+            "file_search", "Search the attached files; returns the passages that match.",
+            {"type": "object", "properties": {"query": {"type": "string", "maxLength": 64}},
+             "required": ["query"]})
+
+    async def run(self, arguments: dict[str, Any]) -> str:
+        from uip.gateway.retrieval import gateway_file_search
+
+        query = str(arguments.get("query") or "").strip()
+        if not query:
+            raise ToolError("file_search needs a query")
+        hits = await gateway_file_search(self.g, self.option.vector_store_ids, query,
+                                         self.option.max_num_results)
+        self.hits += [h for h in hits if h not in self.hits]
+        template = self.g.spec.rag.source_template
+        return "\n".join(template.format(n=n, filename=h.filename, text=h.text)
+                         for n, h in enumerate(hits, 1)) or "(no sources found)"
+
+
 # tool item type -> its server tool
-SERVER_TOOLS: dict[str, Callable[[dict[str, Any], Gateway], ServerTool]] = {"http": _http}
+SERVER_TOOLS: dict[str, Callable[[dict[str, Any], Gateway], ServerTool]] = {
+    "http": _http, "file_search": FileSearchTool}
 
 
 def resolve(items: list[dict[str, Any]], g: Gateway

@@ -143,21 +143,23 @@ async def create_response(body: ResponseRequest, caller: Caller = Depends(author
     check_max_tokens(body.max_output_tokens, g.spec.limits, "max_output_tokens")
     params = GenParams(body.max_output_tokens or g.spec.limits.default_max_tokens,
                        body.temperature, body.top_p, guide=structured.responses_guide(body.text))
-    option = file_search_tools(body.tools)  # retrieval first: the prompt holds what it found
-    functions, servers = agent.resolve(
-        [t for t in body.tools or [] if t.get("type") != "file_search"], g)
+    option = file_search_tools(body.tools)
+    others = [t for t in body.tools or [] if t.get("type") != "file_search"]
+    # with other tools file_search is one of the agent's tools; alone it retrieves first
+    functions, servers = agent.resolve(body.tools or [] if others else [], g)
     plan = tools.plan(functions, body.tool_choice, body.parallel_tool_calls)
-    if plan is not None and plan.active and params.guide is not None:
-        raise ApiError(400, "text.format cannot be combined with tools unless tool_choice "
-                       "is none", "text.format")
-    g.limiter.admit(caller)
-    found = None
-    if option is not None:
-        found = await retrieve(g, option, messages)
-        messages = found.messages
-    if plan is not None and plan.active:  # (with file_search too: no citations then)
+    if plan is not None and plan.active:
+        if params.guide is not None:
+            raise ApiError(400, "text.format cannot be combined with tools unless tool_choice "
+                           "is none", "text.format")
+        g.limiter.admit(caller)
         return await _agent_turn(g, caller, body, targets, messages, params, plan, servers,
                                  cid, new_items)
+    g.limiter.admit(caller)
+    found = None
+    if option is not None:  # retrieval first: the prompt holds what it found
+        found = await retrieve(g, option, messages)
+        messages = found.messages
 
     async def attempt(target: Target):
         prompt, tokens = prompt_of(target.tokenizer, messages)
@@ -210,6 +212,11 @@ async def _agent_turn(g: Gateway, caller: Caller, body: ResponseRequest, targets
 
     rid, created = new_id("resp"), int(time.time())
     done = await agent.run(messages, plan, servers, g.spec.agent.max_iterations, step)
+    searched = [t for t in servers.values() if isinstance(t, agent.FileSearchTool)]
+    for item in done.output:  # the answer cites what file_search found
+        if item["type"] == "message" and searched and searched[0].hits:
+            part = item["content"][0]
+            part["annotations"] = citations(searched[0].hits, part["text"])
     await g.record_usage(caller, body.model, "/responses", done.prompt_tokens,
                          done.completion_tokens)
     result = _response(body, rid, created, cid, done.status, done.output,
