@@ -10,9 +10,8 @@ stores its steps; a tool that redirects to another host is refused.
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import jsonschema
@@ -21,6 +20,7 @@ import pytest
 import yaml
 from support.gateway import GatewayProcess
 from support.gateway_fixtures import write_spec
+from support.local_http import serving
 from support.schemas import SCHEMAS
 
 from uip.clients.llm import GenerateError, generate_grpc
@@ -61,10 +61,7 @@ class _ToolServer(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def tool_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _ToolServer)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+    yield from serving(_ToolServer)
 
 
 @pytest.fixture(scope="module")
