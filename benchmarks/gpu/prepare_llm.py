@@ -2,7 +2,7 @@
 
     python benchmarks/gpu/prepare_llm.py ART_DIR SPECS_DIR [--shape llama3-8b|tiny]
 
-Writes ART_DIR/llm-8b (the llm-tiny tokenizer + the 8B-shaped model, save_pretrained) and
+Writes ART_DIR/llm-8b (the llm-tiny tokenizer or --tokenizer's + the 8B-shaped model) and
 SPECS_DIR/{llm,llm_bls}.yaml: specs/llm*.yaml with llm_engine on a GPU instance, the artifact
 switched, the checksums dropped and the KV cache sized for the model. Prints the HBM floor.
 """
@@ -38,10 +38,19 @@ def main() -> None:
     p.add_argument("--num-blocks", type=int, default=2048)
     p.add_argument("--max-batch-tokens", type=int, default=8192)
     p.add_argument("--device", default="cuda")
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help="a tokenizer folder (benchmarks/gpu/build_tokenizer.py: 128k ids, so "
+                        "every id decodes to text) instead of llm-tiny's")
+    p.add_argument("--max-requests", type=int, default=64, help="llm_engine's running sequences")
     a = p.parse_args()
     dest = a.art / "llm-8b"
     dest.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer()
+    if a.tokenizer:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(a.tokenizer))
+    else:
+        tok = build_tokenizer()
     tok.save_pretrained(dest)
     config = LlamaConfig(**SHAPES[a.shape], tie_word_embeddings=False, rms_norm_eps=1e-5,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
@@ -69,7 +78,8 @@ def main() -> None:
             if m["name"] == "llm_engine":
                 m["instances"] = [{"kind": "gpu", "count": 1}]
                 m["parameters"].update(num_blocks=a.num_blocks,
-                                       max_batch_tokens=a.max_batch_tokens, dtype="bfloat16")
+                                       max_batch_tokens=a.max_batch_tokens, dtype="bfloat16",
+                                       max_requests_per_batch=a.max_requests)
                 m["limits"]["max_context"] = 8192
         (a.specs / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 

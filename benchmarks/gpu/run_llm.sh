@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
 # On the GPU machine (after the set-up in benchmarks/gpu/README.md): the Llama-3-8B-shaped
-# benchmark. Results go to ${OUT:-benchmarks/results}. STAGE=prepare writes the model and runs
-# the plain `generate` baseline; STAGE=bench runs `uip bench` (Triton vs in-process) on what
-# prepare left in /tmp; STAGE=all (default) does both (may not fit one 10-minute device call).
+# benchmark through Triton. Results go to ${OUT:-benchmarks/results}. STAGE=prepare writes the
+# model (seeded random bf16 weights; TOKENIZER: a tokenizer folder, e.g. the 128k one from
+# benchmarks/gpu/build_tokenizer.py, else llm-tiny's) and renders the repository; STAGE=bench
+# runs `uip bench` (perf_analyzer through Triton, then the same engine in-process with
+# llm_engine's spec parameters) on what prepare left in /tmp; STAGE=baseline times plain
+# transformers `generate`; STAGE=all (default) = prepare + bench.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
-LABEL=${LABEL:-h100}
-CONC=${CONC:-1,8,32,64}
+LABEL=${LABEL:-h200}
+CONC=${CONC:-1,8,64}
 STAGE=${STAGE:-all}
 MODEL=${MODEL:-llm_bls}
+PROMPT_TOKENS=${PROMPT_TOKENS:-128}
 export UIP_ARTIFACTS=/tmp/art
 mkdir -p "$OUT"
-if [ "$STAGE" != bench ]; then
-  python benchmarks/gpu/prepare_llm.py /tmp/art /tmp/llm-specs 2>&1 | tail -2 \
-    | tee "$OUT/llm-$LABEL.prepare.txt"
+uip() { python -c "from uip.cli import main; main()" "$@"; }
+if [ "$STAGE" = all ] || [ "$STAGE" = prepare ]; then
+  python benchmarks/gpu/prepare_llm.py /tmp/art /tmp/llm-specs --num-blocks "${NUM_BLOCKS:-1024}" \
+    ${TOKENIZER:+--tokenizer "$TOKENIZER"} 2>&1 | tail -2 | tee "$OUT/llm-$LABEL.prepare.txt"
+  uip repo build --specs /tmp/llm-specs --out /tmp/llm-repo
+fi
+if [ "$STAGE" = baseline ]; then
   timeout 150 python benchmarks/gpu/generate_baseline.py /tmp/art/llm-8b 128 2>/dev/null \
     | tail -1 | tee "$OUT/llm-$LABEL.generate.json"
-  python -c "from uip.cli import main; main()" repo build --specs /tmp/llm-specs --out /tmp/llm-repo
 fi
-if [ "$STAGE" != prepare ]; then
-  timeout "${BENCH_TIMEOUT:-420}" python -c "from uip.cli import main; main()" bench "$MODEL" \
-    --model-repository /tmp/llm-repo --device cuda --ref-model-dir /tmp/art/llm-8b \
-    --ref-num-blocks 2048 --ref-max-batch-tokens 8192 --concurrency "$CONC" --label "$LABEL" \
-    --measurement-ms "${WINDOW_MS:-6000}" --out "$OUT" 2>&1 \
-    | grep -E "^\||wrote|uip:|Error|rror:|perf_analyzer:" | tee "$OUT/$MODEL-$LABEL.bench.txt"
+if [ "$STAGE" = all ] || [ "$STAGE" = bench ]; then
+  timeout "${BENCH_TIMEOUT:-420}" bash -c "$(declare -f uip); uip bench $MODEL \
+    --model-repository /tmp/llm-repo --device cuda --concurrency $CONC \
+    --prompt-tokens $PROMPT_TOKENS --distinct-prompts 64 --label $LABEL \
+    --measurement-ms ${WINDOW_MS:-6000} --out $OUT" 2>&1 \
+    | grep -E "^\||wrote|calibration|uip:|Error|rror:|perf_analyzer:" | tee "$OUT/$MODEL-$LABEL.bench.txt"
 fi

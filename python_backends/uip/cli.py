@@ -207,26 +207,36 @@ def _register_optional() -> None:
     for module in ("uip.bench.cli", "uip.clients.cli", "uip.gateway.cli"):
         try:
             mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name is None or not module.startswith(e.name):
+        except ModuleNotFoundError as e:  # that module, or a library it needs, is not installed
+            if e.name is None or e.name.split(".")[0] == "uip" and not module.startswith(e.name):
                 raise
             continue
         mod.register(app)
 
 
-def main() -> None:
-    from uip.core.settings import ArtifactError
-    from uip.gateway.spec import GatewaySpecError
-    from uip.gateway.store import StoreError
-    from uip.launch.command import LaunchError
-    from uip.spec.schema import SpecError
-    from uip.transfer import TransferError
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors shown without a traceback (those of modules whose libraries are here)."""
+    import importlib
 
+    errors: list[type[Exception]] = [UserError]
+    for module, name in (("uip.core.settings", "ArtifactError"),
+                         ("uip.launch.command", "LaunchError"), ("uip.spec.schema", "SpecError"),
+                         ("uip.transfer", "TransferError"),
+                         ("uip.gateway.spec", "GatewaySpecError"),
+                         ("uip.gateway.store", "StoreError")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except ModuleNotFoundError as e:  # e.g. no SQLAlchemy on a GPU benchmark host
+            if e.name is None or e.name.split(".")[0] == "uip":
+                raise
+    return tuple(errors)
+
+
+def main() -> None:
     _register_optional()
     try:
         app()
-    except (UserError, LaunchError, SpecError, ArtifactError, GatewaySpecError, StoreError,
-            TransferError) as e:
+    except _user_errors() as e:
         typer.echo(f"uip: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

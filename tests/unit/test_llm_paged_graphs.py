@@ -20,6 +20,7 @@ from uip.llm.cuda_graphs import DecodeGraphs, default_buckets
 from uip.llm.engine import GenerationRequest, SamplingParams
 from uip.llm.paged_attention import build_meta, decode_attention
 from uip.llm.paged_runtime import PagedEngine, PagedEngineConfig
+from uip.llm.prefill_graphs import PrefillGraphs, prefill_buckets
 
 LENS = [1, 15, 16, 17, 40, 64]
 PAGE = 16
@@ -185,6 +186,43 @@ def test_overlap_under_preemption_sampling_and_cancel(llm_tiny_dir, reference, p
         final = engine.await_responses(rid, timeout=10)[-1]
         assert final.finish_reason == "cancelled" and len(final.tokens) >= 5
         assert final.tokens == generate(reference, prompts[1], 64)[:len(final.tokens)]
+        assert wait_idle(engine).kv_blocks_used == 0
+    finally:
+        engine.shutdown()
+
+
+def test_prefill_buckets():
+    assert prefill_buckets(512) == [16, 32, 64, 128, 256, 512]
+    assert prefill_buckets(100) == [16, 32, 64, 100]
+    assert prefill_buckets(8) == []
+
+
+def test_static_prefill_path_equals_generate(llm_tiny_dir, reference, prompts):
+    """A lone prompt's first chunk padded to buckets 16, 32 (the prefill CUDA-graph inputs,
+    eager on CPU); steps with a cached prefix, with decode rows or longer chunks run as before."""
+    engine = PagedEngine(llm_tiny_dir, PagedEngineConfig(**CONFIG.__dict__))
+    try:
+        scratch = engine.blocks.num_blocks
+        engine.cache = engine.runner.allocate_cache(scratch + 1, engine.block_size)
+        graphs = PrefillGraphs(engine.runner, engine.cache, scratch * engine.block_size, [16, 32])
+        calls: list[int] = []
+        real_run = graphs.run
+
+        def spy(ids, slots):
+            calls.append(len(ids))
+            return real_run(ids, slots)
+
+        graphs.run = spy  # type: ignore[method-assign]
+        engine.prefill_graphs = graphs
+        for p in prompts[:4]:  # one at a time: each prompt's prefill is alone in its step
+            assert tokens_of(run(engine, p)) == generate(reference, p, N)
+        assert sorted(calls) == sorted(len(p) for p in prompts[:4] if len(p) <= 32)
+        assert any(n not in (16, 32) for n in calls)  # padded
+        calls.clear()
+        results = run_concurrently(engine, [GenerationRequest(input_ids=p, max_new_tokens=N)
+                                            for p in prompts])
+        for i, r in enumerate(results):
+            assert tokens_of(r) == generate(reference, prompts[i], N), f"prompt {i}"
         assert wait_idle(engine).kv_blocks_used == 0
     finally:
         engine.shutdown()

@@ -122,7 +122,8 @@ def corpus(seed: int = 1234, sentences: int = 30000) -> str:
     return "".join(out)
 
 
-def build_tokenizer(vocab_size: int = VOCAB_SIZE):
+def build_tokenizer(vocab_size: int = VOCAB_SIZE, text: str | None = None):
+    """A byte-level BPE tokenizer trained on `text` (default: `corpus()`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -136,7 +137,7 @@ def build_tokenizer(vocab_size: int = VOCAB_SIZE):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    text = corpus()
+    text = corpus() if text is None else text
     chunks = [text[i:i + 4096] for i in range(0, len(text), 4096)]
     tok.train_from_iterator(chunks, trainer=trainer, length=len(chunks))
     # Llama-style: encoding adds BOS; the chat template writes BOS itself and

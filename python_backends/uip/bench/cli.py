@@ -32,8 +32,14 @@ def bench(
     measurement_ms: int = typer.Option(3000, help="perf_analyzer measurement window"),
     device: str = typer.Option("cpu", help="device of the in-process reference"),
     ref_model_dir: Path = typer.Option(None, help="in-process reference's model folder"),
-    ref_num_blocks: int = typer.Option(256, help="in-process LLM engine's KV blocks"),
-    ref_max_batch_tokens: int = typer.Option(512, help="in-process LLM engine's batch tokens"),
+    ref_num_blocks: int = typer.Option(None, help="in-process LLM engine's KV blocks "
+                                       "(default: llm_engine's spec in the repository)"),
+    ref_max_batch_tokens: int = typer.Option(None, help="in-process LLM engine's batch tokens "
+                                             "(default: llm_engine's spec)"),
+    prompt_tokens: int = typer.Option(0, help="LLM: prompts of about N tokens (0: one fixed "
+                                      "short prompt)"),
+    distinct_prompts: int = typer.Option(64, help="LLM, with --prompt-tokens: how many "
+                                         "different prompts (perf_analyzer cycles them)"),
 ) -> None:
     """Benchmark MODEL through Triton with perf_analyzer and in-process, in the same run.
 
@@ -55,20 +61,25 @@ def bench(
         # Load only what this benchmark calls (the profile's LOAD list, or the model itself).
         load = getattr(profile, "LOAD", {}).get(model, [model])
         flags = ["--model-control-mode=explicit", *[f"--load-model={m}" for m in load]]
-        # perf_analyzer reads the model config and cannot send the admin key over gRPC
+        # perf_analyzer reads the model config and the statistics and cannot send the admin
+        # key over gRPC
         server = TritonServer(model_repository, stem.with_suffix(".server.log"), flags,
-                              open_apis=("model-config",)).start()
+                              open_apis=("model-config", "statistics")).start()
         url = server.grpc_url
+    texts = (profile.prompts(prompt_tokens, distinct_prompts, ref_model_dir)
+             if hasattr(profile, "prompts") else None)
     try:
-        per_request = profile.calibrate(url, model) if hasattr(profile, "calibrate") else 1
-        perf = run_perf(model, url, levels, stem.with_suffix(".perf.csv"), profile.perf_args(),
-                        measurement_ms=measurement_ms)
-        ttft = profile.ttft(url, model, levels) if hasattr(profile, "ttft") else None
+        per_request = (profile.calibrate(url, model, texts=texts)
+                       if hasattr(profile, "calibrate") else 1)
+        perf = run_perf(model, url, levels, stem.with_suffix(".perf.csv"),
+                        profile.perf_args(texts=texts), measurement_ms=measurement_ms)
+        ttft = profile.ttft(url, model, levels, texts=texts) if hasattr(profile, "ttft") else None
     finally:
         if server:
             server.stop()
     ref = profile.inprocess(levels, device=device, model_dir=ref_model_dir,
-                            num_blocks=ref_num_blocks, max_batch_tokens=ref_max_batch_tokens)
+                            num_blocks=ref_num_blocks, max_batch_tokens=ref_max_batch_tokens,
+                            prompt_tokens=prompt_tokens, model_repository=model_repository)
     rows = [result_row(p, per_request, ref[p.concurrency], ttft) for p in perf]
     write_csv(stem.with_suffix(".csv"), rows)
     table = markdown(rows)
@@ -78,13 +89,13 @@ def bench(
     typer.echo(f"wrote {stem}.csv/.md/.png")
 
 
-def result_row(p, per_request: int, ref: float | dict[str, float],
+def result_row(p, per_request: float, ref: float | dict[str, float],
                ttft: dict[int, float] | None) -> dict[str, float]:
     """One table row: Triton beside the in-process reference at one concurrency. `ref` is the
     reference's rate, or {"per_s", "ttft_ms"} for streaming profiles (then `ttft` holds
     Triton's time to first response)."""
     rate = ref["per_s"] if isinstance(ref, dict) else ref
-    unit = "tok" if per_request > 1 else ""
+    unit = "tok" if per_request != 1 else ""
     row = {
         "concurrency": p.concurrency,
         f"triton_{unit}per_s": p.throughput * per_request,

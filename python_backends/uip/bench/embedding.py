@@ -10,7 +10,7 @@ TEXT = "The quick brown fox jumps over the lazy dog while Triton batches request
 PERF_ARGS = ["--shape", "text_input:1", "--string-data", TEXT]
 
 
-def perf_args() -> list[str]:
+def perf_args(**_) -> list[str]:
     return PERF_ARGS
 
 

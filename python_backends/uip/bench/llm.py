@@ -17,63 +17,115 @@ PROMPT = "Write a long story about a lighthouse keeper who collects rare shells.
 MAX_TOKENS = 128
 
 
-def perf_args(max_tokens: int = MAX_TOKENS) -> list[str]:
+def prompts(prompt_tokens: int = 0, distinct_prompts: int = 1,
+            tokenizer_dir: Path | None = None) -> list[str]:
+    """The workload's prompts: PROMPT alone (prompt_tokens 0), or `distinct_prompts` texts
+    of about `prompt_tokens` tokens each (random ids of the served model's tokenizer, BOS
+    counted, decoded to text; seed 0), so that the prefix cache shares nothing between them."""
+    if not prompt_tokens:
+        return [PROMPT]
+    import random
+
+    from transformers import AutoTokenizer
+
+    from uip.core.paths import artifacts_root
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir or artifacts_root() / "llm-tiny"))
+    special = set(tok.all_special_ids)
+    ids = [i for i in range(len(tok)) if i not in special]
+    rng = random.Random(0)
+    texts = []
+    for _ in range(distinct_prompts):
+        text = tok.decode([rng.choice(ids) for _ in range(prompt_tokens - 1)])
+        for _ in range(2):  # decoded ids may encode to more tokens: trim to the count
+            text = tok.decode(tok(text, add_special_tokens=False).input_ids[:prompt_tokens - 1])
+        texts.append(text)
+    return texts
+
+
+def perf_args(max_tokens: int = MAX_TOKENS, texts: list[str] | None = None, **_) -> list[str]:
+    """perf_analyzer streaming inputs: one data entry per prompt (it cycles through them)."""
     data = {"data": [{
-        "text_input": {"content": [PROMPT], "shape": [1]},
+        "text_input": {"content": [text], "shape": [1]},
         "max_tokens": {"content": [max_tokens], "shape": [1]},
         "stream": {"content": [True], "shape": [1]},
-    }]}
+    } for text in texts or [PROMPT]]}
     path = Path(tempfile.mkdtemp(prefix="uip-bench-")) / "llm_input.json"
     path.write_text(json.dumps(data))
     return ["--streaming", "--input-data", str(path)]
 
 
-def calibrate(grpc_url: str, model: str, max_tokens: int = MAX_TOKENS) -> int:
-    """Output tokens of one benchmark request (greedy, so every request makes the same)."""
+def calibrate(grpc_url: str, model: str, max_tokens: int = MAX_TOKENS,
+              texts: list[str] | None = None, **_) -> float:
+    """Mean output tokens of one benchmark request over the workload's prompts (greedy, so a
+    prompt always makes the same number), all sent at once on one stream; prints the mean
+    prompt tokens too."""
+    import time
+
     import numpy as np
     import tritonclient.grpc as grpcclient
 
     from uip.clients.tensors import grpc_inputs
 
+    texts = texts or [PROMPT]
     client = grpcclient.InferenceServerClient(grpc_url)
-    inputs = grpc_inputs({"text_input": np.array([[PROMPT.encode()]], dtype=object),
-                          "max_tokens": np.array([[max_tokens]], dtype=np.int32),
-                          "return_num_output_tokens": np.array([[True]])})
     results: list = []
     client.start_stream(callback=lambda result, error: results.append((result, error)))
     try:
-        client.async_stream_infer(model, inputs, enable_empty_final_response=True)
-        import time
-
+        for i, text in enumerate(texts):
+            inputs = grpc_inputs({"text_input": np.array([[text.encode()]], dtype=object),
+                                  "max_tokens": np.array([[max_tokens]], dtype=np.int32),
+                                  "return_num_input_tokens": np.array([[True]]),
+                                  "return_num_output_tokens": np.array([[True]])})
+            client.async_stream_infer(model, inputs, request_id=f"calibrate-{i}",
+                                      enable_empty_final_response=True)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if any(e is not None for _, e in results):
                 raise RuntimeError(str(next(e for _, e in results if e is not None)))
-            done = [r for r, _ in results if r is not None
-                    and r.get_response().parameters.get("triton_final_response") is not None
-                    and r.get_response().parameters["triton_final_response"].bool_param]
-            if done:
+            if sum(_is_final(r) for r, _ in list(results)) >= len(texts):
                 break
             time.sleep(0.05)
+        else:
+            raise TimeoutError(f"{model}: calibration requests unfinished after 600 s")
     finally:
         client.stop_stream()
-    counts = [r.as_numpy("num_output_tokens") for r, _ in results if r is not None]
-    counts = [int(c.reshape(-1)[0]) for c in counts if c is not None]
-    if not counts:
-        raise RuntimeError(f"{model} returned no num_output_tokens")
-    return max(counts)
+    counts: dict[str, dict[str, int]] = {}
+    for r, _ in results:
+        for name in ("num_input_tokens", "num_output_tokens"):
+            value = r.as_numpy(name) if r is not None else None
+            if value is not None:
+                seen = counts.setdefault(r.get_response().id, {})
+                seen[name] = max(seen.get(name, 0), int(value.reshape(-1)[0]))
+    out = [c["num_output_tokens"] for c in counts.values() if "num_output_tokens" in c]
+    if len(out) < len(texts):
+        raise RuntimeError(f"{model} returned num_output_tokens for {len(out)} of "
+                           f"{len(texts)} requests")
+    ins = [c["num_input_tokens"] for c in counts.values() if "num_input_tokens" in c]
+    print(f"calibration: {len(texts)} prompts, mean {sum(ins) / max(len(ins), 1):.1f} prompt "
+          f"tokens, mean {sum(out) / len(out):.1f} output tokens")
+    return sum(out) / len(out)
+
+
+def _is_final(result) -> bool:
+    if result is None:
+        return False
+    final = result.get_response().parameters.get("triton_final_response")
+    return final is not None and final.bool_param
 
 
 def ttft(grpc_url: str, model: str, concurrency: list[int], requests_per_client: int = 2,
-         max_tokens: int = MAX_TOKENS) -> dict[int, float]:
+         max_tokens: int = MAX_TOKENS, texts: list[str] | None = None, **_
+         ) -> dict[int, float]:
     """p50 time (ms) to the first streamed response through Triton: `c` clients each sending
-    `requests_per_client` requests back to back (the in-process reference's closed loop)."""
-    return {c: _ttft_p50(grpc_url, model, c, requests_per_client, max_tokens)
-            for c in concurrency}
+    `requests_per_client` requests back to back (the in-process reference's closed loop),
+    client i's k-th request with prompt (i * requests_per_client + k) of the workload."""
+    return {c: _ttft_p50(grpc_url, model, c, requests_per_client, max_tokens,
+                         texts or [PROMPT]) for c in concurrency}
 
 
 def _ttft_p50(grpc_url: str, model: str, clients: int, requests_per_client: int,
-              max_tokens: int) -> float:
+              max_tokens: int, texts: list[str]) -> float:
     import statistics
     import threading
     import time
@@ -83,17 +135,18 @@ def _ttft_p50(grpc_url: str, model: str, clients: int, requests_per_client: int,
     samples: list[float] = []
     lock = threading.Lock()
 
-    def client() -> None:
-        for _ in range(requests_per_client):
+    def client(i: int) -> None:
+        for k in range(requests_per_client):
+            text = texts[(i * requests_per_client + k) % len(texts)]
             start = time.perf_counter()
             first = None
-            with GrpcStream(grpc_url, model, PROMPT, max_tokens=max_tokens) as stream:
+            with GrpcStream(grpc_url, model, text, max_tokens=max_tokens) as stream:
                 for _ in stream.responses(timeout=600):
                     first = first or time.perf_counter() - start
             with lock:
                 samples.append(first if first is not None else time.perf_counter() - start)
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -101,23 +154,53 @@ def _ttft_p50(grpc_url: str, model: str, clients: int, requests_per_client: int,
     return round(statistics.median(samples) * 1000, 1)
 
 
-def inprocess(concurrency: list[int], device: str = "cpu", model_dir: Path | None = None,
-              num_blocks: int = 256, max_batch_tokens: int = 512,
-              max_tokens: int = MAX_TOKENS, **_) -> dict[int, dict[str, float]]:
-    """Output tokens/s and p50 time to first token (ms) of the same torch engine in-process
-    (closed loop, `c` clients)."""
-    from uip.bench.llm_inprocess import run
-    from uip.core.paths import artifacts_root
-    from uip.llm.paged_runtime import PagedEngine, PagedEngineConfig
+def engine_config(model_repository: Path, device: str, **overrides):
+    """llm_engine's PagedEngineConfig as the repository's rendered config gives it (the
+    in-process reference runs the engine Triton runs), on `device`; and its model folder."""
+    from dataclasses import replace
 
-    engine = PagedEngine(model_dir or artifacts_root() / "llm-tiny", PagedEngineConfig(
-        num_blocks=num_blocks, page_size=64, max_batch_tokens=max_batch_tokens, device=device))
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from uip.core.settings import ModelSettings
+    from uip.llm.paged_runtime import PagedEngineConfig
+
+    text = (model_repository / "llm_engine" / "config.pbtxt").read_text()
+    config = json_format.MessageToDict(text_format.Parse(text, model_config_pb2.ModelConfig()),
+                                       preserving_proto_field_name=True)
+    settings = ModelSettings.from_config(config)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return replace(PagedEngineConfig.from_settings(settings), device=device, **given), \
+        settings.artifact
+
+
+def inprocess(concurrency: list[int], device: str = "cpu", model_dir: Path | None = None,
+              num_blocks: int | None = None, max_batch_tokens: int | None = None,
+              max_tokens: int = MAX_TOKENS, prompt_tokens: int = 0,
+              model_repository: Path | None = None, **_) -> dict[int, dict[str, float]]:
+    """Output tokens/s and p50 time to first token (ms) of the same torch engine in-process,
+    configured as the repository's llm_engine: closed loop, `c` clients of 2 requests each,
+    read by one consumer thread (as Triton's `llm_engine` dispatcher reads it); distinct
+    random prompts of `prompt_tokens` tokens (0: as many as PROMPT has)."""
+    from uip.bench.llm_inprocess import run_one_consumer
+    from uip.core.paths import DEFAULT_REPOSITORY
+    from uip.llm.paged_runtime import PagedEngine
+
+    config, artifact = engine_config(model_repository or DEFAULT_REPOSITORY, device,
+                                     num_blocks=num_blocks, max_batch_tokens=max_batch_tokens)
+    model_dir = model_dir or artifact
+    if not prompt_tokens:
+        from transformers import AutoTokenizer
+
+        prompt_tokens = len(AutoTokenizer.from_pretrained(str(model_dir))(PROMPT).input_ids)
+    engine = PagedEngine(model_dir, config)
     try:
-        run(engine, 1, max_new_tokens=8, requests_per_client=1, vocab=engine.vocab_size)
+        run_one_consumer(engine, 1, prompt_tokens, 8, 1, vocab=engine.vocab_size, seed=1)
         out = {}
         for c in concurrency:
-            r = run(engine, c, max_new_tokens=max_tokens, requests_per_client=2,
-                    vocab=engine.vocab_size)
+            run_one_consumer(engine, c, prompt_tokens, 8, 1, vocab=engine.vocab_size, seed=2)
+            r = run_one_consumer(engine, c, prompt_tokens, max_tokens, 2,
+                                 vocab=engine.vocab_size)
             out[c] = {"per_s": r.output_tokens_per_s, "ttft_ms": r.ttft_p50_ms}
         return out
     finally:

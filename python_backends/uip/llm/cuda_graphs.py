@@ -50,6 +50,34 @@ def default_buckets(max_batch: int) -> list[int]:
     return [*out, max_batch]
 
 
+def capture_all(forward: Callable[[int], torch.Tensor], buckets: Sequence[int],
+                device: torch.device
+                ) -> tuple[dict[int, torch.cuda.CUDAGraph], dict[int, torch.Tensor], float, int]:
+    """One graph per bucket of `forward(bucket)`, largest first, in one memory pool, each run
+    twice on a side stream first (Triton compiles, cuBLAS workspaces: not captured); returns
+    the graphs, their outputs, the seconds and the GPU bytes it took."""
+    torch.cuda.synchronize(device)
+    free_before = torch.cuda.mem_get_info(device)[0]
+    start = time.perf_counter()
+    pool = torch.cuda.graph_pool_handle()
+    side = torch.cuda.Stream(device)
+    graphs: dict[int, torch.cuda.CUDAGraph] = {}
+    outputs: dict[int, torch.Tensor] = {}
+    for b in sorted(buckets, reverse=True):
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            forward(b)
+            forward(b)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            outputs[b] = forward(b)
+        graphs[b] = graph
+    torch.cuda.synchronize(device)
+    return (graphs, outputs, time.perf_counter() - start,
+            free_before - torch.cuda.mem_get_info(device)[0])
+
+
 class DecodeGraphs:
     """Captured decode steps; `run` replays one and returns its float32 logits [n, vocab]."""
 
@@ -94,25 +122,8 @@ class DecodeGraphs:
 
     def capture(self) -> None:
         """Warm up and capture every bucket, largest first (they share one memory pool)."""
-        dev = self.runner.device
-        torch.cuda.synchronize(dev)
-        free_before = torch.cuda.mem_get_info(dev)[0]
-        start = time.perf_counter()
-        pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream(dev)
-        for b in reversed(self.buckets):
-            side.wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(side):  # Triton compile, cuBLAS workspaces: not captured
-                self._forward(b)
-                self._forward(b)
-            torch.cuda.current_stream(dev).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._logits[b] = self._forward(b)
-            self._graphs[b] = graph
-        torch.cuda.synchronize(dev)
-        self.capture_s = time.perf_counter() - start
-        self.capture_bytes = free_before - torch.cuda.mem_get_info(dev)[0]
+        self._graphs, self._logits, self.capture_s, self.capture_bytes = capture_all(
+            self._forward, self.buckets, self.runner.device)
         log.info("captured %d decode CUDA graphs (batch %s) in %.1f s, %.0f MiB of GPU memory",
                  len(self._graphs), ",".join(map(str, self.buckets)), self.capture_s,
                  self.capture_bytes / 2**20)

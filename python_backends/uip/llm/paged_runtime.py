@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from uip.core.settings import ModelSettings
     from uip.llm.cuda_graphs import DecodeGraphs
     from uip.llm.guided import Guides
+    from uip.llm.prefill_graphs import PrefillGraphs
 
 log = logging.getLogger("uip.llm.paged_runtime")
 
@@ -98,6 +99,8 @@ class PagedEngineConfig:
     prefix_caching: bool = True
     torch_threads: int = 0
     cuda_graphs: bool = True  # GPU only: decode-only steps replay captured CUDA graphs
+    prefill_graph_tokens: int = 512  # GPU, with cuda_graphs: a lone prompt's first chunk up to
+    # this many tokens replays a captured graph too (prefill_graphs.py); 0: eager
     torch_compile: bool = True  # GPU only: a layer's elementwise ops fused by torch.compile
     lora_dir: str | None = None  # LoRA adapters, one PEFT folder per name; None: no adapters
     lora_max_rank: int = 64
@@ -120,6 +123,7 @@ class PagedEngineConfig:
             prefix_caching=settings.param("prefix_caching", True, bool),
             torch_threads=settings.param("torch_threads", 0, int),
             cuda_graphs=settings.param("cuda_graphs", True, bool),
+            prefill_graph_tokens=settings.param("prefill_graph_tokens", 512, int),
             torch_compile=settings.param("torch_compile", True, bool),
             lora_dir=settings.param("lora_dir", None) or None,
             lora_max_rank=settings.param("lora_max_rank", 64, int),
@@ -200,9 +204,11 @@ class PagedEngine(Engine):
                 cfg.lora_max_rank, self.runner.device, self.runner.dtype)
         self._lora_waiting: list[_Request] = []  # admitted once a slot is free
         self.graphs: DecodeGraphs | None = None
+        self.prefill_graphs: PrefillGraphs | None = None
         if use_graphs:
             self.graphs = self._capture_graphs(num_blocks, min(max_running,
                                                                cfg.max_batch_tokens))
+            self.prefill_graphs = self._capture_prefill_graphs(num_blocks)
         self._ids = itertools.count(1)
         self._lock = threading.Condition()
         self._delivered = threading.Event()  # a result was queued (wakes `await_any`)
@@ -237,6 +243,18 @@ class PagedEngine(Engine):
         graphs = DecodeGraphs(self.runner, self.cache, self.block_size, scratch_block,
                               -(-self.max_context // self.block_size),
                               default_buckets(max_batch))
+        with torch.inference_mode():
+            graphs.capture()
+        return graphs
+
+    def _capture_prefill_graphs(self, scratch_block: int) -> PrefillGraphs | None:
+        from uip.llm.prefill_graphs import PrefillGraphs, prefill_buckets
+
+        buckets = prefill_buckets(min(self.config.prefill_graph_tokens,
+                                      self.config.max_batch_tokens, self.max_context))
+        if not buckets:
+            return None
+        graphs = PrefillGraphs(self.runner, self.cache, scratch_block * self.block_size, buckets)
         with torch.inference_mode():
             graphs.capture()
         return graphs
@@ -526,6 +544,10 @@ class PagedEngine(Engine):
         elif (self.graphs is not None and not prefills and lora is None
                 and len(ids) <= self.graphs.max_batch):
             logits = self.graphs.run(ids, positions, slots, decode_tables, decode_lens)
+        elif (self.prefill_graphs is not None and lora is None and not decode_tables
+              and len(prefills) == 1 and prefills[0][2] == prefills[0][1]  # no cached prefix
+              and self.prefill_graphs.fits(len(ids))):
+            logits = self.prefill_graphs.run(ids, slots)
         else:
             dev = self.runner.device
             meta = build_meta(slots, decode_tables, decode_lens, prefills, bs, dev)
