@@ -66,7 +66,7 @@ def bench(
         server = TritonServer(model_repository, stem.with_suffix(".server.log"), flags,
                               open_apis=("model-config", "statistics")).start()
         url = server.grpc_url
-    texts = (profile.prompts(prompt_tokens, distinct_prompts, ref_model_dir)
+    texts = (profile.prompts(prompt_tokens, distinct_prompts, ref_model_dir, model_repository)
              if hasattr(profile, "prompts") else None)
     try:
         per_request = (profile.calibrate(url, model, texts=texts)

@@ -18,19 +18,23 @@ MAX_TOKENS = 128
 
 
 def prompts(prompt_tokens: int = 0, distinct_prompts: int = 1,
-            tokenizer_dir: Path | None = None) -> list[str]:
+            tokenizer_dir: Path | None = None, model_repository: Path | None = None
+            ) -> list[str]:
     """The workload's prompts: PROMPT alone (prompt_tokens 0), or `distinct_prompts` texts
     of about `prompt_tokens` tokens each (random ids of the served model's tokenizer, BOS
-    counted, decoded to text; seed 0), so that the prefix cache shares nothing between them."""
+    counted, decoded to text; seed 0), so that the prefix cache shares nothing between them.
+    The tokenizer: `tokenizer_dir`, else that of the repository's llm_engine artifact."""
     if not prompt_tokens:
         return [PROMPT]
     import random
 
     from transformers import AutoTokenizer
 
-    from uip.core.paths import artifacts_root
+    from uip.core.paths import DEFAULT_REPOSITORY
 
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir or artifacts_root() / "llm-tiny"))
+    if tokenizer_dir is None:
+        tokenizer_dir = engine_config(model_repository or DEFAULT_REPOSITORY, "cpu")[1]
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     special = set(tok.all_special_ids)
     ids = [i for i in range(len(tok)) if i not in special]
     rng = random.Random(0)
