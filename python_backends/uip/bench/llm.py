@@ -118,43 +118,63 @@ def _is_final(result) -> bool:
     return final is not None and final.bool_param
 
 
-def ttft(grpc_url: str, model: str, concurrency: list[int], requests_per_client: int = 2,
+def ttft(grpc_url: str, model: str, concurrency: list[int], samples: int = 16,
          max_tokens: int = MAX_TOKENS, texts: list[str] | None = None, **_
          ) -> dict[int, float]:
-    """p50 time (ms) to the first streamed response through Triton: `c` clients each sending
-    `requests_per_client` requests back to back (the in-process reference's closed loop),
-    client i's k-th request with prompt (i * requests_per_client + k) of the workload."""
-    return {c: _ttft_p50(grpc_url, model, c, requests_per_client, max_tokens,
+    """p50 time (ms) to the first streamed response through Triton: `c` clients, each with
+    its own gRPC stream kept open (as a streaming client keeps its channel), sending requests
+    back to back until `samples` requests in all (at least 2 per client) have been timed;
+    request k of client i uses prompt (i * per_client + k) of the workload."""
+    return {c: _ttft_p50(grpc_url, model, c, max(2, -(-samples // c)), max_tokens,
                          texts or [PROMPT]) for c in concurrency}
 
 
 def _ttft_p50(grpc_url: str, model: str, clients: int, requests_per_client: int,
               max_tokens: int, texts: list[str]) -> float:
+    import queue
     import statistics
     import threading
     import time
 
-    from uip.clients.llm import GrpcStream
+    import tritonclient.grpc as grpcclient
+
+    from uip.clients.llm import grpc_inputs, parameters
 
     samples: list[float] = []
     lock = threading.Lock()
 
     def client(i: int) -> None:
-        for k in range(requests_per_client):
-            text = texts[(i * requests_per_client + k) % len(texts)]
-            start = time.perf_counter()
-            first = None
-            with GrpcStream(grpc_url, model, text, max_tokens=max_tokens) as stream:
-                for _ in stream.responses(timeout=600):
-                    first = first or time.perf_counter() - start
-            with lock:
-                samples.append(first if first is not None else time.perf_counter() - start)
+        events: queue.Queue = queue.Queue()
+        conn = grpcclient.InferenceServerClient(grpc_url)
+        conn.start_stream(callback=lambda result, error: events.put(
+            (result, error, time.perf_counter())))
+        try:
+            for k in range(requests_per_client):
+                text = texts[(i * requests_per_client + k) % len(texts)]
+                inputs = grpc_inputs(text, parameters(max_tokens=max_tokens, stream=True))
+                start = time.perf_counter()
+                conn.async_stream_infer(model, inputs, enable_empty_final_response=True)
+                first = None
+                while True:
+                    result, error, at = events.get(timeout=600)
+                    if error is not None:
+                        raise RuntimeError(str(error))
+                    first = first or at - start
+                    if _is_final(result):
+                        break
+                with lock:
+                    samples.append(first)
+        finally:
+            conn.stop_stream()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if len(samples) < clients * requests_per_client:
+        raise RuntimeError(f"{model}: {clients * requests_per_client - len(samples)} TTFT "
+                           "requests failed")
     return round(statistics.median(samples) * 1000, 1)
 
 
