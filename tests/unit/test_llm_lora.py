@@ -80,9 +80,10 @@ def test_greedy_equals_peft_merged_generate(engine, llm_tiny_dir, lora_dir, prom
         assert generated(engine, prompt, adapter) == want
 
 
-@pytest.mark.parametrize("dense_max_rows", [256, 1])  # 1: every step runs per run of rows
+# 256: decode steps take the dense form (as on the GPU), prefill the grouped one; 0: all grouped
+@pytest.mark.parametrize("dense_max_rows", [256, 0])
 def test_mixed_batch_gives_each_its_own_answer(engine, prompts, monkeypatch, dense_max_rows):
-    monkeypatch.setattr(lora, "DENSE_MAX_ROWS", dense_max_rows)
+    monkeypatch.setitem(lora.DENSE_MAX_ROWS, "cpu", dense_max_rows)
     plan = [(p, a) for p in prompts for a in (None, "alpha", "beta")]
     alone = [generated(engine, p, a) for p, a in plan]
     together = run_concurrently(engine, [
