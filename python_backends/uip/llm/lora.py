@@ -5,17 +5,21 @@ deployment's adapter directory (spec parameter `lora_dir`), one folder per adapt
 on any of q/k/v/o_proj and gate/up/down_proj, rank <= `lora_max_rank`. A folder added while
 the server runs is read on its first request.
 
-The device holds `lora_max_adapters` slots (plus slot 0: zeros, the base model) in fixed
-buffers per layer and fused linear: A [in, slots, W] (W = parts * max_rank: the parts' A^T
-side by side, zero padded) and B [slots, W, out] (block diagonal, PEFT's scale folded in), so
-a fused [q; k; v] or [gate; up] projection gets its delta from one pair of matmuls:
+The device holds `lora_max_adapters` slots (slot 0 is the base model and has no buffer) in
+fixed buffers per layer and fused linear: A [in, slots, W] (W = parts * max_rank: the parts'
+A^T side by side, zero padded) and B [slots, W, out] (block diagonal, PEFT's scale folded in),
+so a fused [q; k; v] or [gate; up] projection gets its delta from one pair of matmuls:
 y += (x @ A[:, slot]) @ B[slot]. A step's rows carry their slot index, so one batch mixes
-adapters and the base model. Steps of up to DENSE_MAX_ROWS rows (decode) compute x against
-every slot's A at once, zero the other slots' columns with a per-row mask and multiply by all
-B stacked: two GEMMs and a multiply per linear, whatever the mix (no gather; the cost grows
-with slots x max_rank, small next to the base GEMMs for the default 8 x 16). Larger steps
-(prefill) run one matmul pair per run of rows sharing a slot. Slots are assigned on
-admission, ref counted by the running requests, and evicted least recently used.
+adapters and the base model, in one of two forms (`LoraStep`):
+- dense (GPU steps of up to DENSE_MAX_ROWS rows, and the decode CUDA graphs): x against every
+  slot's A at once, the other slots' columns zeroed by a one-hot row mask, all B stacked; two
+  GEMMs and a multiply per linear reading each slot's weights once, fixed shapes, no host data.
+- grouped (CPU, and large GPU steps such as prefill): the rows of each adapter present are
+  gathered and padded to the largest group, one batched matmul pair over the adapters present
+  (Punica's SGMV, done with bmm), added back with index_add_; base rows are skipped. It does
+  1/slots of the dense form's multiply-adds, which is what counts on a CPU.
+Slots are assigned on admission, ref counted by the running requests, and evicted least
+recently used.
 """
 
 from __future__ import annotations
