@@ -80,9 +80,10 @@ def test_greedy_equals_peft_merged_generate(engine, llm_tiny_dir, lora_dir, prom
         assert generated(engine, prompt, adapter) == want
 
 
-@pytest.mark.parametrize("dense_max_rows", [256, 1])  # 1: every step runs per run of rows
+# 256: decode steps take the dense form (as on the GPU), prefill the grouped one; 0: all grouped
+@pytest.mark.parametrize("dense_max_rows", [256, 0])
 def test_mixed_batch_gives_each_its_own_answer(engine, prompts, monkeypatch, dense_max_rows):
-    monkeypatch.setattr(lora, "DENSE_MAX_ROWS", dense_max_rows)
+    monkeypatch.setitem(lora.DENSE_MAX_ROWS, "cpu", dense_max_rows)
     plan = [(p, a) for p in prompts for a in (None, "alpha", "beta")]
     alone = [generated(engine, p, a) for p, a in plan]
     together = run_concurrently(engine, [
@@ -149,3 +150,18 @@ def test_base_engine_refuses_adapters(llm_tiny_dir, prompts):
             generated(eng, prompts[0], "alpha")
     finally:
         eng.shutdown()
+
+
+def test_lora_benchmark_runs_on_the_tiny_model(llm_tiny_dir, tmp_path):
+    """`uip.bench.llm_lora` (the GPU command with --model-dir, here CPU and tiny): adapters
+    built by PEFT from the model's config, both kinds of round, the forward microbenchmark
+    and its check that the adapters change the output."""
+    from uip.bench import llm_lora
+
+    out = llm_lora.main(["--model-dir", str(llm_tiny_dir), "--streams", "4", "--adapters", "2",
+                         "--rank", "4", "--rounds", "1", "--max-new-tokens", "3",
+                         "--torch-threads", "1", "--forward-iters", "2",
+                         "--json", str(tmp_path / "out.json")])
+    assert out["base_tok_per_cpu_s"] > 0 and out["lora_tok_per_cpu_s"] > 0
+    assert out["forward"]["lora_changes_argmax"] > 0
+    assert json.loads((tmp_path / "out.json").read_text())["ratio_tok_s"] == out["ratio_tok_s"]

@@ -3,7 +3,8 @@ paged-decode kernel against the gather reference (CPU), the kernels (split-K dec
 RoPE + K/V write) against their references (GPU only), and the engine's decode-only steps
 through `DecodeGraphs` (run eagerly on CPU, with the references as the kernels), overlapped
 with the previous step's read-back, equal transformers `generate` token for token, also under
-preemption, seeded sampling and cancellation."""
+preemption, seeded sampling and cancellation; with LoRA adapters too (the graph's adapter
+variant: rows' slots read on the device), equal to the PEFT-merged model's `generate`."""
 
 from __future__ import annotations
 
@@ -126,16 +127,20 @@ def _static_graphs(engine: PagedEngine) -> tuple[list[int], list[int]]:
                           kernel=tpa.reference_paged_decode)
     calls: list[int] = []
     overlapped: list[int] = []
+    with_lora: list[int] = []  # graph steps with adapter rows
     run_graph = graphs.run
 
-    def spy(ids, *a, prev=None):
+    def spy(ids, *a, prev=None, lora_slots=None):
         calls.append(len(ids))
         if prev is not None:
             overlapped.append(len(ids))
-        return run_graph(ids, *a, prev=prev)
+        if lora_slots and any(lora_slots):
+            with_lora.append(len(ids))
+        return run_graph(ids, *a, prev=prev, lora_slots=lora_slots)
 
     graphs.run = spy  # type: ignore[method-assign]
     engine.graphs = graphs
+    graphs.with_lora = with_lora  # type: ignore[attr-defined]
     return calls, overlapped
 
 
@@ -224,5 +229,34 @@ def test_static_prefill_path_equals_generate(llm_tiny_dir, reference, prompts):
         for i, r in enumerate(results):
             assert tokens_of(r) == generate(reference, prompts[i], N), f"prompt {i}"
         assert wait_idle(engine).kv_blocks_used == 0
+    finally:
+        engine.shutdown()
+
+
+def test_decode_graphs_take_adapter_rows(llm_tiny_dir, llm_tiny_lora_dir, prompts):
+    """A batch mixing adapters alpha, beta and the base model through DecodeGraphs (eager on
+    CPU): decode steps with adapter rows replay the adapter variant, overlapped too, and each
+    request gets the PEFT-merged model's greedy tokens."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    engine = PagedEngine(llm_tiny_dir, PagedEngineConfig(
+        **{**CONFIG.__dict__, "lora_dir": str(llm_tiny_lora_dir), "lora_max_rank": 8,
+           "lora_max_adapters": 2}))
+    try:
+        _, overlapped = _static_graphs(engine)
+        plan = [(p, a) for p in prompts[:2] for a in (None, "alpha", "beta")]
+        results = run_concurrently(engine, [
+            GenerationRequest(input_ids=p, max_new_tokens=N, lora_name=a) for p, a in plan])
+        assert engine.graphs.with_lora and overlapped
+        for (prompt, adapter), got in zip(plan, results, strict=True):
+            model = AutoModelForCausalLM.from_pretrained(llm_tiny_dir, dtype=torch.float32)
+            if adapter is not None:
+                model = PeftModel.from_pretrained(model, llm_tiny_lora_dir / adapter)
+                model = model.merge_and_unload()
+            with torch.no_grad():
+                want = model.eval().generate(torch.tensor([prompt]), max_new_tokens=N,
+                                             do_sample=False)[0, len(prompt):].tolist()
+            assert tokens_of(got) == want, (prompt, adapter)
     finally:
         engine.shutdown()

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import boto3
 import pytest
-from support.transfer import MotoServer, digests, range_header
+from support.transfer import digests, range_header
 
+from uip.bench.moto import MotoServer
 from uip.bench.transfer import make_folder
 from uip.transfer import TransferOptions, pull, push
 from uip.transfer.manifest import MANIFEST_NAME, Manifest, part_range

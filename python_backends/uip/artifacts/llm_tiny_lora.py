@@ -45,10 +45,33 @@ def build(dest: Path, base: Path, adapters: dict | None = None) -> list[Path]:
     return out
 
 
-def build_bench(dest: Path, base: Path, count: int = 8, rank: int = 8) -> list[str]:
-    """`count` distinct rank-`rank` adapters on every projection (bench-0, bench-1, ...), for
-    the mixed-adapter benchmark."""
-    adapters = {f"bench-{i}": (rank, 2 * rank, ATTENTION + MLP, False, 100 + i)
-                for i in range(count)}
-    build(dest, base, adapters)
-    return list(adapters)
+def build_bench(dest: Path, base: Path, count: int = 8, rank: int = 8,
+                device: str = "cpu") -> list[str]:
+    """`count` distinct rank-`rank` adapters on every projection (bench-0, bench-1, ...) of
+    the Llama-family checkpoint `base` (any size: only its config.json is read), for the
+    mixed-adapter benchmark. PEFT wraps the model built on the meta device (no base weights
+    in memory); only the LoRA weights are made, seeded, on `device`, and saved by PEFT."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(base)))
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=ATTENTION + MLP,
+                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, config)
+    lora = [(name, peft_model.get_submodule(name.removesuffix(".weight")))
+            for name, _ in sorted(peft_model.named_parameters())
+            if ".lora_A." in name or ".lora_B." in name]
+    names = []
+    for i in range(count):
+        gen = torch.Generator(device).manual_seed(100 + i)
+        for name, module in lora:
+            out_f, in_f = module.weight.shape
+            std = in_f ** -0.5 if ".lora_A." in name else STD / rank ** 0.5
+            module.weight = torch.nn.Parameter(
+                torch.randn(out_f, in_f, generator=gen, device=device) * std,
+                requires_grad=False)
+        names.append(f"bench-{i}")
+        peft_model.save_pretrained(str(Path(dest) / names[-1]))
+    return names

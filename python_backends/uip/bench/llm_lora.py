@@ -3,27 +3,105 @@ same engine serves `--streams` streams on the base model and the same number spr
 `--adapters` LoRA adapters (rank `--rank` on every projection), alternating rounds, and reports
 output tokens/s of each and their ratio (the target is >= 0.8): per wall-clock second, and per
 CPU second of this process (`time.process_time`, all threads), which a machine shared with
-other work disturbs far less than the wall clock.
+other work disturbs far less than the wall clock. `--forward-iters N` adds a forward-pass
+microbenchmark: one decode step of `--streams` rows (context `--forward-context`), base vs
+every row on an adapter, N steps each, the best of 5 alternating runs (eager `runner.forward`,
+and on the GPU the CUDA-graph replay too, checked against eager).
 
     .venv/bin/python -m uip.bench.llm_lora [--streams 32] [--adapters 8] [--rank 8]
-        [--rounds 3] [--max-new-tokens 64] [--torch-threads 2] [--json OUT]
+        [--rounds 3] [--max-new-tokens 64] [--torch-threads 2] [--forward-iters 0] [--json OUT]
+    # GPU, an 8B-shaped bf16 folder (benchmarks/gpu/prepare_llm.py):
+    python -m uip.bench.llm_lora --model-dir /dev/shm/llm-8b --device cuda --dtype bfloat16 \\
+        --rank 16 --num-blocks 4096 --forward-iters 50
 
-CPU by default (the tiny model); the adapters are built into a temporary folder with PEFT
-(`uip.artifacts.llm_tiny_lora.build_bench`, dev dependencies).
+The model is llm-tiny by default (CPU); the adapters are built into a temporary folder with
+PEFT on `--device` (`uip.artifacts.llm_tiny_lora.build_bench`, dev dependencies).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from uip.bench.llm_inprocess import run
 from uip.core.paths import artifacts_root
+
+
+def _clock(device: torch.device):
+    """Seconds of this process's CPU (CPU) or of the wall clock after a sync (GPU)."""
+    if device.type == "cuda":
+        def now() -> float:
+            torch.cuda.synchronize(device)
+            return time.perf_counter()
+        return now
+    return time.process_time
+
+
+def forward_bench(engine, names: list[str], rows: int, context: int, iters: int,
+                  repeats: int = 5) -> dict:
+    """One decode step of `rows` rows, base vs rows spread over `names`: ms per step (the
+    best of `repeats` alternating runs of `iters` steps)."""
+    from uip.llm.paged_attention import build_meta, to_device
+
+    runner, lora = engine.runner, engine.lora
+    dev, bs = runner.device, engine.block_size
+    held = [lora.acquire(n, lora.read(n)) for n in names]
+    try:
+        per = -(-context // bs)
+        tables = [[(i * per + j) % engine.blocks.num_blocks for j in range(per)]
+                  for i in range(rows)]
+        rng = random.Random(0)
+        ids = [rng.randrange(8, engine.vocab_size) for _ in range(rows)]
+        positions, lens = [context - 1] * rows, [context] * rows
+        slots = [t[(context - 1) // bs] * bs + (context - 1) % bs for t in tables]
+        mixed = [held[i % len(held)] for i in range(rows)]
+        out_rows = to_device(list(range(rows)), dev)
+
+        def eager(row_slots: list[int]) -> torch.Tensor:
+            meta = build_meta(slots, tables, lens, [], bs, dev)
+            return runner.forward(to_device(ids, dev), to_device(positions, dev), meta,
+                                  engine.cache, out_rows, lora.step(row_slots))
+
+        def graph(row_slots: list[int]) -> torch.Tensor:
+            return engine.graphs.run(ids, positions, slots, tables, lens, lora_slots=row_slots)
+
+        paths = [("eager", eager)] + ([("graph", graph)] if engine.graphs is not None else [])
+        clock, out = _clock(dev), {"rows": rows, "context": context, "iters": iters}
+        with torch.inference_mode():
+            # the check: every path's adapter logits agree with eager's, and differ from base
+            want, base = eager(mixed).clone(), eager([0] * rows).clone()
+            out["lora_changes_argmax"] = round(
+                (want.argmax(-1) != base.argmax(-1)).float().mean().item(), 3)
+            for label, fn in paths[1:]:
+                got = fn(mixed)
+                out[f"{label}_argmax_equal_eager"] = round(
+                    (got.argmax(-1) == want.argmax(-1)).float().mean().item(), 3)
+                out[f"{label}_max_abs_diff_eager"] = round((got - want).abs().max().item(), 4)
+            for label, fn in paths:
+                best = {"base": float("inf"), "lora": float("inf")}
+                for _ in range(repeats):  # alternating; the best of each (load spikes)
+                    for key, row_slots in (("base", [0] * rows), ("lora", mixed)):
+                        for _ in range(3):
+                            fn(row_slots)
+                        t = clock()
+                        for _ in range(iters):
+                            fn(row_slots)
+                        best[key] = min(best[key], (clock() - t) / iters * 1e3)
+                for key, ms in best.items():
+                    out[f"{label}_{key}_ms"] = round(ms, 3)
+                out[f"{label}_ratio"] = round(best["base"] / best["lora"], 3)
+        return out
+    finally:
+        for slot in held:
+            lora.release(slot)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -32,23 +110,43 @@ def main(argv: list[str] | None = None) -> dict:
     from uip.llm.paged_runtime import PagedEngine, PagedEngineConfig
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-dir", type=Path, default=None, help="default: artifacts/llm-tiny")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto")
     p.add_argument("--streams", type=int, default=32)
     p.add_argument("--adapters", type=int, default=8)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3, help="base/LoRA round pairs (median)")
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--num-blocks", type=int, default=256)
+    p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--max-batch-tokens", type=int, default=512)
     p.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
+    p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument("--forward-iters", type=int, default=0, help="0: no forward microbenchmark")
+    p.add_argument("--forward-context", type=int, default=64)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    artifacts.ensure(["llm-tiny"])
-    model_dir = artifacts_root() / "llm-tiny"
+    model_dir = args.model_dir
+    if model_dir is None:
+        artifacts.ensure(["llm-tiny"])
+        model_dir = artifacts_root() / "llm-tiny"
+    out: dict = {"model": model_dir.name, "device": args.device, "streams": args.streams,
+                 "adapters": args.adapters, "rank": args.rank}
     with tempfile.TemporaryDirectory(prefix="uip-lora-bench-") as tmp:
-        names = build_bench(Path(tmp), model_dir, args.adapters, args.rank)
+        t = time.perf_counter()
+        names = build_bench(Path(tmp), model_dir, args.adapters, args.rank, args.device)
+        out["adapters_build_s"] = round(time.perf_counter() - t, 1)
+        t = time.perf_counter()
         engine = PagedEngine(model_dir, PagedEngineConfig(
-            num_blocks=256, page_size=16, max_batch_tokens=512, torch_threads=args.torch_threads,
+            num_blocks=args.num_blocks, page_size=args.page_size,
+            max_batch_tokens=args.max_batch_tokens, torch_threads=args.torch_threads,
+            device=args.device, dtype=args.dtype, cuda_graphs=not args.no_cuda_graphs,
             max_requests_per_batch=args.streams, lora_dir=tmp, lora_max_rank=args.rank,
             lora_max_adapters=args.adapters))
+        out["engine_start_s"] = round(time.perf_counter() - t, 1)
+        print(json.dumps(out), flush=True)
         try:
             kw = dict(prompt_tokens=args.prompt_tokens, max_new_tokens=args.max_new_tokens,
                       requests_per_client=1, vocab=engine.vocab_size)
@@ -64,14 +162,17 @@ def main(argv: list[str] | None = None) -> dict:
                     row[f"{label}_tok_per_cpu_s"] = round(r.output_tokens / cpu, 1)
                 rounds.append(row)
                 print(json.dumps(row), flush=True)
+            if args.forward_iters:
+                out["forward"] = forward_bench(engine, names, args.streams,
+                                               args.forward_context, args.forward_iters)
         finally:
             engine.shutdown()
-    out = {"streams": args.streams, "adapters": args.adapters, "rank": args.rank}
     for key in ("tok_s", "tok_per_cpu_s"):
         base = statistics.median(r[f"base_{key}"] for r in rounds)
         lora = statistics.median(r[f"lora_{key}"] for r in rounds)
         out[f"base_{key}"], out[f"lora_{key}"] = base, lora
         out[f"ratio_{key}"] = round(lora / base, 3)
+    out["rounds"] = rounds
     print(json.dumps(out), flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

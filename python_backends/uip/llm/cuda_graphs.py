@@ -5,7 +5,7 @@ can have) captures the model runner's whole forward over the paged cache, logits
 (token choice stays outside: bad words, logits masks and sampling vary per step). Every graph
 reads one static int64 buffer, a row per sequence:
 
-    [token id, position, slot, context length, block 0, block 1, ..., block max_blocks - 1]
+    [token id, position, slot, context length, LoRA slot, block 0, ..., block max_blocks - 1]
 
 filled on the host in pinned memory (two buffers, used in turn: the engine fills step N+1's
 while step N's copy may still be queued) and sent with one asynchronous copy per step. The
@@ -15,7 +15,12 @@ column on the GPU. RoPE and the K/V cache write run as one kernel (`rope_write_k
 n decode rows replays the smallest bucket >= n; rows n.. are padding: token 0 at position 0,
 written to a scratch block that no sequence owns (the cache has one block more than the
 block manager hands out) and attending to that one token only. Attention under the graph is
-the Triton paged-decode kernel, whose work follows the lengths read on the device. Without
+the Triton paged-decode kernel, whose work follows the lengths read on the device. With LoRA
+adapters (`runner.lora`) each bucket has a second graph taking adapter rows: it builds the
+rows' one-hot slot mask from the LoRA-slot column on the device and adds every row's delta in
+the dense form (lora.py; the adapters' weights are the cache's fixed per-slot buffers, so an
+adapter loaded later is used by the graph as captured); steps without adapter rows replay the
+plain graph. Without
 `capture` (CPU tests, with `reference_paged_decode` as the kernel) `run` runs the same
 static-shape step eagerly.
 """
@@ -25,10 +30,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from uip.llm.llama import LlamaRunner
+from uip.llm.lora import LoraStep, onehot_of
 from uip.llm.paged_attention import StepMeta, to_device
 from uip.llm.triton_paged_attention import (
     paged_decode,
@@ -38,7 +45,7 @@ from uip.llm.triton_paged_attention import (
 
 log = logging.getLogger("uip.llm.cuda_graphs")
 
-_META_COLS = 4  # token id, position, slot, context length; then the block table
+_META_COLS = 5  # token id, position, slot, context length, LoRA slot; then the blocks
 
 
 def default_buckets(max_batch: int) -> list[int]:
@@ -50,29 +57,29 @@ def default_buckets(max_batch: int) -> list[int]:
     return [*out, max_batch]
 
 
-def capture_all(forward: Callable[[int], torch.Tensor], buckets: Sequence[int],
+def capture_all(forward: Callable[[Any], torch.Tensor], keys: Sequence[Any],
                 device: torch.device
-                ) -> tuple[dict[int, torch.cuda.CUDAGraph], dict[int, torch.Tensor], float, int]:
-    """One graph per bucket of `forward(bucket)`, largest first, in one memory pool, each run
-    twice on a side stream first (Triton compiles, cuBLAS workspaces: not captured); returns
-    the graphs, their outputs, the seconds and the GPU bytes it took."""
+                ) -> tuple[dict[Any, torch.cuda.CUDAGraph], dict[Any, torch.Tensor], float, int]:
+    """One graph per key of `forward(key)` (keys sort by size: largest first), in one memory
+    pool, each run twice on a side stream first (Triton compiles, cuBLAS workspaces: not
+    captured); returns the graphs, their outputs, the seconds and the GPU bytes it took."""
     torch.cuda.synchronize(device)
     free_before = torch.cuda.mem_get_info(device)[0]
     start = time.perf_counter()
     pool = torch.cuda.graph_pool_handle()
     side = torch.cuda.Stream(device)
-    graphs: dict[int, torch.cuda.CUDAGraph] = {}
-    outputs: dict[int, torch.Tensor] = {}
-    for b in sorted(buckets, reverse=True):
+    graphs: dict[Any, torch.cuda.CUDAGraph] = {}
+    outputs: dict[Any, torch.Tensor] = {}
+    for key in sorted(keys, reverse=True):
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            forward(b)
-            forward(b)
+            forward(key)
+            forward(key)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool):
-            outputs[b] = forward(b)
-        graphs[b] = graph
+            outputs[key] = forward(key)
+        graphs[key] = graph
     torch.cuda.synchronize(device)
     return (graphs, outputs, time.perf_counter() - start,
             free_before - torch.cuda.mem_get_info(device)[0])
@@ -95,7 +102,7 @@ class DecodeGraphs:
         self.max_blocks = max_blocks
         self.buckets = sorted(set(buckets))
         self.max_batch = self.buckets[-1]
-        self._pad = torch.tensor([0, 0, scratch_block * block_size, 1]
+        self._pad = torch.tensor([0, 0, scratch_block * block_size, 1, 0]
                                  + [scratch_block] * max_blocks, dtype=torch.long)
         host = self._pad.repeat(self.max_batch, 1)
         self._hosts = [host.pin_memory() if runner.device.type == "cuda" else host,
@@ -103,8 +110,10 @@ class DecodeGraphs:
                        else host.clone()]
         self._turn = 0
         self._dev = host.to(runner.device)
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._logits: dict[int, torch.Tensor] = {}
+        # (bucket, with adapter rows) -> graph, its logits
+        self._graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
+        self._logits: dict[tuple[int, bool], torch.Tensor] = {}
+        self.variants = (False, True) if runner.lora is not None else (False,)
         self.capture_s = 0.0
         self.capture_bytes = 0
 
@@ -115,15 +124,20 @@ class DecodeGraphs:
                         decode_kernel=self.kernel, decode_lens=buf[:, 3],
                         rope_kv_kernel=self.rope_kv)
 
-    def _forward(self, b: int) -> torch.Tensor:
+    def _forward(self, b: int, lora: bool = False) -> torch.Tensor:
         buf = self._dev[:b]
         rows = torch.arange(b, device=self.runner.device)
-        return self.runner.forward(buf[:, 0], buf[:, 1], self._meta(b), self.cache, rows)
+        step = None
+        if lora:
+            cache = self.runner.lora
+            step = LoraStep(onehot=onehot_of(buf[:, 4], cache.max_adapters, cache.dtype))
+        return self.runner.forward(buf[:, 0], buf[:, 1], self._meta(b), self.cache, rows, step)
 
     def capture(self) -> None:
         """Warm up and capture every bucket, largest first (they share one memory pool)."""
+        keys = [(b, lora) for b in self.buckets for lora in self.variants]
         self._graphs, self._logits, self.capture_s, self.capture_bytes = capture_all(
-            self._forward, self.buckets, self.runner.device)
+            lambda key: self._forward(*key), keys, self.runner.device)
         log.info("captured %d decode CUDA graphs (batch %s) in %.1f s, %.0f MiB of GPU memory",
                  len(self._graphs), ",".join(map(str, self.buckets)), self.capture_s,
                  self.capture_bytes / 2**20)
@@ -133,10 +147,12 @@ class DecodeGraphs:
 
     def run(self, ids: list[int], positions: list[int], slots: list[int],
             tables: list[list[int]], lens: list[int],
-            prev: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
+            prev: tuple[torch.Tensor, list[int]] | None = None,
+            lora_slots: list[int] | None = None) -> torch.Tensor:
         """n decode rows (n <= max_batch) -> logits [n, vocab] (a view of the graph's output,
         valid until the next `run`). `prev` = (tokens on the device, source row of each row):
-        the rows' token ids are taken from there on the GPU (`ids` is ignored then)."""
+        the rows' token ids are taken from there on the GPU (`ids` is ignored then).
+        `lora_slots`: each row's adapter slot (0: the base; needs `runner.lora`)."""
         n = len(ids)
         b = self.bucket(n)
         bs = self.block_size
@@ -146,7 +162,9 @@ class DecodeGraphs:
         # the copy out of this buffer two steps ago is done: that step's tokens were read back
         host = self._hosts[self._turn]
         self._turn ^= 1
-        host[:n, :_META_COLS] = torch.tensor([ids, positions, slots, lens]).T
+        lora = bool(lora_slots) and any(lora_slots)
+        host[:n, :_META_COLS] = torch.tensor(
+            [ids, positions, slots, lens, lora_slots if lora else [0] * n]).T
         host[:n, _META_COLS:_META_COLS + width] = torch.tensor(
             [t[:u] + [scratch] * (width - u) for t, u in zip(tables, used, strict=True)])
         if b > n:
@@ -158,8 +176,8 @@ class DecodeGraphs:
                 self._dev[:n, 0].copy_(tokens[:n])
             else:
                 self._dev[:n, 0] = tokens[to_device(src, tokens.device)]
-        graph = self._graphs.get(b)
+        graph = self._graphs.get((b, lora))
         if graph is None:  # not captured (CPU tests): the same static-shape step, eagerly
-            return self._forward(b)[:n]
+            return self._forward(b, lora)[:n]
         graph.replay()
-        return self._logits[b][:n]
+        return self._logits[b, lora][:n]

@@ -5,17 +5,21 @@ deployment's adapter directory (spec parameter `lora_dir`), one folder per adapt
 on any of q/k/v/o_proj and gate/up/down_proj, rank <= `lora_max_rank`. A folder added while
 the server runs is read on its first request.
 
-The device holds `lora_max_adapters` slots (plus slot 0: zeros, the base model) in fixed
-buffers per layer and fused linear: A [in, slots, W] (W = parts * max_rank: the parts' A^T
-side by side, zero padded) and B [slots, W, out] (block diagonal, PEFT's scale folded in), so
-a fused [q; k; v] or [gate; up] projection gets its delta from one pair of matmuls:
+The device holds `lora_max_adapters` slots (slot 0 is the base model and has no buffer) in
+fixed buffers per layer and fused linear: A [in, slots, W] (W = parts * max_rank: the parts'
+A^T side by side, zero padded) and B [slots, W, out] (block diagonal, PEFT's scale folded in),
+so a fused [q; k; v] or [gate; up] projection gets its delta from one pair of matmuls:
 y += (x @ A[:, slot]) @ B[slot]. A step's rows carry their slot index, so one batch mixes
-adapters and the base model. Steps of up to DENSE_MAX_ROWS rows (decode) compute x against
-every slot's A at once, zero the other slots' columns with a per-row mask and multiply by all
-B stacked: two GEMMs and a multiply per linear, whatever the mix (no gather; the cost grows
-with slots x max_rank, small next to the base GEMMs for the default 8 x 16). Larger steps
-(prefill) run one matmul pair per run of rows sharing a slot. Slots are assigned on
-admission, ref counted by the running requests, and evicted least recently used.
+adapters and the base model, in one of two forms (`LoraStep`):
+- dense (GPU steps of up to DENSE_MAX_ROWS rows, and the decode CUDA graphs): x against every
+  slot's A at once, the other slots' columns zeroed by a one-hot row mask, all B stacked; two
+  GEMMs and a multiply per linear reading each slot's weights once, fixed shapes, no host data.
+- grouped (CPU, and large GPU steps such as prefill): the rows of each adapter present are
+  gathered and padded to the largest group, one batched matmul pair over the adapters present
+  (Punica's SGMV, done with bmm), added back with index_add_; base rows are skipped. It does
+  1/slots of the dense form's multiply-adds, which is what counts on a CPU.
+Slots are assigned on admission, ref counted by the running requests, and evicted least
+recently used.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
          "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
 TARGETS = {p: f for f, parts in FUSED.items() for p in parts}
 _KEY_RE = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
-DENSE_MAX_ROWS = 256  # steps with more rows run per run of rows sharing an adapter
+# steps of up to this many rows take the dense form, larger ones the grouped one (per device
+# type; measured in docs/benchmarks.md: grouped wins on CPU at every size)
+DENSE_MAX_ROWS = {"cuda": 256, "cpu": 0}
 
 
 @dataclass
@@ -136,19 +142,65 @@ class AdapterDir:
 
 @dataclass
 class LoraStep:
-    """One step's adapter rows: a one-hot row -> slot mask (device) or, for large steps, the
-    runs of rows sharing a non-zero slot (host)."""
+    """One step's adapter rows, in one of two forms (see `LoraCache.step`):
 
-    onehot: torch.Tensor | None  # [T, slots] in the model's dtype
-    runs: list[tuple[int, int, int]] | None  # (slot, start, end)
+    - dense: `onehot` [T, slots] (model dtype, on the device; base rows all zero): every row
+      against every slot's A, the other slots' columns zeroed, all B stacked. Fixed shapes
+      and no host data, so it can run inside a CUDA graph (`DecodeGraphs`).
+    - grouped: the rows of each adapter present, padded to the largest group: `index`
+      [G, M] (rows gathered from x), `groups` [G] (their slot - 1; None: all slots in order,
+      no copy of the buffers), `rows` [R] (the rows with an adapter) and `pos` [R] (where
+      each is in the padded [G * M] output). One batched matmul pair per linear (Punica's
+      SGMV, done with bmm), base rows skipped.
+    """
+
+    onehot: torch.Tensor | None = None
+    index: torch.Tensor | None = None
+    groups: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+    pos: torch.Tensor | None = None
+    single: int | None = None  # every row on this one slot - 1: plain matmuls
     _masks: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def mask(self, width: int) -> torch.Tensor:
         """[T, slots * width]: 1 on the columns of each row's own slot (shared by layers)."""
         m = self._masks.get(width)
         if m is None:
-            m = self._masks[width] = self.onehot.repeat_interleave(width, dim=1)
+            t, slots = self.onehot.shape
+            m = self._masks[width] = self.onehot[:, :, None].expand(t, slots, width).reshape(
+                t, slots * width)
         return m
+
+
+def onehot_of(row_slots: torch.Tensor, slots: int, dtype: torch.dtype) -> torch.Tensor:
+    """[T, slots] from each row's slot (0: the base, all zero); no host sync (graph-safe)."""
+    ids = torch.arange(1, slots + 1, device=row_slots.device)
+    return (row_slots[:, None] == ids[None, :]).to(dtype)
+
+
+def grouped_step(row_slots: list[int], slots: int, device: torch.device) -> LoraStep:
+    """The grouped form of a step (host lists -> a few small device tensors)."""
+    members: dict[int, list[int]] = {}
+    for i, s in enumerate(row_slots):
+        if s:
+            members.setdefault(s, []).append(i)
+    present = sorted(members)
+    if len(present) == 1 and len(members[present[0]]) == len(row_slots):
+        return LoraStep(single=present[0] - 1)
+    width = max(len(m) for m in members.values())
+    index, pos, rows = [], [], []
+    for g, s in enumerate(present):
+        m = members[s]
+        index.append(m + [m[0]] * (width - len(m)))  # padding rows: computed, never added
+        rows += m
+        pos += range(g * width, g * width + len(m))
+    groups = None if present == list(range(1, slots + 1)) else [s - 1 for s in present]
+
+    def dev(v):
+        return torch.tensor(v, dtype=torch.long).to(device, non_blocking=True)
+
+    return LoraStep(index=dev(index), groups=None if groups is None else dev(groups),
+                    rows=dev(rows), pos=dev(pos))
 
 
 class LoraCache:
@@ -164,7 +216,7 @@ class LoraCache:
         self.max_adapters = max_adapters
         self.device, self.dtype = device, dtype
         dims = _dims(shape)
-        slots = max_adapters + 1
+        slots = max_adapters + 1  # slot 0: the base model (no buffer columns)
         self.buffers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
         for _ in range(shape.layers):
             layer = {}
@@ -172,8 +224,9 @@ class LoraCache:
                 width = len(parts) * max_rank
                 out = sum(dims[p][1] for p in parts)
                 layer[fused] = (
-                    torch.zeros(dims[parts[0]][0], slots, width, dtype=dtype, device=device),
-                    torch.zeros(slots, width, out, dtype=dtype, device=device))
+                    torch.zeros(dims[parts[0]][0], max_adapters, width, dtype=dtype,
+                                device=device),
+                    torch.zeros(max_adapters, width, out, dtype=dtype, device=device))
             self.buffers.append(layer)
         self.names: list[str | None] = [None] * slots  # slot -> adapter (slot 0: base)
         self.fingerprints: list[bytes] = [b""] * slots
@@ -241,8 +294,9 @@ class LoraCache:
         for i, layer in enumerate(self.buffers):
             for fused, parts in FUSED.items():
                 a_buf, b_buf = layer[fused]
-                a_buf[:, slot].zero_()
-                b_buf[slot].zero_()
+                a_buf, b_buf = a_buf[:, slot - 1], b_buf[slot - 1]
+                a_buf.zero_()
+                b_buf.zero_()
                 col = 0
                 for j, proj in enumerate(parts):
                     out = _dims(self.shape)[proj][1]
@@ -250,8 +304,8 @@ class LoraCache:
                     if ab is not None:
                         a, b = ab
                         rank = a.shape[0]
-                        a_buf[:, slot, j * r:j * r + rank] = a.T.to(self.dtype)
-                        b_buf[slot, j * r:j * r + rank, col:col + out] = b.T.to(self.dtype)
+                        a_buf[:, j * r:j * r + rank] = a.T.to(self.dtype)
+                        b_buf[j * r:j * r + rank, col:col + out] = b.T.to(self.dtype)
                     col += out
         self.names[slot] = adapter.name
         self.fingerprints[slot] = adapter.fingerprint
@@ -261,30 +315,28 @@ class LoraCache:
     # ------------------------------------------------------------------ the forward pass
 
     def step(self, row_slots: list[int]) -> LoraStep | None:
-        """The step's LoRA input from each row's slot; None when no row has an adapter."""
+        """The step's LoRA input from each row's slot; None when no row has an adapter.
+        Dense up to DENSE_MAX_ROWS[device type] rows, grouped above (see the module doc)."""
         if not any(row_slots):
             return None
-        if len(row_slots) <= DENSE_MAX_ROWS:
+        if len(row_slots) <= DENSE_MAX_ROWS.get(self.device.type, 0):
             slots = torch.tensor(row_slots, dtype=torch.long).to(self.device, non_blocking=True)
-            onehot = torch.nn.functional.one_hot(slots, len(self.names)).to(self.dtype)
-            return LoraStep(onehot, None)
-        runs, start = [], 0
-        for i in range(1, len(row_slots) + 1):
-            if i == len(row_slots) or row_slots[i] != row_slots[start]:
-                if row_slots[start]:
-                    runs.append((row_slots[start], start, i))
-                start = i
-        return LoraStep(None, runs)
+            return LoraStep(onehot=onehot_of(slots, self.max_adapters, self.dtype))
+        return grouped_step(row_slots, self.max_adapters, self.device)
 
     def add_delta(self, layer: int, fused: str, x: torch.Tensor, y: torch.Tensor,
                   step: LoraStep) -> torch.Tensor:
         """y [T, out] (the base linear's output for rows x [T, in]) plus each row's adapter
         delta for fused linear `fused` of `layer`."""
-        a, b = self.buffers[layer][fused]
+        a, b = self.buffers[layer][fused]  # [in, S, W], [S, W, out]
         d_in, slots, width = a.shape
-        if step.runs is None:
+        if step.onehot is not None:
             xa = x @ a.view(d_in, slots * width)
             return torch.addmm(y, xa.mul_(step.mask(width)), b.view(slots * width, -1))
-        for slot, start, end in step.runs:
-            y[start:end] += (x[start:end] @ a[:, slot]) @ b[slot]
-        return y
+        if step.single is not None:
+            return torch.addmm(y, x @ a[:, step.single], b[step.single])
+        a = a.permute(1, 0, 2)  # [S, in, W], a strided view
+        if step.groups is not None:
+            a, b = a[step.groups], b[step.groups]
+        d = torch.bmm(torch.bmm(x[step.index], a), b)  # [G, M, out]
+        return y.index_add_(0, step.rows, d.view(-1, d.shape[-1])[step.pos])

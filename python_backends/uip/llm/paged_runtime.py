@@ -32,7 +32,7 @@ LoRA (spec parameters `lora_dir`, `lora_max_rank`, `lora_max_adapters`; lora.py)
 `lora_name` is read from the adapter directory on enqueue (unknown or too large: InvalidInput)
 unless resident, gets a device slot on admission (it waits while every slot is in use), and
 its rows get their adapter's delta in the step's forward; its prefix-cache chain is salted
-with the adapter. Decode steps with adapter rows run eagerly, not as a CUDA graph.
+with the adapter. Decode steps with adapter rows replay CUDA graphs too (cuda_graphs.py).
 
 Admission: at most `max_requests_per_batch` sequences run at once; at most
 `max_waiting_requests` wait, beyond which `enqueue` raises `EngineOverloaded`.
@@ -477,8 +477,7 @@ class PagedEngine(Engine):
         sched = self.scheduler
         return (self.graphs is not None and not sched.waiting
                 and len(sched.running) <= self.graphs.max_batch
-                and not any(seq.owner.needs_host_tokens or seq.owner.lora_slot
-                            for seq in sched.running))
+                and not any(seq.owner.needs_host_tokens for seq in sched.running))
 
     def _take_slot(self, req: _Request) -> bool:
         """Put the request's adapter in a device slot (lock held); False: all are in use,
@@ -537,18 +536,19 @@ class PagedEngine(Engine):
                 rows_out.append(len(ids) - 1)
         t1 = time.perf_counter()
         self.step_seconds["prepare"] += t1 - t0
-        lora = self.lora.step(lora_rows) if self.lora is not None else None
-        if pending is not None:  # overlap: never with adapter rows (_can_overlap)
+        if pending is not None:
             logits = self.graphs.run(ids, positions, slots, decode_tables, decode_lens,
-                                     prev=(pending.tokens, src))
-        elif (self.graphs is not None and not prefills and lora is None
+                                     prev=(pending.tokens, src), lora_slots=lora_rows)
+        elif (self.graphs is not None and not prefills
                 and len(ids) <= self.graphs.max_batch):
-            logits = self.graphs.run(ids, positions, slots, decode_tables, decode_lens)
-        elif (self.prefill_graphs is not None and lora is None and not decode_tables
+            logits = self.graphs.run(ids, positions, slots, decode_tables, decode_lens,
+                                     lora_slots=lora_rows)
+        elif (self.prefill_graphs is not None and not any(lora_rows) and not decode_tables
               and len(prefills) == 1 and prefills[0][2] == prefills[0][1]  # no cached prefix
               and self.prefill_graphs.fits(len(ids))):
             logits = self.prefill_graphs.run(ids, slots)
         else:
+            lora = self.lora.step(lora_rows) if self.lora is not None else None
             dev = self.runner.device
             meta = build_meta(slots, decode_tables, decode_lens, prefills, bs, dev)
             logits = self.runner.forward(to_device(ids, dev), to_device(positions, dev), meta,
