@@ -23,7 +23,7 @@ if ! python -c "import uip.gateway.app, aiohttp" 2>/dev/null; then
   printf "/tmp/site\n$PWD/python_backends\n" > "$SP/uip-dev.pth"  # the stub ignores PYTHONPATH
 fi
 python -c "import grpc, uvloop, httptools, fastapi, aiohttp, sqlalchemy, sqlite_vec, psutil
-import sqlite3; assert hasattr(sqlite3.Connection, 'enable_load_extension'), 'no sqlite extensions'
+from uip.gateway.store import sqlite_module; sqlite_module()  # a sqlite3 that loads extensions
 " || { echo "run_gateway.sh: a module is missing (see benchmarks/gpu/README.md)"; exit 1; }
 echo "cores: $(nproc); $(uptime)" | tee "$OUT/gateway-$LABEL.txt"
 timeout "${BENCH_TIMEOUT:-230}" python -c "from uip.cli import main; main()" bench gateway \
