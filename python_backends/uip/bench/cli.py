@@ -172,11 +172,17 @@ def bench_gateway(
     model_repository: Path = typer.Option(DEFAULT_REPOSITORY),
     out: Path = typer.Option(PROJECT_ROOT / "benchmarks" / "results"),
     label: str = typer.Option("", help="name suffix for the result files (default: host kind)"),
+    rounds: int = typer.Option(2, min=1, help="rounds per level; the paths alternate in each"),
+    requests: int = typer.Option(3, min=1, help="requests each stream makes per round"),
+    max_tokens: int = typer.Option(64, min=1, help="output tokens per request (greedy)"),
+    cpus: str = typer.Option("", help="pin SERVER:GATEWAY:CLIENT to CPU lists "
+                             "(e.g. 0-11:12-13:14-15), or 'auto' (8+ cores)"),
 ) -> None:
     """Chat streaming through the OpenAI gateway vs llm_bls over gRPC directly, same run."""
     from uip.bench.gateway_run import run_gateway_bench
 
-    run_gateway_bench(concurrency, url, model_repository, out, label)
+    run_gateway_bench(concurrency, url, model_repository, out, label, rounds, requests,
+                      max_tokens, cpus)
 
 
 def profile_command(model: str):

@@ -7,13 +7,15 @@ tritonclient's gRPC aio for the direct path, aiohttp for the gateway's SSE; each
 decodes every message it gets). The two paths alternate in `rounds` (direct, gateway, then
 gateway, direct, ...) so a load that drifts on a shared machine falls on both alike; tokens
 and seconds are summed over the rounds. TTFT is until the first non-empty text on both paths.
-Reported: output tokens/s, the p50 TTFT of each, the gateway's ratio and added p50 TTFT.
+Reported: output tokens/s, the p50 TTFT of each, the gateway's ratio and added p50 TTFT, pooled
+and as the median (min, max) of the per-round pairs, and CPU time per token of each process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -127,12 +129,64 @@ def _us_per_token(run: Run, who: str) -> float:
     return (run.cpu or {}).get(who, 0.0) / max(run.tokens, 1) * 1e6
 
 
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    """(median, min, max)."""
+    return statistics.median(values), min(values), max(values)
+
+
+def _row(c: int, requests: int, runs: dict[str, list[Run]]) -> dict[str, float]:
+    """One level's row: pooled tok/s and p50 TTFT over all rounds, and the spread of the
+    per-round comparisons (round r's gateway run against round r's direct run, which ran
+    right before or after it): on a shared machine the median of those pairs is the figure
+    to judge, the min-max says how far the machine let it wander."""
+    direct, via = _summed(runs["direct"]), _summed(runs["gateway"])
+    if direct.tokens != via.tokens:  # greedy: both paths must make the same tokens
+        raise RuntimeError(f"{c} streams: direct made {direct.tokens} tokens, the "
+                           f"gateway {via.tokens}; they are not the same work")
+    pairs = list(zip(runs["direct"], runs["gateway"], strict=True))
+    ratio = _spread([g.tok_per_s / d.tok_per_s for d, g in pairs])
+    added = _spread([g.ttft_p50_ms - d.ttft_p50_ms for d, g in pairs])
+    return {
+        "streams": c,
+        "rounds": len(pairs),
+        "tokens_per_request": direct.tokens / (c * requests * len(pairs)),
+        "direct_tok_per_s": direct.tok_per_s,
+        "gateway_tok_per_s": via.tok_per_s,
+        "gateway/direct": via.tok_per_s / direct.tok_per_s,
+        "ratio_median": ratio[0], "ratio_min": ratio[1], "ratio_max": ratio[2],
+        "direct_ttft_p50_ms": direct.ttft_p50_ms,
+        "gateway_ttft_p50_ms": via.ttft_p50_ms,
+        "added_ttft_p50_ms": via.ttft_p50_ms - direct.ttft_p50_ms,
+        "added_ttft_median_ms": added[0], "added_ttft_min_ms": added[1],
+        "added_ttft_max_ms": added[2],
+        "server_cpu_us_per_token": _us_per_token(direct, "server"),
+        "gateway_cpu_us_per_token": _us_per_token(via, "gateway"),
+        "direct_client_cpu_us_per_token": _us_per_token(direct, "client"),
+        "gateway_client_cpu_us_per_token": _us_per_token(via, "client"),
+        "load_1m": os.getloadavg()[0],
+    }
+
+
+def verdict(rows: list[dict[str, float]], ratio: float = 0.95, added_ms: float = 3.0
+            ) -> list[str]:
+    """The issue's targets per level, judged on the per-round medians."""
+    out = []
+    for r in rows:
+        ok = r["ratio_median"] >= ratio and r["added_ttft_median_ms"] <= added_ms
+        out.append(f"{r['streams']:>3} streams: gateway/direct {r['ratio_median']:.3f} "
+                   f"[{r['ratio_min']:.3f}..{r['ratio_max']:.3f}] (>= {ratio}), added p50 "
+                   f"TTFT {r['added_ttft_median_ms']:+.1f} ms [{r['added_ttft_min_ms']:+.1f}.."
+                   f"{r['added_ttft_max_ms']:+.1f}] (<= {added_ms}): "
+                   f"{'met' if ok else 'NOT met'}")
+    return out
+
+
 async def compare(grpc_url: str, gateway_url: str, levels: list[int], requests: int,
                   max_tokens: int, rounds: int = 2, gateway_pid: int | None = None,
                   server_pid: int | None = None) -> list[dict[str, float]]:
-    """One row per concurrency level. With the pids, also the CPU time per output token of
-    the bench's client, the gateway and tritonserver with its stubs (0 where unknown): a
-    measure of the gateway's cost that the machine's load does not skew."""
+    """One row per concurrency level (see `_row`). With the pids, also the CPU time per
+    output token of the bench's client, the gateway and tritonserver with its stubs (0 where
+    unknown): a measure of the gateway's cost that the machine's load does not skew."""
     import tritonclient.grpc.aio as grpcaio
 
     from uip.gateway.chat_template import formatter_for
@@ -153,23 +207,6 @@ async def compare(grpc_url: str, gateway_url: str, levels: list[int], requests: 
             for r in range(rounds):
                 for name in (("direct", "gateway") if r % 2 == 0 else ("gateway", "direct")):
                     runs[name].append(await _sweep(paths[name], c, requests, pids))
-            direct, via = _summed(runs["direct"]), _summed(runs["gateway"])
-            if direct.tokens != via.tokens:  # greedy: both paths must make the same tokens
-                raise RuntimeError(f"{c} streams: direct made {direct.tokens} tokens, the "
-                                   f"gateway {via.tokens}; they are not the same work")
-            rows.append({
-                "streams": c,
-                "tokens_per_request": direct.tokens / (c * requests * rounds),
-                "direct_tok_per_s": direct.tok_per_s,
-                "gateway_tok_per_s": via.tok_per_s,
-                "gateway/direct": via.tok_per_s / direct.tok_per_s,
-                "direct_ttft_p50_ms": direct.ttft_p50_ms,
-                "gateway_ttft_p50_ms": via.ttft_p50_ms,
-                "added_ttft_p50_ms": via.ttft_p50_ms - direct.ttft_p50_ms,
-                "server_cpu_us_per_token": _us_per_token(direct, "server"),
-                "gateway_cpu_us_per_token": _us_per_token(via, "gateway"),
-                "direct_client_cpu_us_per_token": _us_per_token(direct, "client"),
-                "gateway_client_cpu_us_per_token": _us_per_token(via, "client"),
-            })
+            rows.append(_row(c, requests, runs))
     await client.close()
     return rows

@@ -77,14 +77,18 @@ def formatter_for(artifact: str) -> ChatFormatter:
         raise ApiError(503, f"tokenizer artifact {artifact!r} cannot be loaded: {e}") from None
 
 
-def prompt_of(artifact: str, messages: list[dict[str, str]]) -> tuple[str, int]:
-    """The chat prompt and its token count; a template that refuses the messages is a 400."""
-    fmt = formatter_for(artifact)
+def render(artifact: str, messages: list[dict[str, str]]) -> str:
+    """The chat prompt; a template that refuses the messages is a 400."""
     try:
-        prompt = fmt.render(messages)
+        return formatter_for(artifact).render(messages)
     except ChatTemplateError as e:
         raise ApiError(400, str(e), "messages") from None
-    return prompt, fmt.count_tokens(prompt)
+
+
+def prompt_of(artifact: str, messages: list[dict[str, str]]) -> tuple[str, int]:
+    """The chat prompt and its token count."""
+    prompt = render(artifact, messages)
+    return prompt, formatter_for(artifact).count_tokens(prompt)
 
 
 @lru_cache(maxsize=16)

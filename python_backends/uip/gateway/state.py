@@ -39,7 +39,8 @@ class Gateway:
         self.http = httpx.AsyncClient()
         self.store = store
         self.limiter = limiter or Limiter()
-        self._writes: set[asyncio.Task] = set()
+        self._rows: list[tuple] = []  # usage rows not yet written
+        self._writer: asyncio.Task | None = None
         self._jobs: set[asyncio.Task] = set()  # background work (file ingestion)
         self._watch = asyncio.ensure_future(self._watch_keys()) if store is not None else None
 
@@ -69,8 +70,8 @@ class Gateway:
             task.cancel()
         if self._jobs:
             await asyncio.gather(*self._jobs, return_exceptions=True)
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
         await self.triton.close()
         await self.http.aclose()
         if self.store is not None:
@@ -80,19 +81,25 @@ class Gateway:
                            prompt_tokens: int = 0, completion_tokens: int = 0,
                            images: int = 0) -> None:
         """Count the tokens against the key's tpm now; write the usage row in the background
-        (the response does not wait for the database)."""
+        (the response does not wait for the database). Rows that come while a write runs are
+        written together in the next one: one transaction and one thread hop per batch."""
         self.limiter.spend(caller, prompt_tokens + completion_tokens)
         if self.store is not None:
-            task = asyncio.ensure_future(self.store.run(
-                self.store.add_usage, caller.key_id, model, endpoint, prompt_tokens,
-                completion_tokens, images))
-            self._writes.add(task)
-            task.add_done_callback(self._written)
+            self._rows.append((caller.key_id, model, endpoint, prompt_tokens,
+                               completion_tokens, images))
+            if self._writer is None:
+                self._writer = asyncio.ensure_future(self._write_rows())
 
-    def _written(self, task: asyncio.Task) -> None:
-        self._writes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("usage row not written: %s", task.exception())
+    async def _write_rows(self) -> None:
+        try:
+            while self._rows:
+                rows, self._rows = self._rows, []
+                try:
+                    await self.store.run(self.store.add_usages, rows)
+                except Exception as e:  # noqa: BLE001 - usage must not break responses
+                    log.error("%d usage rows not written: %s", len(rows), e)
+        finally:
+            self._writer = None
 
 
 async def gateway(request: Request) -> Gateway:

@@ -181,12 +181,13 @@ class Store:
 
     # ----------------------------------------------------------------------------- usage
 
-    def add_usage(self, key_id: str | None, model: str, endpoint: str, prompt_tokens: int,
-                  completion_tokens: int, images: int) -> None:
+    def add_usages(self, rows: list[tuple]) -> None:
+        """Usage rows (key id, model, endpoint, prompt and completion tokens, images), in
+        one transaction."""
+        now = time.time()
         with self.session() as s, s.begin():
-            s.add(Usage(created_at=time.time(), key_id=key_id, model=model, endpoint=endpoint,
-                        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                        images=images))
+            s.add_all([Usage(created_at=now, key_id=k, model=m, endpoint=e, prompt_tokens=p,
+                             completion_tokens=c, images=i) for k, m, e, p, c, i in rows])
 
     def usage_rows(self, key_id: str | None = None) -> list[Usage]:
         with self.session() as s:

@@ -10,13 +10,14 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 
 from uip.gateway import sse
-from uip.gateway.chat_template import formatter_for, prompt_of
+from uip.gateway.chat_template import formatter_for, render
 from uip.gateway.errors import ApiError
 from uip.gateway.llm import Delta, GenParams, generate
 from uip.gateway.retrieval import citations
@@ -123,9 +124,16 @@ class Opened:
     needed any more."""
 
     target: Target
-    prompt_tokens: int
+    prompt: str = ""  # the prompt sent to Triton: its tokens are counted when usage is due
     choices: list[AsyncIterator[Delta]] | None = None  # one delta stream per choice
     external: Any = None  # an external JSON answer, or its stream of SSE payloads
+
+    @cached_property
+    def prompt_tokens(self) -> int:
+        """Counted after the generation (usage comes last), not before its first token."""
+        if self.target.tokenizer is None:
+            return 0
+        return formatter_for(self.target.tokenizer).count_tokens(self.prompt)
 
 
 async def _open(g: Gateway, job: TextJob, target: Target) -> Opened:
@@ -134,20 +142,17 @@ async def _open(g: Gateway, job: TextJob, target: Target) -> Opened:
         if job.stream:
             lines = external_stream(g.http, target, job.path, body)
             first = await anext(lines)  # connects: errors here fall back
-            return Opened(target, 0, external=(first, lines))
-        return Opened(target, 0, external=await external_json(g.http, target, job.path, body))
+            return Opened(target, external=(first, lines))
+        return Opened(target, external=await external_json(g.http, target, job.path, body))
     assert target.tokenizer is not None  # the spec requires one for llm models
-    if job.messages is not None:
-        prompt, tokens = prompt_of(target.tokenizer, job.messages)
-    else:
-        prompt = job.prompt or ""
-        tokens = formatter_for(target.tokenizer).count_tokens(prompt)
+    prompt = (render(target.tokenizer, job.messages) if job.messages is not None
+              else job.prompt or "")
     timeout = g.spec.limits.stream_timeout_s
     params = job.params if target.lora is None else replace(job.params, lora_name=target.lora)
     streams = [generate(g.triton, target.triton, prompt, params, timeout, i)
                for i in range(job.params.n)]
     firsts = await _first_deltas(streams)
-    return Opened(target, tokens, [_primed(f, s) for f, s in zip(firsts, streams, strict=True)])
+    return Opened(target, prompt, [_primed(f, s) for f, s in zip(firsts, streams, strict=True)])
 
 
 async def _first_deltas(streams: list[AsyncIterator[Delta]]) -> list[Delta]:
@@ -273,21 +278,29 @@ async def _events(g: Gateway, caller: Caller, job: TextJob, opened: Opened, rid:
                 yield chunks.event([], usage(opened.prompt_tokens, completion))
             yield sse.event("[DONE]")
             return
+        # One write per token: the role chunks go out with the first token (it is already
+        # in), the last finish chunk with the usage chunk and [DONE].
+        out = ""
         if job.kind == "chat" or job.echo:
             text = "" if job.kind == "chat" else job.echo
-            for i in range(n):
-                yield chunks.event([job.choice(i, text, None, True, first=True)])
+            out = "".join(chunks.event([job.choice(i, text, None, True, first=True)])
+                          for i in range(n))
+        left = n
         async for i, d in merged:
             if d.text:
                 answers[i] += d.text
-                yield chunks.text(i, d.text)
+                out += chunks.text(i, d.text)
             if d.finish_reason is not None:
                 completion += d.completion_tokens
-                yield chunks.event([job.choice(i, None, d.finish_reason, True,
-                                               whole=answers[i])])
+                left -= 1
+                out += chunks.event([job.choice(i, None, d.finish_reason, True,
+                                                whole=answers[i])])
+            if out and left:
+                yield out
+                out = ""
         if job.include_usage:
-            yield chunks.event([], usage(opened.prompt_tokens, completion))
-        yield sse.event("[DONE]")
+            out += chunks.event([], usage(opened.prompt_tokens, completion))
+        yield out + sse.event("[DONE]")
     except ApiError as e:  # after the headers: OpenAI's SDK raises on an error event
         yield sse.event(e.body())
     finally:

@@ -15,19 +15,22 @@ def read_config(path: Path) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
-def _artifacts(repository: Path) -> set[str]:
-    """Every `artifact` parameter of the repository's models."""
+def _artifacts(repository: Path, models: list[str] | None = None) -> set[str]:
+    """Every `artifact` parameter of the repository's models (or of `models` only)."""
     values = set()
-    for cfg_path in sorted(repository.glob("*/config.pbtxt")):
+    paths = (sorted(repository.glob("*/config.pbtxt")) if models is None
+             else [repository / m / "config.pbtxt" for m in models])
+    for cfg_path in paths:
         params = read_config(cfg_path).parameters
         if "artifact" in params:
             values.add(params["artifact"].string_value)
     return values
 
 
-def needed(repository: Path) -> list[str]:
-    """Default artifact names (relative `artifact` parameters with a builder) the models use."""
-    return sorted(v for v in _artifacts(repository)
+def needed(repository: Path, models: list[str] | None = None) -> list[str]:
+    """Default artifact names (relative `artifact` parameters with a builder) the models (or
+    those of `models`) use."""
+    return sorted(v for v in _artifacts(repository, models)
                   if not Path(v).is_absolute() and v in BUILDERS)
 
 
