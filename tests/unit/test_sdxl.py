@@ -187,3 +187,25 @@ def test_limits_from_the_spec_and_no_cuda_graphs(sdxl_tiny_dir):
         SDXLLimits.from_settings({"max_crop": "1"})
     with pytest.raises(ValueError, match="cuda_graphs is not supported for SDXL"):
         UNetXL(sdxl_tiny_dir, accel=Acceleration(cuda_graphs=True))
+
+
+def test_optional_spec_and_bench_settings():
+    """specs/optional renders stable_diffusion_xl alone; `uip bench sd --config sdxl*` targets
+    it (1024x1024 by default for SDXL base shapes)."""
+    from uip.bench.sd import Settings
+    from uip.core.paths import DEFAULT_SPECS
+    from uip.spec.schema import load_specs
+
+    (spec,) = load_specs(DEFAULT_SPECS / "optional")
+    assert [m.name for m in spec.models] == ["stable_diffusion_xl"]
+    assert spec.models[0].parameters["placement"] == "colocated"
+    kw = dict(artifact=None, device="cpu", dtype=None, steps=2, size=None, guidance=5.0,
+              scheduler="euler", concurrency=[1], requests_per_level=1, rounds=1, repeat=1,
+              orchestrators=None, unet_queue_delay_us=None, placement=None, max_batch=None,
+              sd_param=[], server_arg=[], url=None, skip_diffusers=True, skip_triton=True,
+              out=None)
+    xl = Settings(config="sdxl", **kw)
+    assert (xl.model, xl.size, xl.orchestrators) == ("stable_diffusion_xl", 1024, 1)
+    assert Settings(config="tiny", **kw).model == "stable_diffusion"
+    with pytest.raises(ValueError, match="only the colocated placement"):
+        Settings(config="sdxl-tiny", **{**kw, "placement": "separate"})
