@@ -126,7 +126,7 @@ def artifact_for(args) -> Path:
     return dest
 
 
-def spec_instances(spec_file: Path) -> int:
+def spec_instances(spec_file: Path = DEFAULT_SPECS / "stable_diffusion.yaml") -> int:
     from uip.spec.schema import load_spec
 
     return load_spec(spec_file).models[0].instances[0].count  # the orchestrator comes first
