@@ -27,6 +27,12 @@ def sd_tiny_dir():
 
 
 @pytest.fixture(scope="session")
+def sdxl_tiny_dir():
+    """artifacts/sdxl-tiny (a diffusers StableDiffusionXLPipeline folder)."""
+    return _artifact("sdxl-tiny")
+
+
+@pytest.fixture(scope="session")
 def llm_tiny_lora_dir(llm_tiny_dir, tmp_path_factory):
     """An adapter directory with PEFT LoRA adapters `alpha` (rank 4) and `beta` (rank 8) of
     llm-tiny (build_scripts/build_llm_tiny_lora.py)."""

@@ -15,6 +15,7 @@ BUILDERS: dict[str, str] = {
     "embedding": "uip.artifacts.embedding:build",
     "llm-tiny": "uip.artifacts.llm_tiny:build",
     "sd-tiny": "uip.artifacts.sd_tiny:build",
+    "sdxl-tiny": "uip.artifacts.sdxl_tiny:build",
 }
 
 

@@ -117,14 +117,16 @@ def parse_levels(concurrency: str) -> list[int]:
 
 
 def bench_sd(
-    config: Literal["tiny", "sd15"] = typer.Option(
-        "tiny", help="tiny (artifacts/sd-tiny) or sd15 (SD 1.5-shaped random weights)"),
+    config: Literal["tiny", "sd15", "sdxl-tiny", "sdxl"] = typer.Option(
+        "tiny", help="tiny (artifacts/sd-tiny), sd15 (SD 1.5-shaped random weights), sdxl-tiny "
+        "(artifacts/sdxl-tiny) or sdxl (SDXL base-shaped random weights): sdxl* are served by "
+        "stable_diffusion_xl (specs/optional)"),
     artifact: Path = typer.Option(None, help="any diffusers SD folder instead"),
     device: Literal["cpu", "cuda"] = typer.Option("cpu"),
     dtype: Literal["float32", "float16", "bfloat16"] = typer.Option(
         None, help="default: float32 on CPU, float16 on CUDA"),
     steps: int = typer.Option(50),
-    size: int = typer.Option(None, help="default: 64 (tiny), 512 (sd15)"),
+    size: int = typer.Option(None, help="default: 64 (tiny), 512 (sd15), 1024 (sdxl)"),
     guidance: float = typer.Option(7.5),
     scheduler: str = typer.Option("ddim"),
     concurrency: str = typer.Option("1,2,4,8", help="comma-separated concurrency levels"),

@@ -1,5 +1,5 @@
-"""`uip bench sd`: Triton (`stable_diffusion` over gRPC) beside diffusers'
-StableDiffusionPipeline in-process, on the same folder, in the same run.
+"""`uip bench sd`: Triton (`stable_diffusion` or `stable_diffusion_xl` over gRPC) beside
+diffusers' StableDiffusion(XL)Pipeline in-process, on the same folder, in the same run.
 
   # CPU, the tiny model (starts its own tritonserver on a repository rendered from the spec):
   uip bench sd --out benchmarks/results/sd_cpu.md
@@ -7,6 +7,11 @@ StableDiffusionPipeline in-process, on the same folder, in the same run.
   # (builds artifacts/sd15-random, ~2 GB, on first use; one orchestrator batching the steps):
   uip bench sd --config sd15 --device cuda --placement colocated \
       --out benchmarks/results/sd15-h200.md
+  # SDXL (stable_diffusion_xl, its optional spec; co-located): the tiny SDXL folder on CPU,
+  # or SDXL base-shaped random fp16 weights at 1024x1024 on a GPU (artifacts/sdxl-random, ~7 GB):
+  uip bench sd --config sdxl-tiny --steps 10 --concurrency 1,4
+  uip bench sd --config sdxl --device cuda --steps 30 --guidance 5 --scheduler euler \
+      --out benchmarks/results/sdxl-h200.md
   # against a server that is already running (no server start):
   uip bench sd --url localhost:8001 --skip-diffusers
 
@@ -77,49 +82,69 @@ class Settings:
 
     def __post_init__(self) -> None:
         self.dtype = self.dtype or ("float16" if self.device == "cuda" else "float32")
-        self.size = self.size or (512 if self.config == "sd15" else 64)
-        self.orchestrators = self.orchestrators or spec_instances()
+        self.size = self.size or {"sd15": 512, "sdxl": 1024}.get(self.config, 64)
+        self.orchestrators = self.orchestrators or spec_instances(self.spec_file)
+        if self.xl and self.placement not in (None, "colocated"):
+            raise ValueError("stable_diffusion_xl has only the colocated placement")
+
+    @property
+    def xl(self) -> bool:
+        """An SDXL config: served by stable_diffusion_xl (specs/optional), co-located."""
+        return self.config.startswith("sdxl")
+
+    @property
+    def model(self) -> str:
+        return "stable_diffusion_xl" if self.xl else "stable_diffusion"
+
+    @property
+    def spec_file(self) -> Path:
+        if self.xl:
+            return DEFAULT_SPECS / "optional" / "stable_diffusion_xl.yaml"
+        return DEFAULT_SPECS / "stable_diffusion.yaml"
 
 
 def artifact_for(args) -> Path:
     from uip import artifacts
-    from uip.artifacts import sd_tiny
+    from uip.artifacts import sd_tiny, sdxl_tiny
 
     if args.artifact:
         return Path(args.artifact).resolve()
-    if args.config == "tiny":
-        artifacts.ensure(["sd-tiny"])
-        return artifacts_root() / "sd-tiny"
-    dest = artifacts_root() / "sd15-random"
+    if args.config in ("tiny", "sdxl-tiny"):
+        name = "sd-tiny" if args.config == "tiny" else "sdxl-tiny"
+        artifacts.ensure([name])
+        return artifacts_root() / name
+    name, build = {"sd15": ("sd15-random", sd_tiny.build),
+                   "sdxl": ("sdxl-random", sdxl_tiny.build)}[args.config]
+    dest = artifacts_root() / name
     if not dest.exists():
-        print(f"building {dest} (SD 1.5 shapes, random {args.dtype} weights) ...", flush=True)
-        with tempfile.TemporaryDirectory(dir=artifacts_root(), prefix=".sd15-") as tmp:
-            work = Path(tmp) / "sd15-random"
-            sd_tiny.build(work, config="sd15", dtype=args.dtype)
+        print(f"building {dest} ({args.config} shapes, random {args.dtype} weights) ...",
+              flush=True)
+        with tempfile.TemporaryDirectory(dir=artifacts_root(), prefix=f".{name}-") as tmp:
+            work = Path(tmp) / name
+            build(work, config=args.config, dtype=args.dtype)
             work.rename(dest)
     return dest
 
 
-def spec_instances() -> int:
+def spec_instances(spec_file: Path = DEFAULT_SPECS / "stable_diffusion.yaml") -> int:
     from uip.spec.schema import load_spec
 
-    spec = load_spec(DEFAULT_SPECS / "stable_diffusion.yaml")
-    return next(m for m in spec.models if m.name == "stable_diffusion").instances[0].count
+    return load_spec(spec_file).models[0].instances[0].count  # the orchestrator comes first
 
 
 def render_repository(args, folder: Path, out: Path) -> None:
-    """The stable_diffusion spec, adapted: artifact, orchestrator count, GPU + dtype."""
+    """The stable_diffusion(_xl) spec, adapted: artifact, orchestrator count, GPU + dtype."""
     from uip.repo.render import build_repository
     from uip.spec.schema import DeploymentSpec, load_spec
 
-    data = copy.deepcopy(load_spec(DEFAULT_SPECS / "stable_diffusion.yaml").model_dump())
+    data = copy.deepcopy(load_spec(args.spec_file).model_dump())
     wire = {"float32": "FP32", "float16": "FP16", "bfloat16": "BF16"}[args.dtype]
     if args.placement == "colocated":  # the networks live in stable_diffusion's process
-        data["models"] = [m for m in data["models"] if m["name"] == "stable_diffusion"]
+        data["models"] = [m for m in data["models"] if m["name"] == args.model]
     for m in data["models"]:
         if m.get("artifact"):
             m["artifact"] = {"path": str(folder), "sha256": {}}
-        if m["name"] == "stable_diffusion":
+        if m["name"] == args.model:
             m["instances"][0]["count"] = args.orchestrators
             if args.placement:
                 m["parameters"]["placement"] = args.placement
@@ -194,7 +219,7 @@ def run_level(args, url: str, c: int, total: int) -> tuple[list[float], float]:
                 return
             inputs = infer_inputs(grpcclient, PROMPT, **options(args, i))
             t0 = time.perf_counter()
-            client.infer("stable_diffusion", inputs, client_timeout=3600)
+            client.infer(args.model, inputs, client_timeout=3600)
             with lock:
                 latencies.append(time.perf_counter() - t0)
 
@@ -218,7 +243,7 @@ def triton_level(args, url: str, admin, c: int, headers: dict[str, str]) -> dict
     queue_ms = (e1[2] - e0[2]) / max(requests, 1) / 1e6
     # compute time is counted per request: a batch of k requests adds its time k times
     compute_ms = (e1[3] - e0[3]) / max(requests, 1) / 1e6
-    return dict(engine="Triton stable_diffusion (gRPC)", c=c, n=total,
+    return dict(engine=f"Triton {args.model} (gRPC)", c=c, n=total,
                 lat=statistics.mean(latencies), p50=statistics.median(latencies),
                 ips=total / wall, merged=(infs / execs / per_req) if execs else 0.0,
                 unet=f"{compute_ms:.1f} / {queue_ms:.1f}")
@@ -234,7 +259,7 @@ def bench_triton(args, url: str, admin_key: str | None = None) -> list[dict]:
     rows = []
     # warm-up: every orchestrator instance and the models' first calls
     warm = [threading.Thread(target=lambda i=i: grpcclient.InferenceServerClient(url).infer(
-        "stable_diffusion", infer_inputs(grpcclient, PROMPT, **options(args, i))))
+        args.model, infer_inputs(grpcclient, PROMPT, **options(args, i))))
         for i in range(args.orchestrators)]
     for t in warm:
         t.start()
@@ -251,7 +276,7 @@ def bench_triton(args, url: str, admin_key: str | None = None) -> list[dict]:
               f"{best['merged']:.2f} requests per UNet call, UNet ms compute / queued per step "
               f"{best['unet']}", flush=True)
     # one request alone, to compare with diffusers' image for the same inputs
-    args.triton_image = admin.infer("stable_diffusion", infer_inputs(
+    args.triton_image = admin.infer(args.model, infer_inputs(
         grpcclient, PROMPT, **options(args, 0)), client_timeout=3600).as_numpy("image")[0]
     return rows
 
@@ -259,10 +284,11 @@ def bench_triton(args, url: str, admin_key: str | None = None) -> list[dict]:
 def bench_diffusers(args, folder: Path) -> list[dict]:
     import torch
 
-    from uip.bench.sd_reference import DiffusersReference
+    from uip.bench.sd_reference import DiffusersReference, DiffusersXLReference
     from uip.sd.models import torch_dtype
 
-    ref = DiffusersReference(folder, device=args.device, dtype=torch_dtype(args.dtype))
+    cls = DiffusersXLReference if args.xl else DiffusersReference
+    ref = cls(folder, device=args.device, dtype=torch_dtype(args.dtype))
     rows = []
 
     def sync():

@@ -1,4 +1,5 @@
-"""diffusers' own StableDiffusionPipeline on the same folder: the reference our images equal.
+"""diffusers' own StableDiffusionPipeline (and StableDiffusionXLPipeline) on the same folder:
+the reference our images equal.
 
 The in-process side of `uip bench sd` (uip.bench.sd), and what tests/unit/test_sd_loop.py and
 tests/integration/test_sd.py compare the served images with. The scheduler is switched the way
@@ -17,11 +18,15 @@ from uip.sd.schedulers import SCHEDULERS
 
 
 class DiffusersReference:
+    pipeline_class = "StableDiffusionPipeline"
+    pipeline_kwargs: dict = {}
+
     def __init__(self, folder: Path, device: str = "cpu", dtype: torch.dtype | None = None):
-        from diffusers import StableDiffusionPipeline
+        import diffusers
 
         kw = {"torch_dtype": dtype} if dtype is not None else {}
-        self.pipe = StableDiffusionPipeline.from_pretrained(Path(folder), **kw).to(device)
+        cls = getattr(diffusers, self.pipeline_class)
+        self.pipe = cls.from_pretrained(Path(folder), **kw, **self.pipeline_kwargs).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.base = self.pipe.scheduler
         self.default_scheduler = {v: k for k, v in SCHEDULERS.items()}.get(
@@ -36,8 +41,9 @@ class DiffusersReference:
     def images(self, prompts: list[str], negative_prompt: str | list[str] | None = "",
                steps: int = 50, guidance_scale: float = 7.5, seed: int = DEFAULT_SEED,
                height: int | None = None, width: int | None = None,
-               scheduler: str | None = None) -> np.ndarray:
-        """uint8 [B, H, W, 3], as the pipeline's PIL output (its numpy_to_pil arithmetic)."""
+               scheduler: str | None = None, **extra) -> np.ndarray:
+        """uint8 [B, H, W, 3], as the pipeline's PIL output (its numpy_to_pil arithmetic);
+        `extra`: more arguments of the pipeline's call."""
         self.pipe.scheduler = self.scheduler(scheduler)
         if isinstance(negative_prompt, str):
             negative_prompt = [negative_prompt] * len(prompts)
@@ -45,9 +51,24 @@ class DiffusersReference:
             prompts, negative_prompt=negative_prompt, num_inference_steps=steps,
             guidance_scale=guidance_scale, height=height, width=width,
             generator=torch.Generator(device="cpu").manual_seed(seed), output_type="np",
+            **extra,
         ).images
         return (out * 255).round().astype("uint8")
 
     def __call__(self, prompt: str, **kw) -> np.ndarray:
         """One image, uint8 [H, W, 3]."""
         return self.images([prompt], **kw)[0]
+
+
+class DiffusersXLReference(DiffusersReference):
+    """StableDiffusionXLPipeline (no watermark), with its own defaults: no negative prompt
+    (zero embeddings) and CFG 5.0; `extra` takes original_size, crops_coords_top_left,
+    target_size."""
+
+    pipeline_class = "StableDiffusionXLPipeline"
+    pipeline_kwargs = {"add_watermarker": False}
+
+    def images(self, prompts: list[str], negative_prompt: str | list[str] | None = None,
+               guidance_scale: float = 5.0, **kw) -> np.ndarray:
+        return super().images(prompts, negative_prompt=negative_prompt,
+                              guidance_scale=guidance_scale, **kw)

@@ -18,6 +18,13 @@ INPUT_DTYPES = {
     "height": np.int32,
     "width": np.int32,
     "scheduler": np.object_,
+    # stable_diffusion_xl's size conditioning
+    "original_height": np.int32,
+    "original_width": np.int32,
+    "crop_top": np.int32,
+    "crop_left": np.int32,
+    "target_height": np.int32,
+    "target_width": np.int32,
 }
 TRITON_DTYPES = {np.object_: "BYTES", np.int32: "INT32", np.float32: "FP32", np.int64: "INT64"}
 

@@ -188,9 +188,14 @@ class SDLoop:
         x = torch.cat([i[0] for i in inputs]) if len(jobs) > 1 else inputs[0][0]
         t = torch.cat([i[1].to(torch.float32) for i in inputs])
         hidden = torch.cat([j.hidden for j in jobs]) if len(jobs) > 1 else jobs[0].hidden
-        noise = self.unet(x, t, hidden)
+        noise = self._predict(jobs, x, t, hidden)
         for j, part in zip(jobs, torch.split(noise, [j.rows for j in jobs]), strict=True):
             j.step(part)
+
+    def _predict(self, jobs: list[Job], x: torch.Tensor, t: torch.Tensor,
+                 hidden: torch.Tensor) -> torch.Tensor:
+        """The batched UNet call (uip.sd.xl_loop adds SDXL's conditioning here)."""
+        return self.unet(x, t, hidden)
 
     def finish(self, jobs: list[Job]) -> list[np.ndarray]:
         """Decode the finished jobs (one latent shape) in one call: uint8 [H, W, 3] each."""

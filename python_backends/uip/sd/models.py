@@ -36,7 +36,7 @@ def _component_class(folder: Path, part: str):
 
 def _load(folder: Path, part: str, device: str, dtype: torch.dtype):
     cls = _component_class(folder, part)
-    kw = {"dtype": dtype} if part == "text_encoder" else {"torch_dtype": dtype}
+    kw = {"dtype": dtype} if part.startswith("text_encoder") else {"torch_dtype": dtype}
     model = cls.from_pretrained(Path(folder) / part, **kw)
     return model.to(device).eval()
 

@@ -34,7 +34,7 @@ from uip.sd.accel import Acceleration
 from uip.sd.batcher import StepBatcher
 from uip.sd.loop import Cancelled, PipelineInfo, SDLoop, load_tokenizer
 from uip.sd.models import TextEncoder, UNet, VaeDecoder, setup
-from uip.sd.request import DEFAULT_SEED, SDDefaults, SDLimits, parse_request
+from uip.sd.request import DEFAULT_SEED, SDDefaults, SDLimits, SDRequest, parse_request
 from uip.sd.schedulers import SchedulerFactory
 from uip.triton import pb
 
@@ -42,6 +42,9 @@ PLACEMENTS = ("separate", "colocated")
 
 
 class StableDiffusion:
+    limits_class = SDLimits  # hooks for uip.triton.models.stable_diffusion_xl
+    default_guidance = 7.5
+
     def initialize(self, args: dict[str, str]) -> None:
         default_threads = torch.get_num_threads()
         self.settings, self.device, self.dtype = setup(args)
@@ -49,20 +52,28 @@ class StableDiffusion:
         folder = s.artifact_dir()
         info = PipelineInfo.from_folder(folder)
         self.schedulers = SchedulerFactory.from_folder(folder)
-        limits = SDLimits.from_settings(s.limits)
+        limits = self.limits_class.from_settings(s.limits)
         if limits.max_steps > info.num_train_timesteps:  # set_timesteps refuses more
             limits = dataclasses.replace(limits, max_steps=info.num_train_timesteps)
         self.limits = limits
         height, width = info.default_size
         self.defaults = SDDefaults(
             steps=s.param("default_steps", 50, int),
-            guidance_scale=s.param("default_guidance_scale", 7.5, float),
+            guidance_scale=s.param("default_guidance_scale", self.default_guidance, float),
             seed=s.param("default_seed", DEFAULT_SEED, int),
             height=s.param("default_height", height, int),
             width=s.param("default_width", width, int),
             scheduler=self.schedulers.default_name,
         )
         self.size_multiple = info.vae_scale_factor
+        self.loop = self._make_loop(folder, info, default_threads)
+        self.schedulers.warm_up()
+        self.loop.tokenize("warm up")
+        self.batcher = StepBatcher(self.loop, max_batch=s.param("max_batch", 8, int),
+                                   max_waiting=s.param("max_waiting", 64, int)).start()
+
+    def _make_loop(self, folder, info: PipelineInfo, default_threads: int) -> SDLoop:
+        s = self.settings
         self.models = {
             "text": s.param("text_encoder_model", "sd_text_encoder"),
             "unet": s.param("unet_model", "sd_unet"),
@@ -81,12 +92,8 @@ class StableDiffusion:
             encode = TextEncoder(folder, self.device, self.dtype)
             unet = UNet(folder, self.device, self.dtype, accel=accel)
             decode = VaeDecoder(folder, self.device, self.dtype, accel=accel)
-        self.loop = SDLoop(load_tokenizer(folder), self.schedulers, info, encode, unet, decode,
-                           device=self.device, eta=s.param("eta", 0.0, float))
-        self.schedulers.warm_up()
-        self.loop.tokenize("warm up")
-        self.batcher = StepBatcher(self.loop, max_batch=s.param("max_batch", 8, int),
-                                   max_waiting=s.param("max_waiting", 64, int)).start()
+        return SDLoop(load_tokenizer(folder), self.schedulers, info, encode, unet, decode,
+                      device=self.device, eta=s.param("eta", 0.0, float))
 
     # --- the three models, called through BLS (placement: separate) --------------------------
     def _encode(self, ids: torch.Tensor) -> torch.Tensor:
@@ -110,14 +117,17 @@ class StableDiffusion:
     def _submit(self, request) -> None:
         sender = request.get_response_sender()
         try:
-            req = parse_request(pb.inputs_of(request), self.limits, self.defaults,
-                                check_scheduler=self.schedulers.check,
-                                size_multiple=self.size_multiple)
+            req = self._parse(pb.inputs_of(request))
             self.schedulers.check_steps(req.scheduler, req.steps)
             self.batcher.submit(req, sender.is_cancelled,
                                 lambda image, error: _answer(sender, image, error))
         except Exception as exc:  # noqa: BLE001 - INVALID_ARG / UNAVAILABLE / INTERNAL
             sender.send(pb.error_response(exc), flags=pb.final_flag())
+
+    def _parse(self, inputs) -> SDRequest:
+        return parse_request(inputs, self.limits, self.defaults,
+                             check_scheduler=self.schedulers.check,
+                             size_multiple=self.size_multiple)
 
     def execute(self, requests):
         for request in requests:
