@@ -123,7 +123,10 @@ class _Run:
                 else:
                     self.record("llm", "no_final", f"finish_reason {gen.finish_reason!r}")
             except GenerateError as e:
-                self.record("llm", "hung" if "no response within" in str(e) else "error", str(e))
+                # the request id and its age, to find it in the server log and metrics
+                self.record("llm", "hung" if "no response within" in str(e) else "error",
+                            f"{stream.request_id} after {time.monotonic() - t0:.0f} s, "
+                            f"{gen.responses} responses: {e}")
             except Exception as e:  # noqa: BLE001 - every failure is counted and reported
                 self.record("llm", "error", f"{type(e).__name__}: {e}")
             finally:
