@@ -35,7 +35,8 @@ def small_queue(tmp_path_factory):
     models = [m["name"] for m in data["models"]]
     for m in data["models"]:
         if m["name"] == "stable_diffusion":
-            m["batching"]["max_queue_size"] = QUEUE
+            # Triton's bounded queue needs a dynamic_batching block (the default spec has none)
+            m["batching"] = {"dynamic": {"max_queue_delay_us": 0}, "max_queue_size": QUEUE}
     build_repository([DeploymentSpec.model_validate(data)], folder / "repo")
     srv = start_test_server(folder / "repo", folder, [*TEST_FLAGS, "--exit-timeout-secs=5"])
     cfg = read_config(folder / "repo" / "stable_diffusion" / "config.pbtxt")

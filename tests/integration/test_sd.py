@@ -130,12 +130,17 @@ def _check_concurrent(server, grpc, reference, schedulers, steps=6):
                  lambda a: a[1] - before[1] >= 2 * sum(calls))
     executions, inferences = after[0] - before[0], after[1] - before[1]
     assert inferences == 2 * sum(calls)  # every step of every request: its [neg, pos] pair
-    # steps merge: fewer sd_unet calls than steps. The goal is max(calls) * ceil(6 / max_batch)
-    # (all six joining at once). Seen with the separate placement: 12 and 7 calls for 36 steps
-    # (goal 6) at load ~5, 27 at load ~15: requests that reach the batcher spread over its
-    # iterations join late (issue 12, open)
-    assert executions < sum(calls), \
-        f"{executions} sd_unet executions for 6 requests of {max(calls)} steps"
+    # requests sent together start together: one sd_unet call per iteration for all of them
+    bound = max(calls) * -(-len(opts) // _max_batch(server))
+    assert executions <= bound, \
+        f"{executions} sd_unet executions for 6 requests of {max(calls)} steps (bound {bound})"
+
+
+def _max_batch(server) -> int:
+    """The stable_diffusion spec's `max_batch` (requests stepped together), as served."""
+    cfg = httpclient.InferenceServerClient(server.http_url).get_model_config(
+        "stable_diffusion", headers=server.admin_headers("http"))  # a restricted API
+    return int(cfg["parameters"]["max_batch"]["string_value"])
 
 
 def test_concurrent_requests_share_unet_calls(server, grpc, reference):
@@ -156,7 +161,11 @@ def colocated(tmp_path_factory):
     cfg = repo / "stable_diffusion" / "config.pbtxt"
     text = cfg.read_text()
     assert text.count('string_value: "separate"') == 1
-    cfg.write_text(text.replace('string_value: "separate"', 'string_value: "colocated"'))
+    text = text.replace('string_value: "separate"', 'string_value: "colocated"')
+    # two requests stepped together: test_colocated_cancel_frees_a_slot fills both slots
+    assert text.count('key: "max_batch"\n  value {\n    string_value: "8"') == 1
+    cfg.write_text(text.replace('key: "max_batch"\n  value {\n    string_value: "8"',
+                                'key: "max_batch"\n  value {\n    string_value: "2"'))
     srv = TritonServer(repo, repo.parent / "server.log", extra=["--log-verbose=0"]).start()
     srv.wait_models()
     yield srv
@@ -176,6 +185,36 @@ def test_colocated_concurrent_requests(colocated, reference):
     _check_concurrent(colocated, None, reference, ["ddim", "pndm"])
     log = colocated.log()
     assert "uip/sd/" not in log and "uip/triton/models/sd" not in log
+
+
+def test_colocated_cancel_frees_a_slot(colocated):
+    """max_batch 2, both slots held by long requests: a third waits until a cancel frees one,
+    then runs while the other long request goes on."""
+    assert _max_batch(colocated) == 2
+    client = grpcclient.InferenceServerClient(colocated.grpc_url)
+    done: dict[str, threading.Event] = {}
+    errors: dict[str, object] = {}
+
+    def send(name, **opts):
+        done[name] = threading.Event()
+
+        def callback(result, error, name=name):
+            errors[name] = error
+            done[name].set()
+        return client.async_infer("stable_diffusion", infer_inputs(grpcclient, PROMPT, **opts),
+                                  callback=callback)
+
+    long = dict(steps=1000, scheduler="euler", height=64, width=64)
+    a, b = send("a", seed=1, **long), send("b", seed=2, **long)
+    send("c", steps=2, seed=3, height=64, width=64)
+    time.sleep(2.0)
+    assert not done["c"].is_set(), "a third request ran while max_batch 2 requests were active"
+    a.cancel()
+    assert done["c"].wait(60) and errors["c"] is None, errors.get("c")
+    assert done["a"].is_set() and "CANCELLED" in str(errors["a"]).upper()
+    assert not done["b"].is_set(), "the other long request should still be running"
+    b.cancel()
+    assert done["b"].wait(10) and "CANCELLED" in str(errors["b"]).upper()
 
 
 def test_grpc_cancel_stops_the_loop(server, grpc):

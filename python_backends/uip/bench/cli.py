@@ -210,4 +210,7 @@ def register(app: typer.Typer) -> None:
     from uip.bench.transfer import bench_transfer
 
     bench_app.command("transfer")(bench_transfer)
+    from uip.bench.memory import bench_memory
+
+    bench_app.command("memory")(bench_memory)
     app.add_typer(bench_app, name="bench")
