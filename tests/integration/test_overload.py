@@ -1,8 +1,9 @@
-"""Bounded queues: 4 x max_queue_size concurrent requests on a model with a small queue.
+"""Bounded queues: 4 x the bound concurrent requests on a model with a small one.
 
-`stable_diffusion` rendered with max_queue_size 2 (one loop at a time): the surplus gets
-HTTP 503 ("Exceeds maximum queue size") within 1 s, the rest complete with the right image,
-and the server stays healthy.
+`stable_diffusion` (which has no Triton queue: its step batcher takes every request at once
+and bounds what waits) rendered with `max_batch` 1 and `max_waiting` 1, so 2 requests fit:
+the surplus gets HTTP 503 (UNAVAILABLE, "limit max_waiting") within 1 s, the rest complete
+with the right image, and the server stays healthy.
 """
 
 from __future__ import annotations
@@ -35,12 +36,11 @@ def small_queue(tmp_path_factory):
     models = [m["name"] for m in data["models"]]
     for m in data["models"]:
         if m["name"] == "stable_diffusion":
-            # Triton's bounded queue needs a dynamic_batching block (the default spec has none)
-            m["batching"] = {"dynamic": {"max_queue_delay_us": 0}, "max_queue_size": QUEUE}
+            m["parameters"].update(max_batch=1, max_waiting=QUEUE - 1)
     build_repository([DeploymentSpec.model_validate(data)], folder / "repo")
     srv = start_test_server(folder / "repo", folder, [*TEST_FLAGS, "--exit-timeout-secs=5"])
     cfg = read_config(folder / "repo" / "stable_diffusion" / "config.pbtxt")
-    assert cfg.dynamic_batching.default_queue_policy.max_queue_size == QUEUE
+    assert cfg.parameters["max_waiting"].string_value == str(QUEUE - 1)
     yield srv, models
     srv.stop()
 
@@ -67,7 +67,7 @@ def test_surplus_is_refused_at_once_and_the_rest_served(small_queue):
     refused = [r for r in results if r[0] != "ok"]
     assert refused, f"nothing refused with {n} requests on a queue of {QUEUE}: {results}"
     assert all(r[0] == "503" for r in refused), refused
-    assert all("Exceeds maximum queue size" in r[2] for r in refused), refused
+    assert all("limit max_waiting=1" in r[2] for r in refused), refused
     assert max(r[1] for r in refused) < 1.0, [r[1] for r in refused]
     assert len(ok) >= QUEUE, results  # one running plus a full queue are served
     reference = httpclient.InferenceServerClient(srv.http_url).infer(
