@@ -205,9 +205,13 @@ def test_colocated_cancel_frees_a_slot(colocated):
                                   callback=callback)
 
     long = dict(steps=1000, scheduler="euler", height=64, width=64)
-    a, b = send("a", seed=1, **long), send("b", seed=2, **long)
+    a = send("a", seed=1, **long)
+    time.sleep(0.5)  # arrival order a, b, c (sent together they may reach the batcher in any)
+    b = send("b", seed=2, **long)
+    time.sleep(0.5)
     send("c", steps=2, seed=3, height=64, width=64)
     time.sleep(2.0)
+    assert not (done["a"].is_set() or done["b"].is_set()), errors
     assert not done["c"].is_set(), "a third request ran while max_batch 2 requests were active"
     a.cancel()
     assert done["c"].wait(60) and errors["c"] is None, errors.get("c")
