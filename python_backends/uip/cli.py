@@ -200,36 +200,34 @@ def artifacts_pull(
                    "bytes fetched)")
 
 
-def _register_optional() -> None:
-    """Commands contributed by other modules (LLM/SD clients, benchmarks)."""
+def _optional(module: str):
+    """`module`, or None when it or a third-party library it needs is not installed (e.g. no
+    SQLAlchemy on a GPU benchmark host); a missing uip module other than itself is a bug."""
     import importlib
 
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] == "uip" and not module.startswith(e.name):
+            raise
+        return None
+
+
+def _register_optional() -> None:
+    """Commands contributed by other modules (LLM/SD clients, benchmarks)."""
     for module in ("uip.bench.cli", "uip.clients.cli", "uip.gateway.cli"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:  # that module, or a library it needs, is not installed
-            if e.name is None or e.name.split(".")[0] == "uip" and not module.startswith(e.name):
-                raise
-            continue
-        mod.register(app)
+        mod = _optional(module)
+        if mod is not None:
+            mod.register(app)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """The errors shown without a traceback (those of modules whose libraries are here)."""
-    import importlib
-
-    errors: list[type[Exception]] = [UserError]
-    for module, name in (("uip.core.settings", "ArtifactError"),
-                         ("uip.launch.command", "LaunchError"), ("uip.spec.schema", "SpecError"),
-                         ("uip.transfer", "TransferError"),
-                         ("uip.gateway.spec", "GatewaySpecError"),
-                         ("uip.gateway.store", "StoreError")):
-        try:
-            errors.append(getattr(importlib.import_module(module), name))
-        except ModuleNotFoundError as e:  # e.g. no SQLAlchemy on a GPU benchmark host
-            if e.name is None or e.name.split(".")[0] == "uip":
-                raise
-    return tuple(errors)
+    found = ((_optional(module), name) for module, name in (
+        ("uip.core.settings", "ArtifactError"), ("uip.launch.command", "LaunchError"),
+        ("uip.spec.schema", "SpecError"), ("uip.transfer", "TransferError"),
+        ("uip.gateway.spec", "GatewaySpecError"), ("uip.gateway.store", "StoreError")))
+    return (UserError, *(getattr(mod, name) for mod, name in found if mod is not None))
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler
 
 import httpx
 import jsonschema
@@ -20,7 +19,7 @@ import pytest
 import yaml
 from support.gateway import GatewayProcess
 from support.gateway_fixtures import write_spec
-from support.local_http import serving
+from support.local_http import JsonToolHandler, serving
 from support.schemas import SCHEMAS
 
 from uip.clients.llm import GenerateError, generate_grpc
@@ -38,25 +37,11 @@ TOOLS = [{"type": "function", "function": {"name": "weather", "description": "we
                                                "required": ["tz"]}}}]
 
 
-class _ToolServer(BaseHTTPRequestHandler):
-    seen: list = []
+class _ToolServer(JsonToolHandler):
+    redirects = ("/moved",)
 
-    def do_POST(self):  # noqa: N802 - http.server's name
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _ToolServer.seen.append((self.path, body))
-        if self.path == "/moved":
-            self.send_response(302)
-            self.send_header("Location", "http://example.com/x")
-            self.end_headers()
-            return
-        out = json.dumps({"temperature": 21, "asked": body}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args):
-        pass
+    def reply(self, path, body):
+        return 200, {"temperature": 21, "asked": body}
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
-from support.local_http import serving
+from support.local_http import JsonToolHandler, serving
 
 from uip.gateway import agent, tools
 from uip.gateway.errors import ApiError
@@ -74,25 +73,11 @@ def test_spec_refuses_tools_outside_the_allow_list():
         GatewaySpec.model_validate({"tools": {"w": {"url": "https://example.com/w"}}})
 
 
-class _Handler(BaseHTTPRequestHandler):
-    seen: list = []
+class _Handler(JsonToolHandler):
+    redirects = ("/redirect",)
 
-    def do_POST(self):  # noqa: N802 - http.server's name
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.seen.append((self.path, body))
-        if self.path == "/redirect":
-            self.send_response(302)
-            self.send_header("Location", "http://example.com/elsewhere")
-            self.end_headers()
-            return
-        out = json.dumps({"echo": body}).encode()
-        self.send_response(500 if self.path == "/fail" else 200)
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args):
-        pass
+    def reply(self, path, body):
+        return (500 if path == "/fail" else 200), {"echo": body}
 
 
 @pytest.fixture(scope="module")

@@ -66,10 +66,9 @@ def calibrate(grpc_url: str, model: str, max_tokens: int = MAX_TOKENS,
     prompt tokens too."""
     import time
 
-    import numpy as np
     import tritonclient.grpc as grpcclient
 
-    from uip.clients.tensors import grpc_inputs
+    from uip.clients.llm import grpc_inputs, is_final, parameters
 
     texts = texts or [PROMPT]
     client = grpcclient.InferenceServerClient(grpc_url)
@@ -77,17 +76,16 @@ def calibrate(grpc_url: str, model: str, max_tokens: int = MAX_TOKENS,
     client.start_stream(callback=lambda result, error: results.append((result, error)))
     try:
         for i, text in enumerate(texts):
-            inputs = grpc_inputs({"text_input": np.array([[text.encode()]], dtype=object),
-                                  "max_tokens": np.array([[max_tokens]], dtype=np.int32),
-                                  "return_num_input_tokens": np.array([[True]]),
-                                  "return_num_output_tokens": np.array([[True]])})
+            inputs = grpc_inputs(text, parameters(max_tokens=max_tokens,
+                                                  return_num_input_tokens=True,
+                                                  return_num_output_tokens=True))
             client.async_stream_infer(model, inputs, request_id=f"calibrate-{i}",
                                       enable_empty_final_response=True)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if any(e is not None for _, e in results):
                 raise RuntimeError(str(next(e for _, e in results if e is not None)))
-            if sum(_is_final(r) for r, _ in list(results)) >= len(texts):
+            if sum(is_final(r) for r, _ in list(results)) >= len(texts):
                 break
             time.sleep(0.05)
         else:
@@ -111,13 +109,6 @@ def calibrate(grpc_url: str, model: str, max_tokens: int = MAX_TOKENS,
     return sum(out) / len(out)
 
 
-def _is_final(result) -> bool:
-    if result is None:
-        return False
-    final = result.get_response().parameters.get("triton_final_response")
-    return final is not None and final.bool_param
-
-
 def ttft(grpc_url: str, model: str, concurrency: list[int], samples: int = 16,
          max_tokens: int = MAX_TOKENS, texts: list[str] | None = None, **_
          ) -> dict[int, float]:
@@ -138,7 +129,7 @@ def _ttft_p50(grpc_url: str, model: str, clients: int, requests_per_client: int,
 
     import tritonclient.grpc as grpcclient
 
-    from uip.clients.llm import grpc_inputs, parameters
+    from uip.clients.llm import grpc_inputs, is_final, parameters
 
     samples: list[float] = []
     lock = threading.Lock()
@@ -160,7 +151,7 @@ def _ttft_p50(grpc_url: str, model: str, clients: int, requests_per_client: int,
                     if error is not None:
                         raise RuntimeError(str(error))
                     first = first or at - start
-                    if _is_final(result):
+                    if is_final(result):
                         break
                 with lock:
                     samples.append(first)
@@ -183,14 +174,14 @@ def engine_config(model_repository: Path, device: str, **overrides):
     in-process reference runs the engine Triton runs), on `device`; and its model folder."""
     from dataclasses import replace
 
-    from google.protobuf import json_format, text_format
-    from tritonclient.grpc import model_config_pb2
+    from google.protobuf import json_format
 
     from uip.core.settings import ModelSettings
     from uip.llm.paged_runtime import PagedEngineConfig
+    from uip.repo.needed import read_config
 
-    text = (model_repository / "llm_engine" / "config.pbtxt").read_text()
-    config = json_format.MessageToDict(text_format.Parse(text, model_config_pb2.ModelConfig()),
+    config = json_format.MessageToDict(read_config(model_repository / "llm_engine" /
+                                                   "config.pbtxt"),
                                        preserving_proto_field_name=True)
     settings = ModelSettings.from_config(config)
     given = {k: v for k, v in overrides.items() if v is not None}

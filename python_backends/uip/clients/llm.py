@@ -186,6 +186,14 @@ def grpc_inputs(prompt: str, params: dict[str, Any]):
     return out
 
 
+def is_final(result) -> bool:
+    """Whether a decoupled model's gRPC stream result is its request's last one."""
+    if result is None:
+        return False
+    final = result.get_response().parameters.get("triton_final_response")
+    return final is not None and final.bool_param
+
+
 class GrpcStream:
     """One gRPC bidirectional stream carrying one generation; lets a caller cancel it."""
 
@@ -220,12 +228,10 @@ class GrpcStream:
                 raise GenerateError(f"no response within {timeout} s") from None
             if error is not None:
                 raise GenerateError(str(error), getattr(error, "status", lambda: None)())
-            resp = result.get_response()
-            outputs = {o.name: result.as_numpy(o.name) for o in resp.outputs}
-            final = resp.parameters.get("triton_final_response")
+            outputs = {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
             if outputs:
                 yield outputs
-            if final is not None and final.bool_param:
+            if is_final(result):
                 return
 
     def cancel(self) -> None:
