@@ -10,10 +10,12 @@ import triton_python_backend_utils as pb_utils
 
 from uip.core.faults import Unavailable, is_unavailable
 from uip.core.inputs import InvalidInput
+from uip.core.sampler import start_from_env
 from uip.triton import orphan_guard
 
 log = logging.getLogger("uip")
 orphan_guard.start()  # every adapter imports this module: the stub exits with its server
+start_from_env()  # $UIP_PROFILE_DIR: sample the stub's threads
 RETRY = "unavailable, retry later: "  # leads every UNAVAILABLE message
 
 # gRPC status of an error from another model (llm_bls's engine stream) -> Triton error code.
