@@ -15,7 +15,7 @@ def read(paths: list[Path]) -> dict[str, Counter]:
     """file label -> Counter of 'thread;stack' lines."""
     out: dict[str, Counter] = {}
     for p in paths:
-        files = sorted(p.glob("*.folded")) + sorted(p.glob("*.txt")) if p.is_dir() else [p]
+        files = sorted(p.glob("*.folded")) + sorted(p.glob("pyspy-*.txt")) if p.is_dir() else [p]
         for f in files:
             c: Counter = Counter()
             for line in f.read_text().splitlines():

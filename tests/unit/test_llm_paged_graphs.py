@@ -233,6 +233,48 @@ def test_static_prefill_path_equals_generate(llm_tiny_dir, reference, prompts):
         engine.shutdown()
 
 
+def test_prefill_beside_running_decodes_is_split(llm_tiny_dir, reference, prompts):
+    """Prompts joining running decodes: the decode rows replay their graph and the new
+    chunks run on their own, a lone short prompt through its prefill graph, others (several,
+    or too long for the graphs) in one eager pass; every request equals generate."""
+    from engine_contract import collect
+
+    engine = PagedEngine(llm_tiny_dir, PagedEngineConfig(**CONFIG.__dict__))
+    try:
+        _static_graphs(engine)
+        engine.prefill_graphs = PrefillGraphs(engine.runner, engine.cache,
+                                              engine.blocks.num_blocks * engine.block_size,
+                                              [16, 32])
+        lone = min(range(1, len(prompts)), key=lambda i: len(prompts[i]))
+        assert len(prompts[lone]) <= 32
+        long = [t for p in prompts[1:] for t in p]  # too long for the prefill graphs
+        assert len(long) > 32
+        rest = [prompts[i] for i in range(1, len(prompts)) if i != lone][:2] + [long]
+        long_n = 48  # the first request keeps decoding while the others join
+
+        def started(count: int) -> None:
+            deadline = time.monotonic() + 30
+            while engine.stats().tokens_generated < count:
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+
+        first = engine.enqueue(GenerationRequest(input_ids=prompts[0], max_new_tokens=long_n))
+        started(2)
+        joined = [engine.enqueue(GenerationRequest(input_ids=prompts[lone], max_new_tokens=N))]
+        started(N + 4)  # the lone prompt's prefill ran beside the decode
+        joined += [engine.enqueue(GenerationRequest(input_ids=p, max_new_tokens=N))
+                   for p in rest]
+        assert tokens_of(collect(engine, first)) == generate(reference, prompts[0], long_n)
+        for rid, p in zip(joined, [prompts[lone], *rest], strict=True):
+            assert tokens_of(collect(engine, rid)) == generate(reference, p, N), p
+        paths = wait_idle(engine).steps_by_path
+        assert paths.get("split_graph_prefill", 0) >= 1, paths
+        assert paths.get("split_eager", 0) >= 1, paths
+        assert paths.get("graph_decode", 0) > 0 and "eager" not in paths, paths
+    finally:
+        engine.shutdown()
+
+
 def test_decode_graphs_take_adapter_rows(llm_tiny_dir, llm_tiny_lora_dir, prompts):
     """A batch mixing adapters alpha, beta and the base model through DecodeGraphs (eager on
     CPU): decode steps with adapter rows replay the adapter variant, overlapped too, and each

@@ -372,7 +372,7 @@ def test_metrics_families_exist_and_follow_engine_stats(make):
              "uip_llm_preemptions_total": "COUNTER",
              "uip_llm_time_to_first_token_seconds": "HISTOGRAM",
              "uip_llm_time_per_output_token_seconds": "HISTOGRAM"}
-    assert set(fams) == set(kinds)
+    assert set(fams) == set(kinds)  # the steps family gets a metric per path once seen
     for name, kind in kinds.items():
         assert fams[name][0].kind == getattr(pbu.MetricFamily, kind), name
     assert fams["uip_llm_active_sequences"][1].labels == {"model": "llm_engine_metrics",
@@ -389,10 +389,19 @@ def test_metrics_families_exist_and_follow_engine_stats(make):
                                      prefix_cache_hits=6, preemptions=2)
     wait_until(lambda: seen() == (3.0, 1.0, 12.0, 40.0, 6.0, 2.0))
     engine.stats_value = EngineStats(1, 0, 4, 100, 55, prefix_cache_queries=9,
-                                     prefix_cache_hits=7, preemptions=2)
+                                     prefix_cache_hits=7, preemptions=2,
+                                     steps_by_path={"graph_decode": 30, "split_eager": 2})
     wait_until(lambda: seen() == (1.0, 0.0, 4.0, 55.0, 7.0, 2.0))
+    engine.stats_value = EngineStats(1, 0, 4, 100, 55, prefix_cache_queries=9,
+                                     prefix_cache_hits=7, preemptions=2,
+                                     steps_by_path={"graph_decode": 41, "split_eager": 2,
+                                                    "eager": 1})
     time.sleep(0.25)  # a few more updates: each counter counts each event once
     assert (tokens.value, hits.value, pre.value) == (55.0, 7.0, 2.0)
+    steps = {m.labels["path"]: m.value for f in pbu.metric_families
+             if f.name == "uip_llm_engine_steps_total" for m in f.metrics
+             if m.labels.get("model") == "llm_engine_metrics"}
+    assert steps == {"graph_decode": 41.0, "split_eager": 2.0, "eager": 1.0}
 
 
 def test_streamed_requests_feed_the_latency_histograms(make):

@@ -224,6 +224,7 @@ class PagedEngine(Engine):
         # schedule + inputs, forward launch (graph replay or eager), token choice (waits for
         # the GPU: the step's one sync), delivery of the results
         self.step_seconds = dict.fromkeys(("prepare", "launch", "choose", "deliver"), 0.0)
+        self.steps_by_path: dict[str, int] = {}  # how each step ran (metric, benchmarks)
         self._guides: Guides | None = None
         self._guides_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="uip-paged-engine", daemon=True)
@@ -426,7 +427,7 @@ class PagedEngine(Engine):
             tokens_generated=self._tokens_generated,
             prefix_cache_queries=blocks.prefix_stats.queries,
             prefix_cache_hits=blocks.prefix_stats.hits,
-            preemptions=sched.preemptions)
+            preemptions=sched.preemptions, steps_by_path=dict(self.steps_by_path))
 
     def shutdown(self) -> None:
         with self._lock:
@@ -537,22 +538,33 @@ class PagedEngine(Engine):
         t1 = time.perf_counter()
         self.step_seconds["prepare"] += t1 - t0
         if pending is not None:
+            path = "graph_decode"
             logits = self.graphs.run(ids, positions, slots, decode_tables, decode_lens,
                                      prev=(pending.tokens, src), lora_slots=lora_rows)
         elif (self.graphs is not None and not prefills
                 and len(ids) <= self.graphs.max_batch):
+            path = "graph_decode"
             logits = self.graphs.run(ids, positions, slots, decode_tables, decode_lens,
                                      lora_slots=lora_rows)
-        elif (self.prefill_graphs is not None and not any(lora_rows) and not decode_tables
-              and len(prefills) == 1 and prefills[0][2] == prefills[0][1]  # no cached prefix
-              and self.prefill_graphs.fits(len(ids))):
-            logits = self.prefill_graphs.run(ids, slots)
+        elif (self.graphs is not None and decode_tables
+                and len(decode_tables) <= self.graphs.max_batch):
+            # prefill chunks beside running decodes: the decode rows replay their graph and
+            # the chunks run on their own (a lone prompt through its prefill graph), rather
+            # than every row eagerly: one more pass over the weights, but no eager decode
+            # attention and no host-bound eager launch for a small prompt
+            n = len(decode_tables)
+            decode = self.graphs.run(ids[:n], positions[:n], slots[:n], decode_tables,
+                                     decode_lens, lora_slots=lora_rows[:n])
+            path, chunks = self._prefill(
+                ids[n:], positions[n:], slots[n:], lora_rows[n:],
+                [(o - n, length, end, t) for o, length, end, t in prefills],
+                [r - n for r in rows_out[n:]])
+            logits = torch.cat([decode.float(), chunks.float()])
+            path = "split_" + path
         else:
-            lora = self.lora.step(lora_rows) if self.lora is not None else None
-            dev = self.runner.device
-            meta = build_meta(slots, decode_tables, decode_lens, prefills, bs, dev)
-            logits = self.runner.forward(to_device(ids, dev), to_device(positions, dev), meta,
-                                         self.cache, to_device(rows_out, dev), lora)
+            path, logits = self._prefill(ids, positions, slots, lora_rows, prefills, rows_out,
+                                         decode_tables, decode_lens)
+        self.steps_by_path[path] = self.steps_by_path.get(path, 0) + 1
         self._steps += 1
         launched = self._choose(plan, logits)
         self.step_seconds["launch"] += time.perf_counter() - t1
@@ -566,6 +578,24 @@ class PagedEngine(Engine):
                         req.seq.tokens.append(0)  # placeholder: `_resolve` sets the id
                         req.unresolved = True
             self._pending = launched
+
+    def _prefill(self, ids: list[int], positions: list[int], slots: list[int],
+                 lora_rows: list[int], prefills: list, rows_out: list[int],
+                 decode_tables: list | None = None, decode_lens: list | None = None
+                 ) -> tuple[str, torch.Tensor]:
+        """Prefill chunks (after any decode rows) -> (path, logits of `rows_out`): the first
+        chunk of one prompt, alone and without adapter, replays its prefill graph; anything
+        else runs eagerly."""
+        if (self.prefill_graphs is not None and not decode_tables and not any(lora_rows)
+                and len(prefills) == 1 and prefills[0][2] == prefills[0][1]  # no cached prefix
+                and self.prefill_graphs.fits(len(ids))):
+            return "graph_prefill", self.prefill_graphs.run(ids, slots)[:len(rows_out)]
+        lora = self.lora.step(lora_rows) if self.lora is not None else None
+        dev = self.runner.device
+        meta = build_meta(slots, decode_tables or [], decode_lens or [], prefills,
+                          self.block_size, dev)
+        return "eager", self.runner.forward(to_device(ids, dev), to_device(positions, dev), meta,
+                                            self.cache, to_device(rows_out, dev), lora)
 
     def _choose(self, plan: StepPlan, logits: torch.Tensor) -> _Pending | None:
         """Queue the token choice of the plan's sampling rows and its copy to the host."""

@@ -238,6 +238,12 @@ class LlmEngineModel:
                                   counter),
         }
         self._reported = dict.fromkeys(self._counters, 0)
+        steps = family(name="uip_llm_engine_steps_total", kind=counter,
+                       description="Engine steps by how they ran (torch runtime: graph_decode, "
+                       "graph_prefill, split_graph_prefill, split_eager, eager)")
+        self._families.append(steps)
+        self._step_metric = lambda path: steps.Metric(labels={**labels, "path": path})
+        self._steps: dict[str, tuple[object, int]] = {}  # path -> (metric, reported)
         self._ttft = metric("uip_llm_time_to_first_token_seconds",
                             "From enqueue to the first streamed token", histogram,
                             buckets=TTFT_BUCKETS_S)
@@ -266,6 +272,11 @@ class LlmEngineModel:
             if value > self._reported[field]:
                 counter.increment(float(value - self._reported[field]))
                 self._reported[field] = value
+        for path, value in s.steps_by_path.items():
+            metric, reported = self._steps.get(path) or (self._step_metric(path), 0)
+            if value > reported:
+                metric.increment(float(value - reported))
+            self._steps[path] = (metric, value)
 
     def _metrics_loop(self) -> None:
         while not self._closing.wait(METRICS_PERIOD_S):
@@ -279,6 +290,6 @@ class LlmEngineModel:
         for t in self._threads:
             t.join(timeout=2)
         self.engine.shutdown()
-        self._gauges, self._counters = {}, {}
+        self._gauges, self._counters, self._steps = {}, {}, {}
         self._ttft = self._tpot = None
         self._families = []
