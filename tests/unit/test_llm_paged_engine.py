@@ -260,13 +260,17 @@ def test_config_from_spec_parameters():
 
 
 def test_equal_length_prompts_share_one_prefill_attention(model_dir, reference, prompts):
-    """Distinct prompts of one length admitted together: one batched causal SDPA per layer
-    (`paged_attention._fresh_runs`), outputs still equal `generate`."""
-    from uip.llm.paged_attention import Prefill, _fresh_runs
+    """Prompts of one length admitted together, with or without one cached prefix: one
+    batched SDPA per layer and run (`paged_attention._runs`), outputs still equal
+    `generate`."""
+    from uip.llm.paged_attention import Prefill, _runs
 
+    two = torch.tensor([0, 1])
     chunks = [Prefill(0, 20, 20, None), Prefill(20, 20, 20, None), Prefill(40, 7, 7, None),
-              Prefill(47, 20, 40, torch.tensor([0, 1])), Prefill(67, 20, 20, None)]
-    assert [(c.start, n) for c, n in _fresh_runs(chunks)] == [(0, 2), (40, 1), (67, 1)]
+              Prefill(47, 20, 40, two), Prefill(67, 20, 40, two), Prefill(87, 20, 20, None),
+              Prefill(107, 20, 36, two)]
+    assert [(r[0].start, len(r)) for r in _runs(chunks)] == [(0, 2), (40, 1), (47, 2),
+                                                               (87, 1), (107, 1)]
     same = [(prompts[i] * 20)[:20] for i in range(4)]
     eng = make(model_dir, prefix_caching=False)
     try:
@@ -274,5 +278,19 @@ def test_equal_length_prompts_share_one_prefill_attention(model_dir, reference, 
                                          for p in same])
         for i, r in enumerate(results):
             assert tokens_of(r) == generate(reference, same[i], N), f"prompt {i}"
+    finally:
+        eng.shutdown()
+    # one cached block of 16, then distinct tails of 16: one run over the gathered prefix
+    head = (prompts[1] * 16)[:16]
+    tails = [head + (prompts[i] * 16)[:16] for i in range(2, 6)]
+    eng = make(model_dir)
+    try:
+        assert tokens_of(run(eng, head + head)) == generate(reference, head + head, N)
+        hits = eng.stats().prefix_cache_hits
+        results = run_concurrently(eng, [GenerationRequest(input_ids=p, max_new_tokens=N)
+                                         for p in tails])
+        for i, r in enumerate(results):
+            assert tokens_of(r) == generate(reference, tails[i], N), f"tail {i}"
+        assert eng.stats().prefix_cache_hits >= hits + len(tails)
     finally:
         eng.shutdown()

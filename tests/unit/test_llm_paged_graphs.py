@@ -233,43 +233,43 @@ def test_static_prefill_path_equals_generate(llm_tiny_dir, reference, prompts):
         engine.shutdown()
 
 
-def test_prefill_beside_running_decodes_is_split(llm_tiny_dir, reference, prompts):
-    """Prompts joining running decodes: the decode rows replay their graph and the new
-    chunks run on their own, a lone short prompt through its prefill graph, others (several,
-    or too long for the graphs) in one eager pass; every request equals generate."""
+def test_prefill_beside_running_decodes(llm_tiny_dir, reference, prompts):
+    """Prompts joining a running decode: when all the step's tokens fit a decode graph, each
+    token is a row of it; else the decode rows replay their graph and the new chunks run on
+    their own (a lone prompt through its prefill graph, a longer one eagerly). Paths counted
+    in the stats; every request equals generate."""
     from engine_contract import collect
 
     engine = PagedEngine(llm_tiny_dir, PagedEngineConfig(**CONFIG.__dict__))
     try:
-        _static_graphs(engine)
+        _static_graphs(engine)  # decode graphs of up to 8 rows
         engine.prefill_graphs = PrefillGraphs(engine.runner, engine.cache,
                                               engine.blocks.num_blocks * engine.block_size,
                                               [16, 32])
-        lone = min(range(1, len(prompts)), key=lambda i: len(prompts[i]))
-        assert len(prompts[lone]) <= 32
-        long = [t for p in prompts[1:] for t in p]  # too long for the prefill graphs
-        assert len(long) > 32
-        rest = [prompts[i] for i in range(1, len(prompts)) if i != lone][:2] + [long]
-        long_n = 48  # the first request keeps decoding while the others join
+        by_len = sorted(range(1, len(prompts)), key=lambda i: len(prompts[i]))
+        short, mid = prompts[by_len[0]], prompts[by_len[-1]]
+        long = [t for p in prompts[1:] for t in p]
+        assert len(short) < 7 and 8 < len(mid) <= 32 and len(long) > 32
+        long_n = 64  # the first request keeps decoding while the others join
 
-        def started(count: int) -> None:
+        def after(count: int) -> None:
             deadline = time.monotonic() + 30
             while engine.stats().tokens_generated < count:
                 assert time.monotonic() < deadline
                 time.sleep(0.001)
 
         first = engine.enqueue(GenerationRequest(input_ids=prompts[0], max_new_tokens=long_n))
-        started(2)
-        joined = [engine.enqueue(GenerationRequest(input_ids=prompts[lone], max_new_tokens=N))]
-        started(N + 4)  # the lone prompt's prefill ran beside the decode
-        joined += [engine.enqueue(GenerationRequest(input_ids=p, max_new_tokens=N))
-                   for p in rest]
+        joined = []
+        for p, count in ((short, 2), (mid, N + 4), (long, 2 * N + 6)):
+            after(count)  # the previous one ran beside the decode by now
+            joined.append((p, engine.enqueue(GenerationRequest(input_ids=p,
+                                                                 max_new_tokens=N))))
         assert tokens_of(collect(engine, first)) == generate(reference, prompts[0], long_n)
-        for rid, p in zip(joined, [prompts[lone], *rest], strict=True):
+        for p, rid in joined:
             assert tokens_of(collect(engine, rid)) == generate(reference, p, N), p
         paths = wait_idle(engine).steps_by_path
-        assert paths.get("split_graph_prefill", 0) >= 1, paths
-        assert paths.get("split_eager", 0) >= 1, paths
+        for path in ("graph_prefill", "graph_mixed", "split_graph_prefill", "split_eager"):
+            assert paths.get(path, 0) >= 1, paths
         assert paths.get("graph_decode", 0) > 0 and "eager" not in paths, paths
     finally:
         engine.shutdown()

@@ -69,8 +69,8 @@ class EngineStats:
     prefix_cache_queries: int = 0  # prompt blocks looked up in the prefix cache
     prefix_cache_hits: int = 0  # of those, found there
     preemptions: int = 0  # sequences evicted from a full cache (recomputed later)
-    # engine steps so far by how they ran (the torch runtime: graph_decode, graph_prefill,
-    # split_graph_prefill, split_eager, eager)
+    # engine steps so far by how they ran (the torch runtime: graph_decode, graph_mixed,
+    # graph_prefill, split_graph_prefill, split_eager, eager)
     steps_by_path: dict[str, int] = field(default_factory=dict)
 
 

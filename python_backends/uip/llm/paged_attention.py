@@ -9,8 +9,8 @@ layer writes the new tokens' K/V to their slots (`write_kv`) and then attends (`
   (`gather_kv`, padded to the longest table and masked) and run one batched SDPA:
   `decode_attention` is the function a GPU paged-attention kernel replaces;
 - a prefill chunk attends causally over its cached prefix plus itself; a chunk with no prefix
-  uses its own fresh K/V (no gather), and back-to-back chunks of one length without a prefix
-  (a burst of new prompts) share one batched SDPA call.
+  uses its own fresh K/V (no gather); back-to-back chunks of one length and one context (a
+  burst of new prompts, with or without a cached prefix) share one batched SDPA call.
 
 `StepMeta` is built once per step and shared by all layers; the decode-only steps on a GPU
 run a captured CUDA graph instead (cuda_graphs.py) whose `StepMeta` views static buffers and
@@ -125,19 +125,21 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     return _masked_sdpa(q[:, :, None, :], k, v, meta.decode_mask)[:, :, 0, :]
 
 
-def _fresh_runs(prefills: list[Prefill]) -> list[tuple[Prefill, int]]:
-    """Prefill chunks without a cached prefix, grouped into runs of consecutive chunks of one
-    length that lie back to back in the flat batch: (first chunk, chunks in the run)."""
-    runs: list[tuple[Prefill, int]] = []
+def _runs(prefills: list[Prefill]) -> list[list[Prefill]]:
+    """Prefill chunks grouped into runs of consecutive chunks that lie back to back in the flat
+    batch with one length and one context, all with a cached prefix or all without (a burst
+    of new prompts, cached or not): each run is one batched SDPA call."""
+    runs: list[list[Prefill]] = []
     for p in prefills:
-        if p.blocks is not None:
-            continue
         if runs:
-            first, n = runs[-1]
-            if first.length == p.length and p.start == first.start + n * first.length:
-                runs[-1] = (first, n + 1)
+            run = runs[-1]
+            first = run[0]
+            if (first.length == p.length and first.context == p.context
+                    and (first.blocks is None) == (p.blocks is None)
+                    and p.start == first.start + len(run) * first.length):
+                run.append(p)
                 continue
-        runs.append((p, 1))
+        runs.append([p])
     return runs
 
 
@@ -153,22 +155,21 @@ def attend(q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None,
                                                    meta.decode_tables, meta.decode_lens)
     elif meta.num_decode:
         out[:meta.num_decode] = decode_attention(q[:meta.num_decode], k_cache, v_cache, meta)
-    for first, n in _fresh_runs(meta.prefills):  # one causal SDPA per run of equal chunks
-        start, length = first.start, first.length
-        span = slice(start, start + n * length)
-        qs, ks, vs = (x[span].view(n, length, *x.shape[1:]).transpose(1, 2) for x in (q, k, v))
-        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
+    for run in _runs(meta.prefills):  # one SDPA per run of equal chunks
+        first, n, length = run[0], len(run), run[0].length
+        span = slice(first.start, first.start + n * length)
+        qs = q[span].view(n, length, *q.shape[1:]).transpose(1, 2)  # [n, heads, L, D]
+        if first.blocks is None:  # no prefix: the chunks' own K/V
+            ks, vs = (x[span].view(n, length, *x.shape[1:]).transpose(1, 2) for x in (k, v))
+            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
+        else:  # the cached prefix and the chunk, from the cache
+            tables = torch.stack([p.blocks for p in run]) if n > 1 else first.blocks[None]
+            ks, vs = (gather_kv(c, tables)[:, :first.context].transpose(1, 2)
+                      for c in (k_cache, v_cache))
+            # query i sits at position context - length + i: keys up to there
+            offset = first.context - length
+            mask = (torch.arange(first.context, device=q.device)[None, :]
+                    <= torch.arange(length, device=q.device)[:, None] + offset)
+            o = _masked_sdpa(qs, ks, vs, mask)
         out[span] = o.transpose(1, 2).reshape(n * length, *q.shape[1:])
-    for p in meta.prefills:
-        if p.blocks is None:  # done above
-            continue
-        qs = q[p.start:p.start + p.length].transpose(0, 1)[None]  # [1, heads, n, D]
-        ks = gather_kv(k_cache, p.blocks)[:p.context].transpose(0, 1)[None]
-        vs = gather_kv(v_cache, p.blocks)[:p.context].transpose(0, 1)[None]
-        # query i sits at position context - length + i: keys up to there
-        offset = p.context - p.length
-        mask = (torch.arange(p.context, device=q.device)[None, :]
-                <= torch.arange(p.length, device=q.device)[:, None] + offset)
-        o = _masked_sdpa(qs, ks, vs, mask)
-        out[p.start:p.start + p.length] = o[0].transpose(0, 1)
     return out

@@ -521,12 +521,13 @@ class PagedEngine(Engine):
         ids, positions, slots, rows_out, lora_rows = [], [], [], [], []
         decode_tables, decode_lens, prefills = [], [], []
         bs = self.block_size
+        as_rows = self._as_decode_rows(plan)
         for c in plan.chunks:
             seq, table = c.seq, c.seq.table.blocks
             span = range(c.start, c.start + c.length)
-            if c.is_decode:
-                decode_tables.append(table)
-                decode_lens.append(c.start + 1)
+            if c.is_decode or as_rows:  # each token a decode row: its own context length
+                decode_tables += [table] * c.length
+                decode_lens += [p + 1 for p in span]
             else:
                 prefills.append((len(ids), c.length, c.start + c.length, table))
             ids += seq.tokens[c.start:c.start + c.length]
@@ -543,9 +544,11 @@ class PagedEngine(Engine):
                                      prev=(pending.tokens, src), lora_slots=lora_rows)
         elif (self.graphs is not None and not prefills
                 and len(ids) <= self.graphs.max_batch):
-            path = "graph_decode"
+            path = "graph_mixed" if as_rows else "graph_decode"
             logits = self.graphs.run(ids, positions, slots, decode_tables, decode_lens,
                                      lora_slots=lora_rows)
+            if len(rows_out) < len(ids):  # the rows of chunks that do not end a sequence
+                logits = logits[to_device(rows_out, logits.device)]
         elif (self.graphs is not None and decode_tables
                 and len(decode_tables) <= self.graphs.max_batch):
             # prefill chunks beside running decodes: the decode rows replay their graph and
@@ -578,6 +581,21 @@ class PagedEngine(Engine):
                         req.seq.tokens.append(0)  # placeholder: `_resolve` sets the id
                         req.unresolved = True
             self._pending = launched
+
+    def _as_decode_rows(self, plan: StepPlan) -> bool:
+        """Run every token of this step as a row of a decode graph: prefill chunks (new
+        prompts, with a cached prefix or not; recomputed sequences) beside the decodes, while
+        all the step's tokens fit the largest graph. Attention per row reads the cache up to
+        that row's position, which the graph's K/V write has filled for the whole chunk. A
+        lone new prompt without adapter keeps its prefill graph."""
+        g, chunks = self.graphs, plan.chunks
+        if g is None or all(c.is_decode for c in chunks):
+            return False
+        if sum(c.length for c in chunks) > g.max_batch:
+            return False
+        c = chunks[0]
+        return not (self.prefill_graphs is not None and len(chunks) == 1 and c.start == 0
+                    and not c.seq.owner.lora_slot and self.prefill_graphs.fits(c.length))
 
     def _prefill(self, ids: list[int], positions: list[int], slots: list[int],
                  lora_rows: list[int], prefills: list, rows_out: list[int],

@@ -103,7 +103,8 @@ class Scheduler:
                 budget -= n
         if not preempted:
             budget = self._admit(chunks, budget)
-        chunks.sort(key=lambda c: not c.is_decode)
+        # decodes first; prefill chunks of one start and length side by side (batched attention)
+        chunks.sort(key=lambda c: (False, 0, 0) if c.is_decode else (True, c.start, c.length))
         return StepPlan(chunks, preempted)
 
     def _admit(self, chunks: list[Chunk], budget: int) -> int:

@@ -240,7 +240,7 @@ class LlmEngineModel:
         self._reported = dict.fromkeys(self._counters, 0)
         steps = family(name="uip_llm_engine_steps_total", kind=counter,
                        description="Engine steps by how they ran (torch runtime: graph_decode, "
-                       "graph_prefill, split_graph_prefill, split_eager, eager)")
+                       "graph_mixed, graph_prefill, split_graph_prefill, split_eager, eager)")
         self._families.append(steps)
         self._step_metric = lambda path: steps.Metric(labels={**labels, "path": path})
         self._steps: dict[str, tuple[object, int]] = {}  # path -> (metric, reported)
