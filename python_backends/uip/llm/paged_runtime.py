@@ -15,8 +15,12 @@ A request with a `guide` (structured output) gets its mask from `uip.llm.guided.
 built on the first such request from the checkpoint's tokenizer.
 
 CUDA graphs (GPU, spec parameter `cuda_graphs`, default on): decode-only steps replay a graph
-captured at start-up for their batch-size bucket (cuda_graphs.py); steps with prefill chunks
-run eagerly. Spec parameter `torch_compile` (GPU, default on): each layer's elementwise ops
+captured at start-up for their batch-size bucket (cuda_graphs.py), up to `graph_max_rows` rows;
+a step with prefill chunks whose tokens all fit runs each token as a row of the same graphs
+(its attention reads the cache up to that token); a lone new prompt replays a prefill graph
+(prefill_graphs.py); bigger steps run the decode rows through their graph and the chunks
+eagerly (steps counted by path: `EngineStats.steps_by_path`). Spec parameter `torch_compile`
+(GPU, default on): each layer's elementwise ops
 (norms, residual adds, SiLU) run as kernels fused by torch.compile (llama.py); in the graphs
 RoPE and the K/V cache write are one Triton kernel. On CPU nothing changes.
 
@@ -101,6 +105,9 @@ class PagedEngineConfig:
     cuda_graphs: bool = True  # GPU only: decode-only steps replay captured CUDA graphs
     prefill_graph_tokens: int = 512  # GPU, with cuda_graphs: a lone prompt's first chunk up to
     # this many tokens replays a captured graph too (prefill_graphs.py); 0: eager
+    graph_max_rows: int = 256  # GPU, with cuda_graphs: decode graphs up to this many rows, so a
+    # step of new chunks beside the decodes runs as rows of one graph (capped at
+    # max_batch_tokens; never below the running limit)
     torch_compile: bool = True  # GPU only: a layer's elementwise ops fused by torch.compile
     lora_dir: str | None = None  # LoRA adapters, one PEFT folder per name; None: no adapters
     lora_max_rank: int = 64
@@ -124,6 +131,7 @@ class PagedEngineConfig:
             torch_threads=settings.param("torch_threads", 0, int),
             cuda_graphs=settings.param("cuda_graphs", True, bool),
             prefill_graph_tokens=settings.param("prefill_graph_tokens", 512, int),
+            graph_max_rows=settings.param("graph_max_rows", 256, int),
             torch_compile=settings.param("torch_compile", True, bool),
             lora_dir=settings.param("lora_dir", None) or None,
             lora_max_rank=settings.param("lora_max_rank", 64, int),
@@ -206,8 +214,8 @@ class PagedEngine(Engine):
         self.graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
         if use_graphs:
-            self.graphs = self._capture_graphs(num_blocks, min(max_running,
-                                                               cfg.max_batch_tokens))
+            self.graphs = self._capture_graphs(num_blocks, min(
+                max(max_running, cfg.graph_max_rows), cfg.max_batch_tokens))
             self.prefill_graphs = self._capture_prefill_graphs(num_blocks)
         self._ids = itertools.count(1)
         self._lock = threading.Condition()
