@@ -103,9 +103,10 @@ class Request:
     """An inference request as a model's `execute` sees it."""
 
     def __init__(self, inputs: dict[str, np.ndarray], request_id: str = "",
-                 cancelled: bool = False):
+                 cancelled: bool = False, requested: tuple[str, ...] = ()):
         self._inputs = [Tensor(k, v) for k, v in inputs.items()]
         self._id = request_id
+        self._requested = list(requested)  # empty: the client named none (it gets all)
         self.cancelled = cancelled
         self.sender = Sender(lambda: self.cancelled)
 
@@ -114,6 +115,9 @@ class Request:
 
     def request_id(self) -> str:
         return self._id
+
+    def requested_output_names(self) -> list[str]:
+        return self._requested
 
     def is_cancelled(self) -> bool:
         return self.cancelled

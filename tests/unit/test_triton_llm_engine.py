@@ -276,6 +276,21 @@ def test_every_response_echoes_the_stream_key(make):
     assert [r.outputs()["stream_key_out"].tolist() for r, _ in sent] == [[[b"key-1"]]] * 2
 
 
+def test_responses_hold_only_the_outputs_the_client_asked_for(make):
+    engine = ScriptedEngine([[[([1], False)], [([2], True, "length")]]] * 2)
+    model = make(engine)
+    asked = gen_request(streaming=True)
+    asked._requested = ["output_ids", "finish_reason"]  # as llm_bls asks
+    everything = gen_request(streaming=True)  # names none: all outputs
+    model.execute([asked])
+    got = finished(asked)
+    model.execute([everything])
+    assert [sorted(r.outputs()) for r, _ in got] == [["finish_reason", "output_ids"]] * 2
+    assert [r.outputs()["output_ids"].reshape(-1).tolist() for r, _ in got] == [[1], [2]]
+    assert data(finished(everything)) == [([1], "", 0),
+                                          ([2], "length", pbu.TRITONSERVER_RESPONSE_COMPLETE_FINAL)]
+
+
 # --- stop and cancel -------------------------------------------------------------------------
 
 

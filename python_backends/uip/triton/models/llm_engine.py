@@ -45,6 +45,7 @@ class _Stream:
     key: bytes | None  # stream_key to echo
     streaming: bool
     enqueued: float
+    wanted: frozenset[str]  # the outputs the client asked for (empty: all)
     first: float | None = None  # when the first token went out
     tokens: int = 0
     cancel_sent: bool = False
@@ -101,7 +102,8 @@ class LlmEngineModel:
                                       "its limit (limits.max_inflight)")
                 rid = self.engine.enqueue(call.request)
                 self._streams[rid] = _Stream(request, sender, tid, call.stream_key,
-                                             call.request.streaming, time.monotonic())
+                                             call.request.streaming, time.monotonic(),
+                                             frozenset(request.requested_output_names()))
                 if tid:
                     self._inflight[tid].add(rid)
         except Exception as exc:  # noqa: BLE001 - becomes this request's error response
@@ -151,9 +153,10 @@ class LlmEngineModel:
                                    flags=pb.final_flag())
             else:
                 reason = result.finish_reason if result.is_final else None
-                pb.send(stream.sender,
-                        engine_tensors.encode_response(result.tokens, reason, stream.key),
-                        final=result.is_final)
+                outputs = engine_tensors.encode_response(result.tokens, reason, stream.key)
+                if stream.wanted:  # build only the tensors the client reads (llm_bls: 2 of 3)
+                    outputs = {k: v for k, v in outputs.items() if k in stream.wanted}
+                pb.send(stream.sender, outputs, final=result.is_final)
                 self._observe(stream, result)
         except Exception:  # noqa: BLE001 - the client is gone: stop generating for it
             pb.log.exception("llm_engine: sending to request %s failed", result.request_id)
