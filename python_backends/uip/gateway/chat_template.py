@@ -85,12 +85,6 @@ def render(artifact: str, messages: list[dict[str, str]]) -> str:
         raise ApiError(400, str(e), "messages") from None
 
 
-def prompt_of(artifact: str, messages: list[dict[str, str]]) -> tuple[str, int]:
-    """The chat prompt and its token count."""
-    prompt = render(artifact, messages)
-    return prompt, formatter_for(artifact).count_tokens(prompt)
-
-
 @lru_cache(maxsize=16)
 def tokenizer_for(artifact: str) -> TextTokenizer:
     """An artifact's tokenizer (token counts for usage), loaded once."""

@@ -86,20 +86,3 @@ async def generate(triton: Triton, model: str, prompt: str, params: GenParams,
             if text:
                 yield Delta(text)
     yield Delta("", finish or "stop", tokens)
-
-
-@dataclass
-class Completion:
-    text: str
-    finish_reason: str
-    completion_tokens: int
-
-
-async def collect(deltas: AsyncIterator[Delta]) -> Completion:
-    """A whole generation from its deltas."""
-    parts: list[str] = []
-    last = Delta()
-    async for d in deltas:
-        parts.append(d.text)
-        last = d
-    return Completion("".join(parts), last.finish_reason or "stop", last.completion_tokens)

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
 from uip.gateway import agent, sse, structured, tools
 from uip.gateway.auth import authorize
-from uip.gateway.chat_template import prompt_of
 from uip.gateway.errors import ApiError, not_found
-from uip.gateway.llm import Delta, GenParams, check_max_tokens, collect, generate
+from uip.gateway.generation import Generation, start
+from uip.gateway.llm import GenParams, check_max_tokens
 from uip.gateway.retrieval import (
     Retrieved,
     call_item,
@@ -79,35 +81,72 @@ def _conversation(row) -> dict[str, Any]:
 # ------------------------------------------------------------------------- responses
 
 
-async def _context(g: Gateway, body: ResponseRequest) -> tuple[list[dict], str | None]:
-    """Earlier items of this exchange, and the conversation id if one is used."""
-    store, limit = g.store, g.spec.limits.max_context_items
+@dataclass
+class _Exchange:
+    """What a response continues and what it adds: the request, its conversation (if one),
+    its new input items, and the chat the model sees (earlier items first)."""
+
+    body: ResponseRequest
+    cid: str | None
+    new_items: list[dict[str, Any]]
+    messages: list[dict[str, str]]
+
+
+async def _exchange(g: Gateway, body: ResponseRequest) -> _Exchange:
     if body.previous_response_id and body.conversation:
         raise ApiError(400, "give previous_response_id or conversation, not both",
                        "conversation")
+    new_items = input_items(body.input)
+    cid = None
     if body.previous_response_id:
-        chain = await store.run(store.response_chain, body.previous_response_id, limit)
-        if chain is None:
-            raise not_found("response", body.previous_response_id, "previous_response_id")
-        items: list[dict] = []
-        for row in chain:
-            items += row.input_items + row.body.get("output", [])
-        return items, None
-    if body.conversation:
+        earlier = await _chained_items(g, body.previous_response_id)
+    elif body.conversation:
         cid = body.conversation if isinstance(body.conversation, str) else body.conversation.id
-        if await store.run(store.get_conversation, cid) is None:
-            raise not_found("conversation", cid, "conversation")
-        items, _ = await store.run(store.list_items, cid, limit)
-        return items, cid
-    return [], None
+        earlier = await _conversation_items(g, cid)
+    else:
+        earlier = []
+    return _Exchange(body, cid, new_items, _messages(g, body, earlier + new_items))
 
 
-def _response(body: ResponseRequest, rid: str, created: int, cid: str | None,
-              status: str, output: list, usage: dict | None) -> dict[str, Any]:
+async def _chained_items(g: Gateway, response_id: str) -> list[dict[str, Any]]:
+    """The input and output items of the responses chained by previous_response_id."""
+    store = g.store
+    chain = await store.run(store.response_chain, response_id, g.spec.limits.max_context_items)
+    if chain is None:
+        raise not_found("response", response_id, "previous_response_id")
+    items: list[dict[str, Any]] = []
+    for row in chain:
+        items += row.input_items + row.body.get("output", [])
+    return items
+
+
+async def _conversation_items(g: Gateway, cid: str) -> list[dict[str, Any]]:
+    store = g.store
+    if await store.run(store.get_conversation, cid) is None:
+        raise not_found("conversation", cid, "conversation")
+    items, _ = await store.run(store.list_items, cid, g.spec.limits.max_context_items)
+    return items
+
+
+def _messages(g: Gateway, body: ResponseRequest, items: list[dict[str, Any]]
+              ) -> list[dict[str, str]]:
+    limit = g.spec.limits.max_messages
+    messages = [{"role": "system", "content": body.instructions}] if body.instructions else []
+    messages += [chat_message(i) for i in items
+                 if i.get("type") != "file_search_call"]  # retrieval is not a message
+    if len(messages) > limit:
+        raise ApiError(400, f"the exchange holds more than {limit} messages "
+                       "(limits.max_messages)", "input")
+    return messages
+
+
+def _response(ex: _Exchange, rid: str, created: int, status: str, output: list,
+              usage: dict | None) -> dict[str, Any]:
+    body = ex.body
     return {"id": rid, "object": "response", "created_at": created, "status": status,
             "model": body.model, "output": output, "instructions": body.instructions,
             "previous_response_id": body.previous_response_id,
-            "conversation": {"id": cid} if cid else None, "store": bool(body.store),
+            "conversation": {"id": ex.cid} if ex.cid else None, "store": bool(body.store),
             "metadata": body.metadata or {}, "temperature": body.temperature,
             "top_p": body.top_p, "max_output_tokens": body.max_output_tokens,
             "error": None,
@@ -125,123 +164,134 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
             "output_tokens_details": {"reasoning_tokens": 0}}
 
 
+def _triton_targets(g: Gateway, model: str) -> list[Target]:
+    targets = [t for t in g.router.targets(model, "llm") if t.triton]
+    if not targets:
+        raise ApiError(400, f"model {model!r} is external: the Responses API serves "
+                       "Triton models only", "model")
+    return targets
+
+
+def _params(g: Gateway, body: ResponseRequest) -> GenParams:
+    check_max_tokens(body.max_output_tokens, g.spec.limits, "max_output_tokens")
+    return GenParams(body.max_output_tokens or g.spec.limits.default_max_tokens,
+                     body.temperature, body.top_p, guide=structured.responses_guide(body.text))
+
+
+def _agent_tools(g: Gateway, body: ResponseRequest
+                 ) -> tuple[tools.ToolPlan | None, dict[str, agent.ServerTool]]:
+    """The agent loop's plan (None: no tools to call) and its server tools. With other tools
+    file_search is one of them; alone it retrieves before the one generation."""
+    others = [t for t in body.tools or [] if t.get("type") != "file_search"]
+    functions, servers = agent.resolve(body.tools or [] if others else [], g)
+    plan = tools.plan(functions, body.tool_choice, body.parallel_tool_calls)
+    return (plan if plan is not None and plan.active else None), servers
+
+
 @router.post("/responses")
 async def create_response(body: ResponseRequest, caller: Caller = Depends(authorize),
                           g: Gateway = Depends(gateway)):
-    targets = [t for t in g.router.targets(body.model, "llm") if t.triton]
-    if not targets:
-        raise ApiError(400, f"model {body.model!r} is external: the Responses API serves "
-                       "Triton models only", "model")
-    new_items = input_items(body.input)
-    context, cid = await _context(g, body)
-    messages = [{"role": "system", "content": body.instructions}] if body.instructions else []
-    messages += [chat_message(i) for i in context + new_items
-                 if i.get("type") != "file_search_call"]  # retrieval is not a message
-    if len(messages) > g.spec.limits.max_messages:
-        raise ApiError(400, f"the exchange holds more than {g.spec.limits.max_messages} "
-                       "messages (limits.max_messages)", "input")
-    check_max_tokens(body.max_output_tokens, g.spec.limits, "max_output_tokens")
-    params = GenParams(body.max_output_tokens or g.spec.limits.default_max_tokens,
-                       body.temperature, body.top_p, guide=structured.responses_guide(body.text))
+    targets = _triton_targets(g, body.model)
+    ex = await _exchange(g, body)
+    params = _params(g, body)
     option = file_search_tools(body.tools)
-    others = [t for t in body.tools or [] if t.get("type") != "file_search"]
-    # with other tools file_search is one of the agent's tools; alone it retrieves first
-    functions, servers = agent.resolve(body.tools or [] if others else [], g)
-    plan = tools.plan(functions, body.tool_choice, body.parallel_tool_calls)
-    if plan is not None and plan.active:
-        if params.guide is not None:
-            raise ApiError(400, "text.format cannot be combined with tools unless tool_choice "
-                           "is none", "text.format")
-        g.limiter.admit(caller)
-        return await _agent_turn(g, caller, body, targets, messages, params, plan, servers,
-                                 cid, new_items)
+    plan, servers = _agent_tools(g, body)
+    if plan is not None and params.guide is not None:
+        raise ApiError(400, "text.format cannot be combined with tools unless tool_choice "
+                       "is none", "text.format")
     g.limiter.admit(caller)
-    found = None
-    if option is not None:  # retrieval first: the prompt holds what it found
-        found = await retrieve(g, option, messages)
-        messages = found.messages
+    if plan is not None:
+        return await _agent_response(g, caller, ex, targets, params, plan, servers)
+    found = None if option is None else await retrieve(g, option, ex.messages)
+    return await _generated_response(g, caller, ex, targets, params, found)
 
-    async def attempt(target: Target):
-        prompt, tokens = prompt_of(target.tokenizer, messages)
-        deltas = generate(g.triton, target.triton, prompt, params,
-                          g.spec.limits.stream_timeout_s)
-        return tokens, await anext(deltas), deltas
 
-    prompt_tokens, first, deltas = await first_available(targets, attempt)
-    turn = _Turn(g, caller, body, cid, new_items, prompt_tokens, found)
-    if body.stream:
-        return sse.response(turn.events(first, deltas))
-    async for _ in turn.run(first, deltas):
+async def _generated_response(g: Gateway, caller: Caller, ex: _Exchange, targets: list[Target],
+                              params: GenParams, found: Retrieved | None):
+    """A response of one generation (on what retrieval found, if it ran), streamed as it
+    comes or returned whole."""
+    messages = ex.messages if found is None else found.messages
+    charge = partial(g.record_usage, caller, ex.body.model, "/responses")
+    gen = await first_available(targets, lambda t: start(g, t, params, messages,
+                                                         charge=charge))
+    turn = _Turn(g, ex, gen, found)
+    if ex.body.stream:
+        return sse.response(turn.events())
+    async for _ in turn.texts():
         pass
     return turn.result
 
 
-async def _store(g: Gateway, body: ResponseRequest, result: dict[str, Any], cid: str | None,
-                 new_items: list[dict]) -> None:
+async def _store(g: Gateway, ex: _Exchange, result: dict[str, Any]) -> None:
+    """The response kept if asked (store), its items added to its conversation (if one)."""
     store = g.store
-    if body.store:
-        await store.run(store.save_response, result, new_items)
-    if cid:
-        await store.run(store.add_items, cid, new_items + result["output"])
+    if ex.body.store:
+        await store.run(store.save_response, result, ex.new_items)
+    if ex.cid:
+        await store.run(store.add_items, ex.cid, ex.new_items + result["output"])
 
 
-async def _agent_turn(g: Gateway, caller: Caller, body: ResponseRequest, targets: list[Target],
-                      messages: list[dict], params: GenParams, plan: tools.ToolPlan,
-                      servers: dict, cid: str | None, new_items: list[dict]):
-    """A response with tools: the agent loop (uip.gateway.agent), every step an output item.
-    Streamed, its events are sent when the loop has finished."""
-    timeout = g.spec.limits.stream_timeout_s
+def _agent_step(g: Gateway, targets: list[Target], params: GenParams) -> agent.Generate:
+    """One model turn of the agent loop: a whole generation."""
 
     async def step(msgs: list[dict[str, str]], guide: str | None) -> agent.Step:
         p = replace(params, guide=guide)
+        gen = await first_available(targets, lambda t: start(g, t, p, msgs))
+        [c] = await gen.finish()
+        return agent.Step(c.text, c.finish_reason or "stop", gen.prompt_tokens,
+                          gen.completion_tokens)
 
-        async def attempt(target: Target):
-            prompt, tokens = prompt_of(target.tokenizer, msgs)
-            deltas = generate(g.triton, target.triton, prompt, p, timeout)
-            return tokens, await anext(deltas), deltas
+    return step
 
-        tokens, first, deltas = await first_available(targets, attempt)
 
-        async def chain():
-            yield first
-            async for d in deltas:
-                yield d
-
-        comp = await collect(chain())
-        return agent.Step(comp.text, comp.finish_reason, tokens, comp.completion_tokens)
-
+async def _agent_response(g: Gateway, caller: Caller, ex: _Exchange, targets: list[Target],
+                          params: GenParams, plan: tools.ToolPlan, servers: dict):
+    """A response with tools: the agent loop (uip.gateway.agent), every step an output item.
+    Streamed, its events are sent when the loop has finished."""
     rid, created = new_id("resp"), int(time.time())
-    done = await agent.run(messages, plan, servers, g.spec.agent.max_iterations, step)
+    done = await agent.run(ex.messages, plan, servers, g.spec.agent.max_iterations,
+                           _agent_step(g, targets, params))
     searched = [t for t in servers.values() if isinstance(t, agent.FileSearchTool)]
     for item in done.output:  # the answer cites what file_search found
         if item["type"] == "message" and searched and searched[0].hits:
             part = item["content"][0]
             part["annotations"] = citations(searched[0].hits, part["text"])
-    await g.record_usage(caller, body.model, "/responses", done.prompt_tokens,
+    await g.record_usage(caller, ex.body.model, "/responses", done.prompt_tokens,
                          done.completion_tokens)
-    result = _response(body, rid, created, cid, done.status, done.output,
+    result = _response(ex, rid, created, done.status, done.output,
                        _usage(done.prompt_tokens, done.completion_tokens))
     if done.reason is not None:
         result["incomplete_details"] = {"reason": done.reason}
-    await _store(g, body, result, cid, new_items)
-    if not body.stream:
+    await _store(g, ex, result)
+    if not ex.body.stream:
         return result
-    return sse.response(_replay(body, result, cid))
+    return sse.response(_replay(result))
 
 
-async def _replay(body: ResponseRequest, result: dict[str, Any], cid: str | None
-                  ) -> AsyncIterator[str]:
+class _Events:
+    """A response's stream events, numbered in order."""
+
+    def __init__(self):
+        self.seq = 0
+
+    def __call__(self, kind: str, **fields) -> str:
+        self.seq += 1
+        return sse.event({"type": kind, "sequence_number": self.seq - 1, **fields}, kind)
+
+    def started(self, response: dict[str, Any]) -> str:
+        return (self("response.created", response=response)
+                + self("response.in_progress", response=response))
+
+    def ended(self, response: dict[str, Any]) -> str:
+        kind = "response.completed" if response["status"] == "completed" else \
+            "response.incomplete"
+        return self(kind, response=response)
+
+
+async def _replay(result: dict[str, Any]) -> AsyncIterator[str]:
     """The events of a finished response, item by item."""
-    seq = 0
-
-    def ev(kind: str, **fields) -> str:
-        nonlocal seq
-        seq += 1
-        return sse.event({"type": kind, "sequence_number": seq - 1, **fields}, kind)
-
-    started = {**result, "status": "in_progress", "output": [], "usage": None}
-    yield ev("response.created", response=started)
-    yield ev("response.in_progress", response=started)
+    ev = _Events()
+    yield ev.started({**result, "status": "in_progress", "output": [], "usage": None})
     for index, item in enumerate(result["output"]):
         if item["type"] == "message":
             yield ev("response.output_item.added", output_index=index,
@@ -260,66 +310,46 @@ async def _replay(body: ResponseRequest, result: dict[str, Any], cid: str | None
                 yield ev("response.function_call_arguments.done", item_id=item["id"],
                          output_index=index, arguments=item["arguments"], name=item["name"])
         yield ev("response.output_item.done", output_index=index, item=item)
-    kind = "response.completed" if result["status"] == "completed" else "response.incomplete"
-    yield ev(kind, response=result)
+    yield ev.ended(result)
 
 
 class _Turn:
-    """One response being generated: its deltas, then storing it and its usage."""
+    """One generated response: its text as it comes (collected by its Generation), then the
+    response object, stored."""
 
-    def __init__(self, g: Gateway, caller: Caller, body: ResponseRequest, cid: str | None,
-                 new_items: list[dict], prompt_tokens: int, found: Retrieved | None = None):
-        self.g, self.caller, self.body, self.cid = g, caller, body, cid
-        self.new_items, self.prompt_tokens = new_items, prompt_tokens
+    def __init__(self, g: Gateway, ex: _Exchange, gen: Generation,
+                 found: Retrieved | None = None):
+        self.g, self.ex, self.gen = g, ex, gen
         self.rid, self.msg_id = new_id("resp"), new_id("msg")
         self.created = int(time.time())
         self.result: dict[str, Any] = {}
         self.hits = found.hits if found else []
         # output items before the message: the file_search_call of a retrieval
         self.calls = [call_item(found.query, found.hits, "file_search_call.results" in
-                                (body.include or []))] if found else []
+                                (ex.body.include or []))] if found else []
 
     def item(self, text: str, status: str) -> dict[str, Any]:
         notes = citations(self.hits, text) if status == "completed" else []
         return {"type": "message", "id": self.msg_id, "status": status, "role": "assistant",
                 "content": [{"type": "output_text", "text": text, "annotations": notes}]}
 
-    async def run(self, first: Delta, deltas: AsyncIterator[Delta]) -> AsyncIterator[str]:
-        """Yields the text deltas; stores the finished response."""
-        parts, last, completion = [], first, 0
-        try:
-            d = first
-            while True:
-                if d.text:
-                    parts.append(d.text)
-                    yield d.text
-                if d.finish_reason is not None:
-                    last = d
-                    break
-                d = await anext(deltas)
-            completion = last.completion_tokens
-        finally:
-            await deltas.aclose()
-            await self.g.record_usage(self.caller, self.body.model, "/responses",
-                                      self.prompt_tokens, completion)
-        status = "incomplete" if last.finish_reason == "length" else "completed"
-        output = [*self.calls, self.item("".join(parts), "completed")]
-        self.result = _response(self.body, self.rid, self.created, self.cid, status, output,
-                                _usage(self.prompt_tokens, completion))
-        await _store(self.g, self.body, self.result, self.cid, self.new_items)
+    async def texts(self) -> AsyncIterator[str]:
+        """The text deltas as they come; then the finished response (`result`), stored."""
+        async with aclosing(self.gen.deltas()) as deltas:
+            async for _, text in deltas:
+                if text:
+                    yield text
+        [c] = self.gen.choices
+        status = "incomplete" if c.finish_reason == "length" else "completed"
+        output = [*self.calls, self.item(c.text, "completed")]
+        # usage is due: the prompt is counted now, after the last token
+        self.result = _response(self.ex, self.rid, self.created, status, output,
+                                _usage(self.gen.prompt_tokens, self.gen.completion_tokens))
+        await _store(self.g, self.ex, self.result)
 
-    async def events(self, first: Delta, deltas: AsyncIterator[Delta]) -> AsyncIterator[str]:
-        seq = 0
-
-        def ev(kind: str, **fields) -> str:
-            nonlocal seq
-            seq += 1
-            return sse.event({"type": kind, "sequence_number": seq - 1, **fields}, kind)
-
-        started = _response(self.body, self.rid, self.created, self.cid, "in_progress", [],
-                            None)
-        yield ev("response.created", response=started)
-        yield ev("response.in_progress", response=started)
+    async def events(self) -> AsyncIterator[str]:
+        ev = _Events()
+        yield ev.started(_response(self.ex, self.rid, self.created, "in_progress", [], None))
         for at, call in enumerate(self.calls):  # done before generation: reported at once
             yield ev("response.output_item.added", output_index=at,
                      item={**call, "status": "in_progress", "results": None})
@@ -334,8 +364,9 @@ class _Turn:
         where = {"item_id": self.msg_id, "output_index": at, "content_index": 0}
         yield ev("response.content_part.added", part=part, **where)
         try:
-            async for text in self.run(first, deltas):
-                yield ev("response.output_text.delta", delta=text, logprobs=[], **where)
+            async with aclosing(self.texts()) as texts:
+                async for text in texts:
+                    yield ev("response.output_text.delta", delta=text, logprobs=[], **where)
         except ApiError as e:
             yield ev("error", code=e.code, message=e.message, param=e.param)
             return
@@ -347,9 +378,7 @@ class _Turn:
         yield ev("response.output_text.done", text=done_part["text"], logprobs=[], **where)
         yield ev("response.content_part.done", part=done_part, **where)
         yield ev("response.output_item.done", output_index=at, item=message)
-        kind = "response.completed" if self.result["status"] == "completed" else \
-            "response.incomplete"
-        yield ev(kind, response=self.result)
+        yield ev.ended(self.result)
 
 
 @router.get("/responses/{response_id}")

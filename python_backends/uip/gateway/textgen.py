@@ -3,23 +3,22 @@ response shapes, streamed (SSE) or not; usage recorded when it ends, even when c
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
-from functools import cached_property
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 
 from uip.gateway import sse
-from uip.gateway.chat_template import formatter_for, render
 from uip.gateway.errors import ApiError
-from uip.gateway.llm import Delta, GenParams, generate
+from uip.gateway.generation import Charge, Choice, Generation, start
+from uip.gateway.llm import GenParams
 from uip.gateway.retrieval import citations
 from uip.gateway.routing import Target, external_json, external_stream, first_available
 from uip.gateway.state import Caller, Gateway
@@ -79,11 +78,15 @@ class TextJob:
             delta["annotations"] = citations(self.hits, whole or "")
         return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
 
-    def answer(self, text: str, finish: str) -> tuple[str | None, Call | None, str]:
-        """The output as content and tool call, and the finish reason to report."""
+    def answer(self, c: Choice) -> tuple[str | None, Call | None, str]:
+        """A finished choice as content (echo first) and tool call, and the finish reason
+        to report."""
+        finish = c.finish_reason or "stop"
         if self.tools is None:
-            return text, None, finish
-        content, call = self.tools.parse(text)
+            return self.echo + c.text, None, finish
+        content, call = self.tools.parse(c.text)
+        if content is not None:
+            content = self.echo + content
         return content, call, "tool_calls" if call is not None else finish
 
 
@@ -107,6 +110,12 @@ class Chunks:
     def event(self, choices: list, usage_: dict | None = None) -> str:
         return sse.event(self.job.envelope(self.rid, self.created, choices, usage_, True))
 
+    def usage(self, gen: Generation) -> str:
+        """The usage chunk if asked for (counting the prompt: once the last token is in)."""
+        if not self.job.include_usage:
+            return ""
+        return self.event([], usage(gen.prompt_tokens, gen.completion_tokens))
+
     def text(self, index: int, text: str) -> str:
         parts = self._text.get(index)
         if parts is None:
@@ -119,205 +128,102 @@ class Chunks:
 
 
 @dataclass
-class Opened:
-    """A generation that has started: each choice's first delta is in, so no fallback is
-    needed any more."""
+class Relay:
+    """An external API's answer: its JSON, or (its first SSE payload, the rest)."""
 
-    target: Target
-    prompt: str = ""  # the prompt sent to Triton: its tokens are counted when usage is due
-    choices: list[AsyncIterator[Delta]] | None = None  # one delta stream per choice
-    external: Any = None  # an external JSON answer, or its stream of SSE payloads
-
-    @cached_property
-    def prompt_tokens(self) -> int:
-        """Counted after the generation (usage comes last), not before its first token."""
-        if self.target.tokenizer is None:
-            return 0
-        return formatter_for(self.target.tokenizer).count_tokens(self.prompt)
-
-
-async def _open(g: Gateway, job: TextJob, target: Target) -> Opened:
-    if target.external is not None:
-        body = {**job.body}
-        if job.stream:
-            lines = external_stream(g.http, target, job.path, body)
-            first = await anext(lines)  # connects: errors here fall back
-            return Opened(target, external=(first, lines))
-        return Opened(target, external=await external_json(g.http, target, job.path, body))
-    assert target.tokenizer is not None  # the spec requires one for llm models
-    prompt = (render(target.tokenizer, job.messages) if job.messages is not None
-              else job.prompt or "")
-    timeout = g.spec.limits.stream_timeout_s
-    params = job.params if target.lora is None else replace(job.params, lora_name=target.lora)
-    streams = [generate(g.triton, target.triton, prompt, params, timeout, i)
-               for i in range(job.params.n)]
-    firsts = await _first_deltas(streams)
-    return Opened(target, prompt, [_primed(f, s) for f, s in zip(firsts, streams, strict=True)])
-
-
-async def _first_deltas(streams: list[AsyncIterator[Delta]]) -> list[Delta]:
-    """Each stream's first delta; if one fails, the others are cancelled (their Triton
-    requests with them) and its error stands."""
-    if len(streams) == 1:
-        return [await anext(streams[0])]
-    tasks = [asyncio.ensure_future(anext(s)) for s in streams]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-async def _primed(first: Delta, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    yield first
-    async with aclosing(rest):  # closing the chain closes the Triton stream at once
-        async for d in rest:
-            yield d
-
-
-async def _merged(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:
-    """(choice index, delta) of all choices as they come; closing it cancels what still
-    runs. One choice is read directly (the common case: no task, no queue per token)."""
-    if len(streams) == 1:
-        async with aclosing(streams[0]) as only:
-            async for d in only:
-                yield 0, d
-        return
-    queue: asyncio.Queue[tuple[int, Delta | Exception]] = asyncio.Queue()
-
-    async def pump(i: int, stream: AsyncIterator[Delta]) -> None:
-        try:
-            async with aclosing(stream):
-                async for d in stream:
-                    queue.put_nowait((i, d))
-        except Exception as e:  # noqa: BLE001 - re-raised by the reader
-            queue.put_nowait((i, e))
-
-    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        left = len(streams)
-        while left:
-            i, d = await queue.get()
-            if isinstance(d, Exception):
-                raise d
-            if d.finish_reason is not None:
-                left -= 1
-            yield i, d
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    answer: Any
 
 
 async def run(g: Gateway, caller: Caller, targets: list[Target], job: TextJob):
     g.limiter.admit(caller)
-    opened = await first_available(targets, lambda t: _open(g, job, t))
+    charge = partial(g.record_usage, caller, job.model, job.path)
+    opened = await first_available(targets, lambda t: _open(g, job, t, charge))
     rid = ("chatcmpl-" if job.kind == "chat" else "cmpl-") + uuid.uuid4().hex
     created = int(time.time())
-    if opened.external is not None:
+    if isinstance(opened, Relay):
         return _external(g, caller, job, opened)
     if not job.stream:
-        return await _whole(g, caller, job, opened, rid, created)
-    return sse.response(_events(g, caller, job, opened, rid, created))
+        return await _whole(job, opened, rid, created)
+    if job.tools is not None:
+        return sse.response(_events_when_complete(job, opened, rid, created))
+    return sse.response(_events(job, opened, rid, created))
 
 
-async def _whole(g: Gateway, caller: Caller, job: TextJob, opened: Opened, rid: str,
-                 created: int) -> JSONResponse:
-    assert opened.choices is not None
-    n = len(opened.choices)
-    texts: list[list[str]] = [[job.echo] for _ in range(n)]
-    finish: list[str] = ["stop"] * n
-    completion = 0
-    merged = _merged(opened.choices)
-    try:
-        async for i, d in merged:
-            texts[i].append(d.text)
-            if d.finish_reason is not None:
-                finish[i] = d.finish_reason
-                completion += d.completion_tokens
-    finally:
-        await merged.aclose()
-    use = usage(opened.prompt_tokens, completion)
-    await g.record_usage(caller, job.model, job.path, opened.prompt_tokens, completion)
+async def _open(g: Gateway, job: TextJob, target: Target, charge: Charge
+                ) -> Generation | Relay:
+    if target.external is None:
+        return await start(g, target, job.params, job.messages, job.prompt or "", charge)
+    body = {**job.body}
+    if job.stream:
+        lines = external_stream(g.http, target, job.path, body)
+        first = await anext(lines)  # connects: errors here fall back
+        return Relay((first, lines))
+    return Relay(await external_json(g.http, target, job.path, body))
+
+
+async def _whole(job: TextJob, gen: Generation, rid: str, created: int) -> JSONResponse:
     choices = []
-    for i in range(n):
-        content, call, fin = job.answer("".join(texts[i][1:]), finish[i])
-        if content is not None:
-            content = job.echo + content
-        choices.append(job.choice(i, content, fin, chunk=False, call=call))
+    for c in await gen.finish():
+        content, call, finish = job.answer(c)
+        choices.append(job.choice(c.index, content, finish, chunk=False, call=call))
+    use = usage(gen.prompt_tokens, gen.completion_tokens)
     return JSONResponse(job.envelope(rid, created, choices, use, chunk=False))
 
 
-async def _events(g: Gateway, caller: Caller, job: TextJob, opened: Opened, rid: str,
-                  created: int) -> AsyncIterator[str]:
+async def _events(job: TextJob, gen: Generation, rid: str, created: int
+                  ) -> AsyncIterator[str]:
     """Chunks of each choice (tagged with its index) as its tokens come; each choice's
-    finish reason in a chunk of its own; usage (prompt once, completions summed) last."""
-    assert opened.choices is not None
+    finish reason in a chunk of its own; usage (prompt once, completions summed) last.
+    One write per token: the role chunks go out with the first token (it is already in),
+    the last finish chunk with the usage chunk and [DONE]."""
     chunks = Chunks(job, rid, created)
-    n = len(opened.choices)
-    completion = 0
-    answers = [""] * n  # each choice's text so far (for citations)
-    merged = _merged(opened.choices)
+    out = ""
+    if job.kind == "chat" or job.echo:
+        text = "" if job.kind == "chat" else job.echo
+        out = "".join(chunks.event([job.choice(c.index, text, None, True, first=True)])
+                      for c in gen.choices)
     try:
-        if job.tools is not None:  # the output may be a call: each is sent when complete
-            texts, finish = [""] * n, ["stop"] * n
-            async for i, d in merged:
-                texts[i] += d.text
-                if d.finish_reason is not None:
-                    finish[i] = d.finish_reason
-                    completion += d.completion_tokens
-            for i in range(n):
-                content, call, fin = job.answer(texts[i], finish[i])
-                yield chunks.event([job.choice(i, content, None, True, first=True)])
-                if call is not None:
-                    yield chunks.event([job.choice(i, None, None, True, call=call)])
-                yield chunks.event([job.choice(i, None, fin, True)])
-            if job.include_usage:
-                yield chunks.event([], usage(opened.prompt_tokens, completion))
-            yield sse.event("[DONE]")
-            return
-        # One write per token: the role chunks go out with the first token (it is already
-        # in), the last finish chunk with the usage chunk and [DONE].
-        out = ""
-        if job.kind == "chat" or job.echo:
-            text = "" if job.kind == "chat" else job.echo
-            out = "".join(chunks.event([job.choice(i, text, None, True, first=True)])
-                          for i in range(n))
-        left = n
-        async for i, d in merged:
-            if d.text:
-                answers[i] += d.text
-                out += chunks.text(i, d.text)
-            if d.finish_reason is not None:
-                completion += d.completion_tokens
-                left -= 1
-                out += chunks.event([job.choice(i, None, d.finish_reason, True,
-                                                whole=answers[i])])
-            if out and left:
-                yield out
-                out = ""
-        if job.include_usage:
-            out += chunks.event([], usage(opened.prompt_tokens, completion))
-        yield out + sse.event("[DONE]")
+        async with aclosing(gen.deltas()) as deltas:
+            async for c, text in deltas:
+                if text:
+                    out += chunks.text(c.index, text)
+                if c.finish_reason is not None:
+                    out += chunks.event([job.choice(c.index, None, c.finish_reason, True,
+                                                    whole=c.text)])
+                if out and gen.running:
+                    yield out
+                    out = ""
+        yield out + chunks.usage(gen) + sse.event("[DONE]")
     except ApiError as e:  # after the headers: OpenAI's SDK raises on an error event
         yield sse.event(e.body())
-    finally:
-        await merged.aclose()
-        await g.record_usage(caller, job.model, job.path, opened.prompt_tokens, completion)
 
 
-def _external(g: Gateway, caller: Caller, job: TextJob, opened: Opened):
+async def _events_when_complete(job: TextJob, gen: Generation, rid: str, created: int
+                                ) -> AsyncIterator[str]:
+    """Tools were offered: the output may be a call, so each choice is sent when complete."""
+    chunks = Chunks(job, rid, created)
+    try:
+        for c in await gen.finish():
+            content, call, finish = job.answer(c)
+            yield chunks.event([job.choice(c.index, content, None, True, first=True)])
+            if call is not None:
+                yield chunks.event([job.choice(c.index, None, None, True, call=call)])
+            yield chunks.event([job.choice(c.index, None, finish, True)])
+        yield chunks.usage(gen) + sse.event("[DONE]")
+    except ApiError as e:
+        yield sse.event(e.body())
+
+
+def _external(g: Gateway, caller: Caller, job: TextJob, relay: Relay):
     """An external API's answer, relayed with the client's model id; usage from its own."""
     if not job.stream:
-        answer = opened.external
+        answer = relay.answer
         answer["model"] = job.model
         u = answer.get("usage") or {}
         return JSONResponse(answer, background=BackgroundTask(
             g.record_usage, caller, job.model, job.path, int(u.get("prompt_tokens") or 0),
             int(u.get("completion_tokens") or 0)))
-    first, lines = opened.external
+    first, lines = relay.answer
 
     async def events() -> AsyncIterator[str]:
         got: dict[str, Any] = {}
