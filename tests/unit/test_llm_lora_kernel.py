@@ -93,3 +93,17 @@ def test_mixed_step_is_the_same_in_every_form(llm_tiny_dir, llm_tiny_lora_dir):
     base_rows = [i for i, s in enumerate(row_slots) if not s]
     torch.testing.assert_close(forms["triton"][base_rows], base[base_rows])
     assert (forms["triton"][adapter_rows] - base[adapter_rows]).abs().amax(-1).min() > 1e-3
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="bf16 on the GPU")
+def test_expand_kernel_in_bf16_on_the_gpu():
+    g = torch.Generator().manual_seed(3)
+    parts, rank, slots = [4096, 1024, 1024], 16, 8
+    out, k = sum(parts), slots * rank * len(parts)
+    b = _block_diagonal_b(slots, rank, parts, g).mul_(0.05).to(DEVICE, torch.bfloat16)
+    yx = torch.randn(32, out + k, generator=g).to(DEVICE, torch.bfloat16)
+    row_slots = torch.tensor([i % (slots + 1) for i in range(32)], device=DEVICE)
+    want = triton_lora.reference_lora_expand(yx[:, :out].float(), yx[:, out:].float(),
+                                             row_slots, b.float(), rank, parts)
+    got = triton_lora.lora_expand(yx[:, :out], yx[:, out:], row_slots, b, rank, parts)
+    torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=2e-2)
