@@ -47,8 +47,8 @@ def test_expand_kernel_equals_the_torch_form(parts, row_slots):
     yx = torch.randn(t, out + k, generator=g).to(DEVICE)  # the folded GEMM's [y | xa]
     meta = torch.zeros(t, 5, dtype=torch.long, device=DEVICE)  # the graphs' buffer: a column
     meta[:, 4] = torch.tensor(row_slots)
-    want = triton_lora.reference_lora_expand(yx[:, :out].clone(), yx[:, out:].clone(),
-                                             meta[:, 4], b, rank, parts)
+    want = lora.reference_lora_expand(yx[:, :out].clone(), yx[:, out:].clone(),
+                                      meta[:, 4], b, rank, parts)
     got = yx.clone()
     triton_lora.lora_expand(got[:, :out], got[:, out:], meta[:, 4], b, rank, parts)
     torch.testing.assert_close(got[:, :out], want)
@@ -103,7 +103,7 @@ def test_expand_kernel_in_bf16_on_the_gpu():
     b = _block_diagonal_b(slots, rank, parts, g).mul_(0.05).to(DEVICE, torch.bfloat16)
     yx = torch.randn(32, out + k, generator=g).to(DEVICE, torch.bfloat16)
     row_slots = torch.tensor([i % (slots + 1) for i in range(32)], device=DEVICE)
-    want = triton_lora.reference_lora_expand(yx[:, :out].float(), yx[:, out:].float(),
-                                             row_slots, b.float(), rank, parts)
+    want = lora.reference_lora_expand(yx[:, :out].float(), yx[:, out:].float(),
+                                      row_slots, b.float(), rank, parts)
     got = triton_lora.lora_expand(yx[:, :out], yx[:, out:], row_slots, b, rank, parts)
     torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=2e-2)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,9 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from uip.core.inputs import InvalidInput
-from uip.llm import triton_lora
 from uip.llm.lora_names import CONFIG_FILE, WEIGHTS_FILE, available, check_name
-from uip.llm.triton_lora import onehot_of, slot_mask
 
 if TYPE_CHECKING:
     from uip.llm.llama import LlamaRunner
@@ -156,15 +155,38 @@ class AdapterDir:
         return read_adapter(folder, self.shape, self.max_rank)
 
 
+def onehot_of(row_slots: torch.Tensor, slots: int, dtype: torch.dtype) -> torch.Tensor:
+    """[T, slots] from each row's slot (0: the base, all zero); no host sync (graph-safe)."""
+    ids = torch.arange(1, slots + 1, device=row_slots.device)
+    return (row_slots[:, None] == ids[None, :]).to(dtype)
+
+
+def slot_mask(onehot: torch.Tensor, width: int) -> torch.Tensor:
+    """[T, slots * width]: 1 on the columns of each row's own slot."""
+    t, slots = onehot.shape
+    return onehot[:, :, None].expand(t, slots, width).reshape(t, slots * width)
+
+
+def reference_lora_expand(y: torch.Tensor, xa: torch.Tensor, row_slots: torch.Tensor,
+                          b: torch.Tensor, rank: int, parts: Sequence[int],
+                          mask: torch.Tensor | None = None) -> torch.Tensor:
+    """What `triton_lora.lora_expand` computes (the dense "torch" form): the mask multiply (in
+    place on xa) and an addmm into y. `mask`: `slot_mask` of the rows (else built here)."""
+    slots = b.shape[0] // (rank * len(parts))
+    if mask is None:
+        mask = slot_mask(onehot_of(row_slots, slots, xa.dtype), rank * len(parts))
+    return y.addmm_(xa.mul_(mask), b)
+
+
 @dataclass
 class LoraStep:
     """One step's adapter rows, in one of two forms (see `LoraCache.step`):
 
     - dense: `slots` [T] each row's slot on the device (0: the base), any stride; every row's
       xa from the folded GEMM (`fold`; else a GEMM of its own) and its expand from its own
-      slot's columns: the Triton kernel, or (`onehot` [T, slots], model dtype) the torch mask
-      multiply and addmm. Fixed shapes and no host data, so it can run inside a CUDA graph
-      (`DecodeGraphs`).
+      slot's columns: `kernel` (the Triton one), else (`onehot` [T, slots], model dtype) the
+      torch mask multiply and addmm (`reference_lora_expand`). Fixed shapes and no host data,
+      so it can run inside a CUDA graph (`DecodeGraphs`).
     - grouped: the rows of each adapter present, padded to the largest group: `index`
       [G, M] (rows gathered from x), `groups` [G] (their slot - 1; None: all slots in order,
       no copy of the buffers), `rows` [R] (the rows with an adapter) and `pos` [R] (where
@@ -173,6 +195,7 @@ class LoraStep:
     """
 
     slots: torch.Tensor | None = None
+    kernel: Callable[..., torch.Tensor] | None = None  # `triton_lora.lora_expand`
     onehot: torch.Tensor | None = None
     fold: bool = True
     index: torch.Tensor | None = None
@@ -230,7 +253,11 @@ class LoraCache:
         self.shape, self.max_rank = shape, max_rank
         self.max_adapters = max_adapters
         self.device, self.dtype = device, dtype
-        self.form = "triton" if device.type == "cuda" and triton_lora.AVAILABLE else "torch"
+        self.form = "torch"
+        if device.type == "cuda":
+            from uip.llm import triton_lora  # imports triton: only where the kernel can run
+
+            self.form = "triton" if triton_lora.AVAILABLE else "torch"
         dims = _dims(shape)
         slots = max_adapters + 1  # slot 0: the base model (no buffer columns)
         # per layer and fused linear: the folded weight [out + S * W, in] and bias (or None)
@@ -362,7 +389,9 @@ class LoraCache:
         if form not in DENSE_FORMS:
             raise ValueError(f"unknown LoRA dense form {form!r}; one of {DENSE_FORMS}")
         if form == "triton":
-            return LoraStep(slots=slots)
+            from uip.llm.triton_lora import lora_expand
+
+            return LoraStep(slots=slots, kernel=lora_expand)
         return LoraStep(slots=slots, onehot=onehot_of(slots, self.max_adapters, self.dtype),
                         fold=form == "torch")
 
@@ -380,11 +409,10 @@ class LoraCache:
             else:
                 y, xa = F.linear(x, w, bias), F.linear(x, a.view(slots * width, -1))
             b = b.view(slots * width, out)
-            if step.onehot is None:
-                return triton_lora.lora_expand(y, xa, step.slots, b, self.max_rank,
-                                               self.parts[fused])
-            return triton_lora.reference_lora_expand(y, xa, step.slots, b, self.max_rank,
-                                                     self.parts[fused], step.mask(width))
+            if step.kernel is not None:
+                return step.kernel(y, xa, step.slots, b, self.max_rank, self.parts[fused])
+            return reference_lora_expand(y, xa, step.slots, b, self.max_rank,
+                                         self.parts[fused], step.mask(width))
         y = F.linear(x, w, bias)
         if step.single is not None:
             return torch.addmm(y, F.linear(x, a[step.single]), b[step.single])

@@ -10,7 +10,7 @@ columns parts[0] + ... + parts[j-1] onwards). One program per (out tile, row til
 masked GEMM over all slots' columns: xa entries of other slots are not loaded (zero), nor are
 the B rows of slots no row of the tile uses and the off-diagonal (always zero) blocks, so it
 reads only the weights the step needs, and adds to y in fp32 with one rounding. It replaces
-the torch form's mask multiply and addmm (`reference_lora_expand`, what it is tested
+the torch form's mask multiply and addmm (`lora.reference_lora_expand`, what it is tested
 against; `TRITON_INTERPRET=1` runs it on CPU tensors).
 """
 
@@ -60,29 +60,6 @@ if AVAILABLE:
         ok = t_ok[:, None] & n_ok[None, :]
         y = tl.load(ptrs, mask=ok, other=0.0).to(tl.float32)
         tl.store(ptrs, (y + acc).to(y_ptr.dtype.element_ty), mask=ok)
-
-
-def onehot_of(row_slots: torch.Tensor, slots: int, dtype: torch.dtype) -> torch.Tensor:
-    """[T, slots] from each row's slot (0: the base, all zero); no host sync (graph-safe)."""
-    ids = torch.arange(1, slots + 1, device=row_slots.device)
-    return (row_slots[:, None] == ids[None, :]).to(dtype)
-
-
-def slot_mask(onehot: torch.Tensor, width: int) -> torch.Tensor:
-    """[T, slots * width]: 1 on the columns of each row's own slot."""
-    t, slots = onehot.shape
-    return onehot[:, :, None].expand(t, slots, width).reshape(t, slots * width)
-
-
-def reference_lora_expand(y: torch.Tensor, xa: torch.Tensor, row_slots: torch.Tensor,
-                          b: torch.Tensor, rank: int, parts: Sequence[int],
-                          mask: torch.Tensor | None = None) -> torch.Tensor:
-    """What `lora_expand` computes, in torch: the mask multiply (in place on xa) and an addmm
-    into y. `mask`: `slot_mask` of the rows (else built here)."""
-    slots = b.shape[0] // (rank * len(parts))
-    if mask is None:
-        mask = slot_mask(onehot_of(row_slots, slots, xa.dtype), rank * len(parts))
-    return y.addmm_(xa.mul_(mask), b)
 
 
 def lora_expand(y: torch.Tensor, xa: torch.Tensor, row_slots: torch.Tensor, b: torch.Tensor,
