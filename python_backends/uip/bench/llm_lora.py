@@ -8,7 +8,9 @@ microbenchmark: one decode step of `--streams` rows (context `--forward-context`
 every row on an adapter, N steps each, the best of 5 alternating runs (eager `runner.forward`,
 and on the GPU the CUDA-graph replay too, checked against eager), in the engine's LoRA form and
 each other dense form (`lora.DENSE_FORMS`: on the GPU "triton" is the engine's, "torch" and
-"unfused" are the earlier ones, each in a graph of its own), with (GPU) the kernels per step.
+"unfused" are the earlier ones, each in a graph of its own), with (GPU) the kernels per step;
+and one eager prefill step of `--prefill-rows` rows (prompts of `--prompt-tokens`, one adapter
+each), base vs the grouped and the dense LoRA form.
 
     .venv/bin/python -m uip.bench.llm_lora [--streams 32] [--adapters 8] [--rank 8]
         [--rounds 3] [--max-new-tokens 64] [--torch-threads 2] [--forward-iters 0] [--json OUT]
@@ -63,6 +65,69 @@ def cuda_kernels(fn, device: torch.device) -> int | None:
         return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
     except Exception:  # noqa: BLE001 - a measurement aid, never the benchmark's failure
         return None
+
+
+def _best_ms(variants: dict, clock, iters: int, repeats: int) -> dict[str, float]:
+    """ms per call of each variant: the best of `repeats` alternating runs of `iters` calls
+    (the best: load spikes), after 3 calls of warm-up each."""
+    best = dict.fromkeys(variants, float("inf"))
+    for _ in range(repeats):
+        for label, fn in variants.items():
+            for _ in range(3):
+                fn()
+            t = clock()
+            for _ in range(iters):
+                fn()
+            best[label] = min(best[label], (clock() - t) / iters * 1e3)
+    return best
+
+
+def prefill_bench(engine, names: list[str], rows: int, prompt: int, iters: int,
+                  repeats: int = 5) -> dict:
+    """One eager prefill step of `rows` rows (prompts of `prompt` tokens, each on one adapter
+    of `names` in turn): ms of the base, the grouped form and the dense one (the engine's
+    DENSE_MAX_ROWS picks one of those two by the step's rows)."""
+    from uip.llm.lora import grouped_step
+    from uip.llm.paged_attention import build_meta, to_device
+
+    runner, lora = engine.runner, engine.lora
+    dev, bs = runner.device, engine.block_size
+    seqs = max(1, rows // prompt)
+    held = [lora.acquire(n, lora.read(n)) for n in names]
+    try:
+        per = -(-prompt // bs)
+        tables = [[(i * per + j) % engine.blocks.num_blocks for j in range(per)]
+                  for i in range(seqs)]
+        rng = random.Random(1)
+        ids = to_device([rng.randrange(8, engine.vocab_size) for _ in range(seqs * prompt)], dev)
+        positions = to_device(list(range(prompt)) * seqs, dev)
+        slots = [t[p // bs] * bs + p % bs for t in tables for p in range(prompt)]
+        prefills = [(i * prompt, prompt, prompt, t) for i, t in enumerate(tables)]
+        out_rows = to_device([(i + 1) * prompt - 1 for i in range(seqs)], dev)
+        row_slots = [held[i % len(held)] for i in range(seqs) for _ in range(prompt)]
+
+        def step(lora_step):
+            meta = build_meta(slots, [], [], prefills, bs, dev)
+            return runner.forward(ids, positions, meta, engine.cache, out_rows, lora_step())
+
+        variants = {
+            "base": lambda: step(lambda: None),
+            "grouped": lambda: step(lambda: grouped_step(row_slots, lora.max_adapters, dev)),
+            "dense": lambda: step(lambda: lora.dense(to_device(row_slots, dev)))}
+        out: dict = {"rows": seqs * prompt, "prompt": prompt, "iters": iters}
+        with torch.inference_mode():
+            want = variants["grouped"]()
+            got = variants["dense"]()
+            out["dense_max_abs_diff_grouped"] = round((got - want).abs().max().item(), 4)
+            best = _best_ms(variants, _clock(dev), iters, repeats)
+        for label, ms in best.items():
+            out[f"{label}_ms"] = round(ms, 3)
+        for label in ("grouped", "dense"):
+            out[f"{label}_ratio"] = round(best["base"] / best[label], 3)
+        return out
+    finally:
+        for slot in held:
+            lora.release(slot)
 
 
 def forward_bench(engine, names: list[str], rows: int, context: int, iters: int,
@@ -135,15 +200,7 @@ def forward_bench(engine, names: list[str], rows: int, context: int, iters: int,
                        for label, fn in variants.items() if label.startswith("eager_")}
             if kernels["base"] is not None:
                 out["kernels_per_step"] = kernels
-            best = dict.fromkeys(variants, float("inf"))
-            for _ in range(repeats):  # alternating; the best of each (load spikes)
-                for label, fn in variants.items():
-                    for _ in range(3):
-                        fn()
-                    t = clock()
-                    for _ in range(iters):
-                        fn()
-                    best[label] = min(best[label], (clock() - t) / iters * 1e3)
+            best = _best_ms(variants, clock, iters, repeats)
             for label, ms in best.items():
                 out[f"{label}_ms"] = round(ms, 3)
             for path in ("eager", "graph"):
@@ -179,6 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-cuda-graphs", action="store_true")
     p.add_argument("--forward-iters", type=int, default=0, help="0: no forward microbenchmark")
     p.add_argument("--forward-context", type=int, default=64)
+    p.add_argument("--prefill-rows", type=int, default=512,
+                   help="with --forward-iters: an eager prefill step of this many rows "
+                        "(prompts of --prompt-tokens), grouped vs dense form; 0: none")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     model_dir = args.model_dir
@@ -218,6 +278,11 @@ def main(argv: list[str] | None = None) -> dict:
             if args.forward_iters:
                 out["forward"] = forward_bench(engine, names, args.streams,
                                                args.forward_context, args.forward_iters)
+                if args.prefill_rows:
+                    out["prefill"] = prefill_bench(
+                        engine, names, args.prefill_rows, min(args.prompt_tokens,
+                                                              args.prefill_rows),
+                        max(2, args.forward_iters // 4))
         finally:
             engine.shutdown()
     for key in ("tok_s", "tok_per_cpu_s"):

@@ -19,7 +19,7 @@ forms (`LoraStep`):
   Triton kernel per linear (`triton_lora.lora_expand`; the "torch" form does it as a one-hot
   mask multiply and an addmm, and the "unfused" form, kept to compare, with the shrink as a
   GEMM of its own). Fixed shapes, no host data (CUDA graphs).
-- grouped (CPU, and large GPU steps such as prefill): the rows of each adapter present are
+- grouped (CPU, and GPU steps above DENSE_MAX_ROWS): the rows of each adapter present are
   gathered and padded to the largest group, one batched matmul pair over the adapters present
   (Punica's SGMV, done with bmm), added back with index_add_; base rows are skipped. It does
   1/slots of the dense form's multiply-adds, which is what counts on a CPU.
@@ -52,8 +52,10 @@ FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
 TARGETS = {p: f for f, parts in FUSED.items() for p in parts}
 _KEY_RE = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 # steps of up to this many rows take the dense form, larger ones the grouped one (per device
-# type; measured in docs/benchmarks.md: grouped wins on CPU at every size)
-DENSE_MAX_ROWS = {"cuda": 256, "cpu": 0}
+# type; docs/benchmarks.md: grouped wins on CPU at every size; on the GPU the fused dense form
+# adds one kernel per linear and its masked multiply-adds stay a few % of a prefill step's,
+# where grouped adds five kernels and copies; `uip.bench.llm_lora`'s "prefill" times both)
+DENSE_MAX_ROWS = {"cuda": 4096, "cpu": 0}
 # the dense form's variants: folded shrink + the Triton expand (GPU default), folded shrink +
 # torch mask and addmm (default without Triton or a GPU), the shrink as its own GEMM + mask +
 # addmm (the form before the fold; the benchmark compares them)

@@ -43,6 +43,7 @@ if AVAILABLE:
         t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         t_ok = t < T
+        t = t.to(tl.int64)  # row offsets of large steps pass 2**31
         n_ok = n < N
         part_n = (n >= bound1).to(tl.int32) + (n >= bound2).to(tl.int32)
         row_slot = tl.load(slot_ptr + t * stride_s, mask=t_ok, other=0).to(tl.int32) - 1
