@@ -80,7 +80,7 @@ def test_greedy_equals_peft_merged_generate(engine, llm_tiny_dir, lora_dir, prom
         assert generated(engine, prompt, adapter) == want
 
 
-# 256: decode steps take the dense form (as on the GPU), prefill the grouped one; 0: all grouped
+# 256: decode steps take the dense form (as on the GPU), prefill the grouped; 0: all grouped
 @pytest.mark.parametrize("dense_max_rows", [256, 0])
 def test_mixed_batch_gives_each_its_own_answer(engine, prompts, monkeypatch, dense_max_rows):
     monkeypatch.setitem(lora.DENSE_MAX_ROWS, "cpu", dense_max_rows)
@@ -160,8 +160,10 @@ def test_lora_benchmark_runs_on_the_tiny_model(llm_tiny_dir, tmp_path):
 
     out = llm_lora.main(["--model-dir", str(llm_tiny_dir), "--streams", "4", "--adapters", "2",
                          "--rank", "4", "--rounds", "1", "--max-new-tokens", "3",
-                         "--torch-threads", "1", "--forward-iters", "2",
+                         "--torch-threads", "1", "--forward-iters", "2", "--prefill-rows", "64",
                          "--json", str(tmp_path / "out.json")])
     assert out["base_tok_per_cpu_s"] > 0 and out["lora_tok_per_cpu_s"] > 0
     assert out["forward"]["lora_changes_argmax"] > 0
+    assert out["forward"]["eager_unfused_max_abs_diff_eager"] < 1e-3
+    assert out["prefill"]["rows"] == 64 and out["prefill"]["dense_max_abs_diff_grouped"] < 1e-3
     assert json.loads((tmp_path / "out.json").read_text())["ratio_tok_s"] == out["ratio_tok_s"]

@@ -17,12 +17,12 @@ written to a scratch block that no sequence owns (the cache has one block more t
 block manager hands out) and attending to that one token only. Attention under the graph is
 the Triton paged-decode kernel, whose work follows the lengths read on the device. With LoRA
 adapters (`runner.lora`) each bucket has a second graph taking adapter rows: it builds the
-rows' one-hot slot mask from the LoRA-slot column on the device and adds every row's delta in
-the dense form (lora.py; the adapters' weights are the cache's fixed per-slot buffers, so an
-adapter loaded later is used by the graph as captured); steps without adapter rows replay the
-plain graph. Without
-`capture` (CPU tests, with `reference_paged_decode` as the kernel) `run` runs the same
-static-shape step eagerly.
+rows' dense LoRA step from the LoRA-slot column on the device (lora.py: by default the folded
+shrink GEMM and one Triton expand kernel per linear, `lora_form` picks another of
+`DENSE_FORMS`; the adapters' weights are the cache's fixed per-slot buffers, so an adapter
+loaded later is used by the graph as captured); steps without adapter rows replay the plain
+graph. Without `capture` (CPU tests, with `reference_paged_decode` as the kernel) `run` runs
+the same static-shape step eagerly.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from typing import Any
 import torch
 
 from uip.llm.llama import LlamaRunner
-from uip.llm.lora import LoraStep, onehot_of
 from uip.llm.paged_attention import StepMeta, to_device
 from uip.llm.triton_paged_attention import (
     paged_decode,
@@ -92,13 +91,15 @@ class DecodeGraphs:
                  block_size: int, scratch_block: int, max_blocks: int,
                  buckets: Sequence[int],
                  kernel: Callable[..., torch.Tensor] = paged_decode,
-                 rope_kv: Callable[..., torch.Tensor] | None = None) -> None:
+                 rope_kv: Callable[..., torch.Tensor] | None = None,
+                 lora_form: str | None = None) -> None:
         self.runner, self.cache = runner, cache
+        self.lora_form = lora_form  # None: the LoRA cache's default form
         self.kernel = kernel
         # the fused RoPE + K/V write beside the Triton kernel; its torch reference otherwise
         self.rope_kv = rope_kv or (rope_write_kv if kernel is paged_decode
                                    else reference_rope_write_kv)
-        self.block_size = block_size
+        self.block_size, self.scratch_block = block_size, scratch_block
         self.max_blocks = max_blocks
         self.buckets = sorted(set(buckets))
         self.max_batch = self.buckets[-1]
@@ -127,10 +128,7 @@ class DecodeGraphs:
     def _forward(self, b: int, lora: bool = False) -> torch.Tensor:
         buf = self._dev[:b]
         rows = torch.arange(b, device=self.runner.device)
-        step = None
-        if lora:
-            cache = self.runner.lora
-            step = LoraStep(onehot=onehot_of(buf[:, 4], cache.max_adapters, cache.dtype))
+        step = self.runner.lora.dense(buf[:, 4], self.lora_form) if lora else None
         return self.runner.forward(buf[:, 0], buf[:, 1], self._meta(b), self.cache, rows, step)
 
     def capture(self) -> None:

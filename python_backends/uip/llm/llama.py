@@ -264,8 +264,9 @@ class LlamaRunner:
 
         def linear(i: int, fused: str, x: torch.Tensor, w: torch.Tensor,
                    b: torch.Tensor | None) -> torch.Tensor:
-            y = F.linear(x, w, b)
-            return y if adapters is None else adapters.add_delta(i, fused, x, y, lora)
+            if adapters is None:
+                return F.linear(x, w, b)
+            return adapters.linear(i, fused, x, w, b, lora)
 
         x = ops.rms_norm(h, self.layers[0].ln_in, s.eps)
         for i, (layer, (k_cache, v_cache)) in enumerate(zip(self.layers, cache, strict=True)):

@@ -6,15 +6,20 @@ on any of q/k/v/o_proj and gate/up/down_proj, rank <= `lora_max_rank`. A folder 
 the server runs is read on its first request.
 
 The device holds `lora_max_adapters` slots (slot 0 is the base model and has no buffer) in
-fixed buffers per layer and fused linear: A [in, slots, W] (W = parts * max_rank: the parts'
-A^T side by side, zero padded) and B [slots, W, out] (block diagonal, PEFT's scale folded in),
+fixed buffers per layer and fused linear: A [slots, W, in] (W = parts * max_rank: the parts'
+A side by side, zero padded) and B [slots, W, out] (block diagonal, PEFT's scale folded in),
 so a fused [q; k; v] or [gate; up] projection gets its delta from one pair of matmuls:
-y += (x @ A[:, slot]) @ B[slot]. A step's rows carry their slot index, so one batch mixes
-adapters and the base model, in one of two forms (`LoraStep`):
-- dense (GPU steps of up to DENSE_MAX_ROWS rows, and the decode CUDA graphs): x against every
-  slot's A at once, the other slots' columns zeroed by a one-hot row mask, all B stacked; two
-  GEMMs and a multiply per linear reading each slot's weights once, fixed shapes, no host data.
-- grouped (CPU, and large GPU steps such as prefill): the rows of each adapter present are
+y += (x @ A[slot]^T) @ B[slot]. The A rows are appended to the runner's fused base weight
+([out + slots * W, in]; the runner keeps the first `out` rows, a view, for base steps), so one
+GEMM gives [y | xa] with every slot's shrink for a few percent more weight bytes. A step's
+rows carry their slot index, so one batch mixes adapters and the base model, in one of two
+forms (`LoraStep`):
+- dense (GPU steps of up to DENSE_MAX_ROWS rows, and the decode CUDA graphs): the folded GEMM,
+  then every row's expand from the columns of its own slot: y[t] += xa[t, slot] @ B[slot], one
+  Triton kernel per linear (`triton_lora.lora_expand`; the "torch" form does it as a one-hot
+  mask multiply and an addmm, and the "unfused" form, kept to compare, with the shrink as a
+  GEMM of its own). Fixed shapes, no host data (CUDA graphs).
+- grouped (CPU, and GPU steps above DENSE_MAX_ROWS): the rows of each adapter present are
   gathered and padded to the largest group, one batched matmul pair over the adapters present
   (Punica's SGMV, done with bmm), added back with index_add_; base rows are skipped. It does
   1/slots of the dense form's multiply-adds, which is what counts on a CPU.
@@ -27,13 +32,19 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from uip.core.inputs import InvalidInput
 from uip.llm.lora_names import CONFIG_FILE, WEIGHTS_FILE, available, check_name
+
+if TYPE_CHECKING:
+    from uip.llm.llama import LlamaRunner
 
 # our fused linears -> the checkpoint projections they hold, in row order
 FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
@@ -41,8 +52,14 @@ FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
 TARGETS = {p: f for f, parts in FUSED.items() for p in parts}
 _KEY_RE = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 # steps of up to this many rows take the dense form, larger ones the grouped one (per device
-# type; measured in docs/benchmarks.md: grouped wins on CPU at every size)
-DENSE_MAX_ROWS = {"cuda": 256, "cpu": 0}
+# type; docs/benchmarks.md: grouped wins on CPU at every size; on the GPU the fused dense form
+# adds one kernel per linear and its masked multiply-adds stay a few % of a prefill step's,
+# where grouped adds five kernels and copies; `uip.bench.llm_lora`'s "prefill" times both)
+DENSE_MAX_ROWS = {"cuda": 4096, "cpu": 0}
+# the dense form's variants: folded shrink + the Triton expand (GPU default), folded shrink +
+# torch mask and addmm (default without Triton or a GPU), the shrink as its own GEMM + mask +
+# addmm (the form before the fold; the benchmark compares them)
+DENSE_FORMS = ("triton", "torch", "unfused")
 
 
 @dataclass
@@ -140,13 +157,38 @@ class AdapterDir:
         return read_adapter(folder, self.shape, self.max_rank)
 
 
+def onehot_of(row_slots: torch.Tensor, slots: int, dtype: torch.dtype) -> torch.Tensor:
+    """[T, slots] from each row's slot (0: the base, all zero); no host sync (graph-safe)."""
+    ids = torch.arange(1, slots + 1, device=row_slots.device)
+    return (row_slots[:, None] == ids[None, :]).to(dtype)
+
+
+def slot_mask(onehot: torch.Tensor, width: int) -> torch.Tensor:
+    """[T, slots * width]: 1 on the columns of each row's own slot."""
+    t, slots = onehot.shape
+    return onehot[:, :, None].expand(t, slots, width).reshape(t, slots * width)
+
+
+def reference_lora_expand(y: torch.Tensor, xa: torch.Tensor, row_slots: torch.Tensor,
+                          b: torch.Tensor, rank: int, parts: Sequence[int],
+                          mask: torch.Tensor | None = None) -> torch.Tensor:
+    """What `triton_lora.lora_expand` computes (the dense "torch" form): the mask multiply (in
+    place on xa) and an addmm into y. `mask`: `slot_mask` of the rows (else built here)."""
+    slots = b.shape[0] // (rank * len(parts))
+    if mask is None:
+        mask = slot_mask(onehot_of(row_slots, slots, xa.dtype), rank * len(parts))
+    return y.addmm_(xa.mul_(mask), b)
+
+
 @dataclass
 class LoraStep:
     """One step's adapter rows, in one of two forms (see `LoraCache.step`):
 
-    - dense: `onehot` [T, slots] (model dtype, on the device; base rows all zero): every row
-      against every slot's A, the other slots' columns zeroed, all B stacked. Fixed shapes
-      and no host data, so it can run inside a CUDA graph (`DecodeGraphs`).
+    - dense: `slots` [T] each row's slot on the device (0: the base), any stride; every row's
+      xa from the folded GEMM (`fold`; else a GEMM of its own) and its expand from its own
+      slot's columns: `kernel` (the Triton one), else (`onehot` [T, slots], model dtype) the
+      torch mask multiply and addmm (`reference_lora_expand`). Fixed shapes and no host data,
+      so it can run inside a CUDA graph (`DecodeGraphs`).
     - grouped: the rows of each adapter present, padded to the largest group: `index`
       [G, M] (rows gathered from x), `groups` [G] (their slot - 1; None: all slots in order,
       no copy of the buffers), `rows` [R] (the rows with an adapter) and `pos` [R] (where
@@ -154,7 +196,10 @@ class LoraStep:
       SGMV, done with bmm), base rows skipped.
     """
 
+    slots: torch.Tensor | None = None
+    kernel: Callable[..., torch.Tensor] | None = None  # `triton_lora.lora_expand`
     onehot: torch.Tensor | None = None
+    fold: bool = True
     index: torch.Tensor | None = None
     groups: torch.Tensor | None = None
     rows: torch.Tensor | None = None
@@ -166,16 +211,8 @@ class LoraStep:
         """[T, slots * width]: 1 on the columns of each row's own slot (shared by layers)."""
         m = self._masks.get(width)
         if m is None:
-            t, slots = self.onehot.shape
-            m = self._masks[width] = self.onehot[:, :, None].expand(t, slots, width).reshape(
-                t, slots * width)
+            m = self._masks[width] = slot_mask(self.onehot, width)
         return m
-
-
-def onehot_of(row_slots: torch.Tensor, slots: int, dtype: torch.dtype) -> torch.Tensor:
-    """[T, slots] from each row's slot (0: the base, all zero); no host sync (graph-safe)."""
-    ids = torch.arange(1, slots + 1, device=row_slots.device)
-    return (row_slots[:, None] == ids[None, :]).to(dtype)
 
 
 def grouped_step(row_slots: list[int], slots: int, device: torch.device) -> LoraStep:
@@ -204,30 +241,54 @@ def grouped_step(row_slots: list[int], slots: int, device: torch.device) -> Lora
 
 
 class LoraCache:
-    """The device slots and their buffers; `delta` is what the model runner adds."""
+    """The device slots and their buffers; `linear` is what the model runner calls. Made for
+    one runner: it appends the A buffers to the runner's fused weights (see the module doc)
+    and sets `runner.lora`."""
 
-    def __init__(self, directory: Path, shape, max_adapters: int, max_rank: int,
-                 device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, directory: Path, runner: LlamaRunner, max_adapters: int,
+                 max_rank: int) -> None:
         if max_adapters < 1:
             raise ValueError("lora_max_adapters must be >= 1")
+        shape, device, dtype = runner.shape, runner.device, runner.dtype
         self.adapters = AdapterDir(directory, max_rank, shape)
         self.directory = self.adapters.directory
         self.shape, self.max_rank = shape, max_rank
         self.max_adapters = max_adapters
         self.device, self.dtype = device, dtype
+        self.form = "torch"
+        if device.type == "cuda":
+            from uip.llm import triton_lora  # imports triton: only where the kernel can run
+
+            self.form = "triton" if triton_lora.AVAILABLE else "torch"
         dims = _dims(shape)
         slots = max_adapters + 1  # slot 0: the base model (no buffer columns)
+        # per layer and fused linear: the folded weight [out + S * W, in] and bias (or None)
+        self.folded: list[dict[str, tuple[torch.Tensor, torch.Tensor | None]]] = []
+        # A [S, W, in] (the folded weight's last rows), B [S, W, out]
         self.buffers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
-        for _ in range(shape.layers):
-            layer = {}
+        self.parts = {f: [dims[p][1] for p in parts] for f, parts in FUSED.items()}
+        for base in runner.layers:
+            layer, folded = {}, {}
             for fused, parts in FUSED.items():
                 width = len(parts) * max_rank
-                out = sum(dims[p][1] for p in parts)
+                w, bias = getattr(base, fused), getattr(base, f"{fused}_bias")
+                out = w.shape[0]
+                full = torch.zeros(out + max_adapters * width, w.shape[1], dtype=dtype,
+                                   device=device)
+                full[:out] = w
+                setattr(base, fused, full[:out])  # the old weight is freed here
+                if bias is not None:
+                    bias = torch.cat([bias, bias.new_zeros(max_adapters * width)])
+                    setattr(base, f"{fused}_bias", bias[:out])
+                folded[fused] = (full, bias)
                 layer[fused] = (
-                    torch.zeros(dims[parts[0]][0], max_adapters, width, dtype=dtype,
-                                device=device),
+                    full[out:].view(max_adapters, width, w.shape[1]),
                     torch.zeros(max_adapters, width, out, dtype=dtype, device=device))
+            self.folded.append(folded)
             self.buffers.append(layer)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the unfolded weights' blocks
+        runner.lora = self
         self.names: list[str | None] = [None] * slots  # slot -> adapter (slot 0: base)
         self.fingerprints: list[bytes] = [b""] * slots
         self.refs = [0] * slots
@@ -294,17 +355,16 @@ class LoraCache:
         for i, layer in enumerate(self.buffers):
             for fused, parts in FUSED.items():
                 a_buf, b_buf = layer[fused]
-                a_buf, b_buf = a_buf[:, slot - 1], b_buf[slot - 1]
+                a_buf, b_buf = a_buf[slot - 1], b_buf[slot - 1]
                 a_buf.zero_()
                 b_buf.zero_()
                 col = 0
-                for j, proj in enumerate(parts):
-                    out = _dims(self.shape)[proj][1]
+                for j, (proj, out) in enumerate(zip(parts, self.parts[fused], strict=True)):
                     ab = adapter.weights.get((i, proj))
                     if ab is not None:
                         a, b = ab
                         rank = a.shape[0]
-                        a_buf[:, j * r:j * r + rank] = a.T.to(self.dtype)
+                        a_buf[j * r:j * r + rank] = a.to(self.dtype)
                         b_buf[j * r:j * r + rank, col:col + out] = b.T.to(self.dtype)
                     col += out
         self.names[slot] = adapter.name
@@ -314,28 +374,51 @@ class LoraCache:
 
     # ------------------------------------------------------------------ the forward pass
 
-    def step(self, row_slots: list[int]) -> LoraStep | None:
+    def step(self, row_slots: list[int], form: str | None = None) -> LoraStep | None:
         """The step's LoRA input from each row's slot; None when no row has an adapter.
         Dense up to DENSE_MAX_ROWS[device type] rows, grouped above (see the module doc)."""
         if not any(row_slots):
             return None
         if len(row_slots) <= DENSE_MAX_ROWS.get(self.device.type, 0):
             slots = torch.tensor(row_slots, dtype=torch.long).to(self.device, non_blocking=True)
-            return LoraStep(onehot=onehot_of(slots, self.max_adapters, self.dtype))
+            return self.dense(slots, form)
         return grouped_step(row_slots, self.max_adapters, self.device)
 
-    def add_delta(self, layer: int, fused: str, x: torch.Tensor, y: torch.Tensor,
-                  step: LoraStep) -> torch.Tensor:
-        """y [T, out] (the base linear's output for rows x [T, in]) plus each row's adapter
-        delta for fused linear `fused` of `layer`."""
-        a, b = self.buffers[layer][fused]  # [in, S, W], [S, W, out]
-        d_in, slots, width = a.shape
-        if step.onehot is not None:
-            xa = x @ a.view(d_in, slots * width)
-            return torch.addmm(y, xa.mul_(step.mask(width)), b.view(slots * width, -1))
+    def dense(self, slots: torch.Tensor, form: str | None = None) -> LoraStep:
+        """The dense form from each row's slot on the device (graph-safe); `form`: one of
+        DENSE_FORMS (default: `self.form`)."""
+        form = form or self.form
+        if form not in DENSE_FORMS:
+            raise ValueError(f"unknown LoRA dense form {form!r}; one of {DENSE_FORMS}")
+        if form == "triton":
+            from uip.llm.triton_lora import lora_expand
+
+            return LoraStep(slots=slots, kernel=lora_expand)
+        return LoraStep(slots=slots, onehot=onehot_of(slots, self.max_adapters, self.dtype),
+                        fold=form == "torch")
+
+    def linear(self, layer: int, fused: str, x: torch.Tensor, w: torch.Tensor,
+               bias: torch.Tensor | None, step: LoraStep) -> torch.Tensor:
+        """Fused linear `fused` of `layer` (base weight w, bias) on rows x [T, in] -> [T, out]
+        plus each row's adapter delta."""
+        a, b = self.buffers[layer][fused]  # [S, W, in], [S, W, out]
+        slots, width, out = b.shape
+        if step.slots is not None:  # dense
+            if step.fold:
+                full, full_bias = self.folded[layer][fused]
+                yx = F.linear(x, full, full_bias)
+                y, xa = yx[:, :out], yx[:, out:]
+            else:
+                y, xa = F.linear(x, w, bias), F.linear(x, a.view(slots * width, -1))
+            b = b.view(slots * width, out)
+            if step.kernel is not None:
+                return step.kernel(y, xa, step.slots, b, self.max_rank, self.parts[fused])
+            return reference_lora_expand(y, xa, step.slots, b, self.max_rank,
+                                         self.parts[fused], step.mask(width))
+        y = F.linear(x, w, bias)
         if step.single is not None:
-            return torch.addmm(y, x @ a[:, step.single], b[step.single])
-        a = a.permute(1, 0, 2)  # [S, in, W], a strided view
+            return torch.addmm(y, F.linear(x, a[step.single]), b[step.single])
+        a = a.transpose(1, 2)  # [S, in, W], a strided view
         if step.groups is not None:
             a, b = a[step.groups], b[step.groups]
         d = torch.bmm(torch.bmm(x[step.index], a), b)  # [G, M, out]

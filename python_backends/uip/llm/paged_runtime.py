@@ -207,9 +207,8 @@ class PagedEngine(Engine):
         if cfg.lora_dir:
             from uip.core.paths import resolve_artifact
 
-            self.lora = self.runner.lora = LoraCache(
-                resolve_artifact(cfg.lora_dir), self.runner.shape, cfg.lora_max_adapters,
-                cfg.lora_max_rank, self.runner.device, self.runner.dtype)
+            self.lora = LoraCache(resolve_artifact(cfg.lora_dir), self.runner,
+                                  cfg.lora_max_adapters, cfg.lora_max_rank)
         self._lora_waiting: list[_Request] = []  # admitted once a slot is free
         self.graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
