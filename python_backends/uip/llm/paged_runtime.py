@@ -20,9 +20,9 @@ a step with prefill chunks whose tokens all fit runs each token as a row of the 
 (its attention reads the cache up to that token); a lone new prompt replays a prefill graph
 (prefill_graphs.py); bigger steps run the decode rows through their graph and the chunks
 eagerly (steps counted by path: `EngineStats.steps_by_path`). Spec parameter `torch_compile`
-(GPU, default on): each layer's elementwise ops
-(norms, residual adds, SiLU) run as kernels fused by torch.compile (llama.py); in the graphs
-RoPE and the K/V cache write are one Triton kernel. On CPU nothing changes.
+(GPU, default on): each layer's elementwise ops (norms, residual adds, SiLU) run as kernels
+fused by torch.compile (llama.py); in the graphs RoPE and the K/V cache write are one Triton
+kernel. On CPU nothing changes.
 
 Overlap: a step's tokens are chosen on the device and copied back asynchronously. While only
 decode-only graph steps run (nothing waiting, no bad words, no logits mask), step N+1 is
