@@ -1,14 +1,7 @@
-"""Unit tests run without a server: the Triton ring imports the stand-in pb_utils. Without a
-GPU, OpenAI Triton kernels run in Triton's interpreter (set before anything imports triton:
-its library functions are bound to the mode at import)."""
-
-import os
+"""Unit tests run without a server: the Triton ring imports the stand-in pb_utils (OpenAI
+Triton's interpreter mode on a CPU: tests/conftest.py)."""
 
 import pytest
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 from support import fake_pb_utils
 
 fake_pb_utils.install()
