@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import support.interpreter  # noqa: F401 - first: Triton's interpreter mode on a CPU
+
+# isort: split
 import os
 import time
 from pathlib import Path

@@ -1,6 +1,8 @@
-"""Unit tests run without a server: the Triton ring imports the stand-in pb_utils (OpenAI
-Triton's interpreter mode on a CPU: tests/conftest.py)."""
+"""Unit tests run without a server: the Triton ring imports the stand-in pb_utils."""
 
+import support.interpreter  # noqa: F401 - first: Triton's interpreter mode on a CPU
+
+# isort: split
 import pytest
 from support import fake_pb_utils
 
