@@ -20,6 +20,8 @@ for stage in $STAGES; do
     eager) extra=() ;;
     graphs) extra=(--sd-param cuda_graphs=true) ;;
     compiled) extra=(--sd-param cuda_graphs=true --sd-param compile=true
+                     --sd-param compile_dynamic=false --sd-param compile_vae=true
+                     --sd-param graph_buckets=${COMPILED_BUCKETS:-2,16}
                      --sd-param compile_cache_dir=/tmp/inductor-cache) ;;
     *) echo "unknown stage $stage"; continue ;;
   esac

@@ -8,6 +8,12 @@ Spec parameters (of `sd_unet` / `sd_vae_decoder`, or of `stable_diffusion` when 
   (`compile_dynamic`, true) so one compilation serves every bucket;
 - `compile_cache_dir`: Inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR, FX graph cache on),
   so a restart loads the kernels instead of compiling them again;
+- `fuse_qkv` (false): diffusers' `fuse_qkv_projections()` on the UNet (one GEMM for q/k/v of
+  self-attention, one for k/v of cross-attention);
+- `inductor`: Inductor config flags for `compile`, e.g.
+  "conv_1x1_as_mm=1,coordinate_descent_tuning=1,epilogue_fusion=0";
+- `sdpa` ("auto"): the only SDPA backend allowed in this process, "flash", "cudnn" or
+  "efficient" (the others are switched off; "auto" leaves torch's choice);
 - `cuda_graphs` (false) with `graph_buckets` ("1,2,4,8,16": UNet rows; a call is padded to the
   smallest bucket that holds it): one CUDA graph per bucket for the default latent size,
   captured at start-up (the time is logged); other shapes and bigger batches run unGraphed.
@@ -35,6 +41,9 @@ class Acceleration:
     compile_mode: str = "default"
     compile_dynamic: bool = True
     compile_cache_dir: str = ""
+    fuse_qkv: bool = False
+    inductor: tuple[tuple[str, str], ...] = ()
+    sdpa: str = "auto"
     cuda_graphs: bool = False
     graph_buckets: tuple[int, ...] = (1, 2, 4, 8, 16)
 
@@ -49,27 +58,79 @@ class Acceleration:
                   compile_mode=p("compile_mode", "default"),
                   compile_dynamic=p("compile_dynamic", True, bool),
                   compile_cache_dir=p("compile_cache_dir", ""),
+                  fuse_qkv=p("fuse_qkv", False, bool),
+                  inductor=_flags(p("inductor", "")), sdpa=p("sdpa", "auto"),
                   cuda_graphs=p("cuda_graphs", False, bool), graph_buckets=buckets)
         if out.cuda_graphs and not cuda:
             raise ValueError("cuda_graphs needs a GPU instance (instances: kind gpu)")
         if any(b < 1 for b in buckets):
             raise ValueError("graph_buckets must be positive batch sizes")
+        if out.sdpa not in SDPA_BACKENDS:
+            raise ValueError(f"sdpa must be one of {sorted(SDPA_BACKENDS)}, got {out.sdpa!r}")
         return out
 
     def prepare(self, module: torch.nn.Module, compile_it: bool,
                 fn: Callable | None = None) -> Callable:
-        """The module in channels_last; `fn` (default: the module) compiled when asked."""
+        """The module in channels_last (q/k/v fused when asked and it can); `fn` (default: the
+        module) compiled when asked."""
         if self.channels_last:
             module.to(memory_format=torch.channels_last)
+        if self.fuse_qkv and hasattr(module, "fuse_qkv_projections"):
+            module.fuse_qkv_projections()
+        self.select_sdpa()
         fn = fn or module
         if not compile_it:
             return fn
+        import torch._inductor.config as inductor_config
+
+        for name, value in self.inductor:
+            if not hasattr(inductor_config, name):
+                raise ValueError(f"inductor: torch._inductor.config has no flag {name!r}")
+            setattr(inductor_config, name, _flag_value(value))
         if self.compile_cache_dir:
             os.makedirs(self.compile_cache_dir, exist_ok=True)
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.compile_cache_dir
             os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
         return torch.compile(fn, mode=self.compile_mode, fullgraph=True,
                              dynamic=self.compile_dynamic or None)
+
+
+    def select_sdpa(self) -> None:
+        """Leave only the chosen SDPA backend on (process-wide: the SD networks' process)."""
+        if self.sdpa == "auto":
+            return
+        for name, enable in SDPA_BACKENDS.items():
+            if enable is not None:
+                enable(name == self.sdpa)
+
+
+SDPA_BACKENDS = {"auto": None, "flash": torch.backends.cuda.enable_flash_sdp,
+                 "cudnn": torch.backends.cuda.enable_cudnn_sdp,
+                 "efficient": torch.backends.cuda.enable_mem_efficient_sdp}
+
+
+def _flags(text: str) -> tuple[tuple[str, str], ...]:
+    """ "a=1,b=0" -> (("a", "1"), ("b", "0")); a bare name means true."""
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        if item:
+            name, _, value = item.partition("=")
+            out.append((name.strip(), value.strip() or "1"))
+    return tuple(out)
+
+
+def _flag_value(text: str) -> bool | int | float | str:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 class GraphedCall:

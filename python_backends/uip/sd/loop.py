@@ -90,8 +90,11 @@ class Job:
         self.req = req
         self.guided = req.guidance_scale > 1.0
         self.scheduler = schedulers.create(req.scheduler)
-        self.scheduler.set_timesteps(req.steps, device=device)
+        # The scheduler's timesteps stay on the host (its `if prev_t >= 0`, `alphas[t]` would
+        # each wait for the GPU); the UNet gets a device copy, made once.
+        self.scheduler.set_timesteps(req.steps, device="cpu")
         self.timesteps = self.scheduler.timesteps
+        self.unet_timesteps = self.timesteps.to(device, torch.float32)
         self.generator = torch.Generator(device="cpu").manual_seed(req.seed)
         self.device = device
         s = info.vae_scale_factor
@@ -127,10 +130,9 @@ class Job:
 
     def unet_input(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This step's UNet input [rows, C, h, w] and its timestep per sample [rows]."""
-        t = self.timesteps[self.index]
         x = torch.cat([self.latents] * 2) if self.guided else self.latents
-        x = self.scheduler.scale_model_input(x, t)
-        return x, t.reshape(1).expand(x.shape[0])
+        x = self.scheduler.scale_model_input(x, self.timesteps[self.index])
+        return x, self.unet_timesteps[self.index].reshape(1).expand(x.shape[0])
 
     def step(self, noise: torch.Tensor) -> None:
         """The UNet's prediction for this request's rows: guidance, then the scheduler step."""
@@ -186,7 +188,7 @@ class SDLoop:
         """One UNet call over the jobs (all of one latent shape), then each scheduler's step."""
         inputs = [j.unet_input() for j in jobs]
         x = torch.cat([i[0] for i in inputs]) if len(jobs) > 1 else inputs[0][0]
-        t = torch.cat([i[1].to(torch.float32) for i in inputs])
+        t = torch.cat([i[1] for i in inputs])
         hidden = torch.cat([j.hidden for j in jobs]) if len(jobs) > 1 else jobs[0].hidden
         noise = self._predict(jobs, x, t, hidden)
         for j, part in zip(jobs, torch.split(noise, [j.rows for j in jobs]), strict=True):

@@ -1,0 +1,189 @@
+"""Where an SD step's time goes on the GPU, and which UNet build is fastest (GPU machine).
+
+    python benchmarks/gpu/sd_variants.py FOLDER [--variants eager,compile,...] [--deadline EPOCH]
+
+For each variant of `uip.sd.accel` settings (channels_last and CUDA graphs for buckets 2 and
+16 in all): the capture (and compile) time and the GPU time of one UNet graph replay at 2 rows
+(one CFG pair) and 16 rows (8 pairs). Then, with the first variant's UNet, one loop iteration
+as the batcher runs it (`SDLoop.step`: inputs, the graphed UNet, guidance, each request's DDIM
+step) for 1 and 8 requests, with the scheduler's timesteps on the host (what `uip.sd.loop`
+does) and on the device (as diffusers' pipeline does: a host sync per step); the text encoder
+for one prompt; the VAE decoder for one image, eager and compiled. Prints a table; --json
+writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from uip.sd.accel import Acceleration
+from uip.sd.loop import PipelineInfo, SDLoop, load_tokenizer
+from uip.sd.models import TextEncoder, UNet, VaeDecoder
+from uip.sd.request import SDRequest
+from uip.sd.schedulers import SchedulerFactory
+
+FLAGS = (("conv_1x1_as_mm", "1"), ("coordinate_descent_tuning", "1"), ("epilogue_fusion", "0"))
+STATIC = dict(compile=True, compile_dynamic=False)
+VARIANTS = {
+    "eager": {},
+    "eager-cudnn": dict(sdpa="cudnn"),
+    "eager-efficient": dict(sdpa="efficient"),
+    "compile-dynamic": dict(compile=True, compile_dynamic=True),
+    "compile": STATIC,
+    "compile-fuse": dict(STATIC, fuse_qkv=True),
+    "compile-fuse-flags": dict(STATIC, fuse_qkv=True, inductor=FLAGS),
+    "compile-fuse-flags-cudnn": dict(STATIC, fuse_qkv=True, inductor=FLAGS, sdpa="cudnn"),
+    "autotune": dict(STATIC, fuse_qkv=True, inductor=FLAGS,
+                     compile_mode="max-autotune-no-cudagraphs"),
+}
+DEV = torch.device(os.environ.get("SDV_DEVICE", "cuda"))  # cpu: a smoke test on a tiny model
+CUDA = DEV.type == "cuda"
+DTYPE = torch.float16 if CUDA else torch.float32
+
+
+def gpu_ms(fn, reps: int = 30) -> float:
+    if not CUDA:
+        return wall_ms(fn, reps=2)
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def wall_ms(fn, reps: int = 20) -> float:
+    fn()
+    sync()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    return (time.perf_counter() - t) * 1000 / reps
+
+
+def reset_sdpa() -> None:
+    for enable in (torch.backends.cuda.enable_flash_sdp, torch.backends.cuda.enable_cudnn_sdp,
+                   torch.backends.cuda.enable_mem_efficient_sdp):
+        enable(True)
+
+
+def unet_variant(folder: str, name: str, rows: tuple[int, ...]) -> tuple[UNet, dict]:
+    reset_sdpa()
+    accel = Acceleration(channels_last=CUDA, cuda_graphs=CUDA, graph_buckets=rows,
+                         compile_cache_dir="/tmp/inductor-cache", **VARIANTS[name])
+    t0 = time.perf_counter()
+    unet = UNet(folder, str(DEV), DTYPE, accel=accel)
+    out = {"variant": name, "start_s": time.perf_counter() - t0}
+    (c, size, _), (length, dim) = ((unet.model.config.in_channels, unet.model.config.sample_size,
+                                    0), (77, unet.model.config.cross_attention_dim))
+    hidden = torch.randn(1, length, dim, device=DEV, dtype=DTYPE)
+    for b in rows:
+        x = torch.randn(b, c, size, size, device=DEV, dtype=DTYPE)
+        t = torch.full((b,), 500.0, device=DEV)
+        h = hidden.expand(b, -1, -1).contiguous()
+        out[f"unet_ms_{b}"] = gpu_ms(lambda x=x, t=t, h=h: unet(x, t, h))
+    return unet, out
+
+
+def loop_rows(folder: str, unet: UNet) -> dict:
+    info = PipelineInfo.from_folder(folder)
+    schedulers = SchedulerFactory.from_folder(folder)
+    text = TextEncoder(folder, str(DEV), DTYPE)
+    loop = SDLoop(load_tokenizer(folder), schedulers, info, text, unet, lambda x: x, device=DEV)
+    out = {"text_encoder_ms": wall_ms(lambda: text(loop.tokenize(["a photo of a cat"])))}
+    for n in (1, 8):
+        for where in ("host", "device"):
+            size = info.default_size[0]
+            jobs = [loop.job(SDRequest(f"prompt {k}", "blurry", 50, 7.5, k, size, size, "ddim"))
+                    for k in range(n)]
+            loop.begin(jobs)
+            if where == "device":  # diffusers' pipeline: the scheduler's timesteps on the GPU
+                for j in jobs:
+                    j.timesteps = j.timesteps.to(DEV)
+
+            def step(jobs=jobs):
+                for j in jobs:
+                    j.index = 10
+                loop.step(jobs)
+
+            out[f"iteration_ms_{n}_{where}"] = wall_ms(step)
+    return out
+
+
+def vae_rows(folder: str) -> dict:
+    out = {}
+    for compiled in (False, True) if CUDA else (False,):
+        accel = Acceleration(channels_last=CUDA, compile_vae=compiled,
+                             compile_cache_dir="/tmp/inductor-cache")
+        t0 = time.perf_counter()
+        vae = VaeDecoder(folder, str(DEV), DTYPE, accel=accel)
+        size = PipelineInfo.from_folder(folder).sample_size[0]
+        z = torch.randn(1, 4, size, size, device=DEV, dtype=DTYPE)
+        ms = wall_ms(lambda vae=vae, z=z: vae(z), reps=5)
+        out[f"vae_ms_{'compiled' if compiled else 'eager'}"] = ms
+        out[f"vae_start_s_{'compiled' if compiled else 'eager'}"] = time.perf_counter() - t0
+        del vae
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("folder")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--deadline", type=float, default=0.0)
+    p.add_argument("--json", default="sd-variants.json")
+    a = p.parse_args()
+    res: dict = {"gpu": torch.cuda.get_device_name(0) if CUDA else "cpu",
+                 "torch": torch.__version__, "rows": []}
+
+    def save() -> None:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+    names = [n for n in a.variants.split(",") if n]
+    for k, name in enumerate(names):
+        if a.deadline and time.time() + (240 if "autotune" in name else 100) > a.deadline:
+            print(f"{name}: skipped (deadline)", flush=True)
+            continue
+        unet, row = unet_variant(a.folder, name, (2, 16))
+        res["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        if k == 0:
+            res["loop"] = loop_rows(a.folder, unet)
+            print(json.dumps(res["loop"]), flush=True)
+            res["vae"] = vae_rows(a.folder)
+            print(json.dumps(res["vae"]), flush=True)
+        save()
+        del unet
+        torch._dynamo.reset()
+        if CUDA:
+            torch.cuda.empty_cache()
+    lo, vae = res.get("loop", {}), res.get("vae", {})
+    print("| iteration (SDLoop.step) | 1 request | 8 requests |\n|---|---:|---:|")
+    for where in ("host", "device"):
+        print(f"| timesteps on the {where}, ms | {lo.get(f'iteration_ms_1_{where}', 0):.2f} | "
+              f"{lo.get(f'iteration_ms_8_{where}', 0):.2f} |")
+    print(f"\ntext encoder {lo.get('text_encoder_ms', 0):.2f} ms; VAE decode, one image: " +
+          ", ".join(f"{k} {v:.2f}" for k, v in vae.items()) + "\n")
+    print("| variant | start s | UNet ms, 2 rows | UNet ms, 16 rows |\n|---|---:|---:|---:|")
+    for r in res["rows"]:
+        print(f"| {r['variant']} | {r['start_s']:.1f} | {r['unet_ms_2']:.2f} | "
+              f"{r['unet_ms_16']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
