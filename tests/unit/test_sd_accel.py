@@ -41,3 +41,27 @@ def test_prepare_channels_last_and_compile():
     fn = Acceleration(channels_last=True).prepare(conv, compile_it=True, fn=conv.forward)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert fn is not conv.forward and callable(fn)  # compiled lazily, on its first call
+
+
+def test_fuse_qkv_inductor_flags_and_sdpa_are_read_and_checked():
+    a = Acceleration.from_settings(_settings(
+        fuse_qkv="true", inductor="conv_1x1_as_mm=1, epilogue_fusion=0,coordinate_descent_tuning",
+        sdpa="flash"), "cuda:0")
+    assert a.fuse_qkv and a.sdpa == "flash"
+    assert a.inductor == (("conv_1x1_as_mm", "1"), ("epilogue_fusion", "0"),
+                          ("coordinate_descent_tuning", "1"))
+    with pytest.raises(ValueError, match="sdpa must be one of"):
+        Acceleration.from_settings(_settings(sdpa="fastest"), "cuda:0")
+    with pytest.raises(ValueError, match="no flag 'not_a_flag'"):
+        Acceleration(inductor=(("not_a_flag", "1"),)).prepare(torch.nn.Linear(2, 2), True)
+
+
+def test_fuse_qkv_calls_the_modules_own_fusion():
+    calls = []
+
+    class Fusable(torch.nn.Linear):
+        def fuse_qkv_projections(self):
+            calls.append(True)
+
+    Acceleration(fuse_qkv=True).prepare(Fusable(2, 2), compile_it=False)
+    assert calls == [True]
