@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from gpu_timing import cuda_ms  # benchmarks/gpu, this script's folder
 
 OUT = Path(os.environ.get("OUT", "."))
 DEV = os.environ.get("ENGINE_DEVICE", "cuda")  # cpu: a smoke test of this script only
@@ -195,16 +196,7 @@ def kernel_check(shape: str) -> None:
 
 
 def _time_us(fn, n: int = 100) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    st.record()
-    for _ in range(n):
-        fn()
-    en.record()
-    en.synchronize()
-    return round(st.elapsed_time(en) / n * 1000, 1)
+    return round(cuda_ms(fn, n, warm=5) * 1000, 1)
 
 
 def collect(engine, rid: int) -> list[int]:

@@ -20,6 +20,7 @@ import os
 import time
 
 import torch
+from gpu_timing import cuda_ms  # benchmarks/gpu, this script's folder
 
 from uip.sd.accel import Acceleration
 from uip.sd.loop import PipelineInfo, SDLoop, load_tokenizer
@@ -47,17 +48,7 @@ DTYPE = torch.float16 if CUDA else torch.float32
 
 
 def gpu_ms(fn, reps: int = 30) -> float:
-    if not CUDA:
-        return wall_ms(fn, reps=2)
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
+    return cuda_ms(fn, reps) if CUDA else wall_ms(fn, reps=2)
 
 
 def sync() -> None:
