@@ -18,13 +18,14 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 from gpu_timing import cuda_ms  # benchmarks/gpu, this script's folder
 
 from uip.sd.accel import Acceleration
 from uip.sd.loop import PipelineInfo, SDLoop, load_tokenizer
-from uip.sd.models import TextEncoder, UNet, VaeDecoder
+from uip.sd.models import TextEncoder, UNet, VaeDecoder, graph_shapes
 from uip.sd.request import SDRequest
 from uip.sd.schedulers import SchedulerFactory
 
@@ -79,11 +80,10 @@ def unet_variant(folder: str, name: str, rows: tuple[int, ...]) -> tuple[UNet, d
     t0 = time.perf_counter()
     unet = UNet(folder, str(DEV), DTYPE, accel=accel)
     out = {"variant": name, "start_s": time.perf_counter() - t0}
-    (c, size, _), (length, dim) = ((unet.model.config.in_channels, unet.model.config.sample_size,
-                                    0), (77, unet.model.config.cross_attention_dim))
-    hidden = torch.randn(1, length, dim, device=DEV, dtype=DTYPE)
+    sample, hidden_shape = graph_shapes(Path(folder), unet.model.config)
+    hidden = torch.randn(1, *hidden_shape, device=DEV, dtype=DTYPE)
     for b in rows:
-        x = torch.randn(b, c, size, size, device=DEV, dtype=DTYPE)
+        x = torch.randn(b, *sample, device=DEV, dtype=DTYPE)
         t = torch.full((b,), 500.0, device=DEV)
         h = hidden.expand(b, -1, -1).contiguous()
         out[f"unet_ms_{b}"] = gpu_ms(lambda x=x, t=t, h=h: unet(x, t, h))
@@ -96,9 +96,9 @@ def loop_rows(folder: str, unet: UNet) -> dict:
     text = TextEncoder(folder, str(DEV), DTYPE)
     loop = SDLoop(load_tokenizer(folder), schedulers, info, text, unet, lambda x: x, device=DEV)
     out = {"text_encoder_ms": wall_ms(lambda: text(loop.tokenize(["a photo of a cat"])))}
+    size = info.default_size[0]
     for n in (1, 8):
         for where in ("host", "device"):
-            size = info.default_size[0]
             jobs = [loop.job(SDRequest(f"prompt {k}", "blurry", 50, 7.5, k, size, size, "ddim"))
                     for k in range(n)]
             loop.begin(jobs)
@@ -117,13 +117,13 @@ def loop_rows(folder: str, unet: UNet) -> dict:
 
 def vae_rows(folder: str) -> dict:
     out = {}
+    info = PipelineInfo.from_folder(folder)
     for compiled in (False, True) if CUDA else (False,):
         accel = Acceleration(channels_last=CUDA, compile_vae=compiled,
                              compile_cache_dir="/tmp/inductor-cache")
         t0 = time.perf_counter()
         vae = VaeDecoder(folder, str(DEV), DTYPE, accel=accel)
-        size = PipelineInfo.from_folder(folder).sample_size[0]
-        z = torch.randn(1, 4, size, size, device=DEV, dtype=DTYPE)
+        z = torch.randn(1, info.latent_channels, *info.sample_size, device=DEV, dtype=DTYPE)
         ms = wall_ms(lambda vae=vae, z=z: vae(z), reps=5)
         out[f"vae_ms_{'compiled' if compiled else 'eager'}"] = ms
         out[f"vae_start_s_{'compiled' if compiled else 'eager'}"] = time.perf_counter() - t0

@@ -10,6 +10,9 @@ from typing import Any
 
 from uip.core.paths import resolve_artifact
 
+TRUE_WORDS = ("1", "true", "yes", "on")  # how a spec parameter says true ...
+FALSE_WORDS = ("0", "false", "no", "off")  # ... and false
+
 
 class ArtifactError(RuntimeError):
     """An artifact that is missing or does not match its checksum."""
@@ -62,7 +65,7 @@ class ModelSettings:
             return default
         v = self.parameters[key]
         if kind is bool:
-            return v.strip().lower() in ("1", "true", "yes", "on")
+            return v.strip().lower() in TRUE_WORDS
         return kind(v)
 
     def artifact_dir(self) -> Path:

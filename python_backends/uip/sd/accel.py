@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from uip.core.settings import FALSE_WORDS, TRUE_WORDS
+
 log = logging.getLogger("uip.sd")
 
 
@@ -65,8 +67,9 @@ class Acceleration:
             raise ValueError("cuda_graphs needs a GPU instance (instances: kind gpu)")
         if any(b < 1 for b in buckets):
             raise ValueError("graph_buckets must be positive batch sizes")
-        if out.sdpa not in SDPA_BACKENDS:
-            raise ValueError(f"sdpa must be one of {sorted(SDPA_BACKENDS)}, got {out.sdpa!r}")
+        if out.sdpa != "auto" and out.sdpa not in SDPA_BACKENDS:
+            raise ValueError(f"sdpa must be one of {['auto', *sorted(SDPA_BACKENDS)]}, "
+                             f"got {out.sdpa!r}")
         return out
 
     def prepare(self, module: torch.nn.Module, compile_it: bool,
@@ -94,17 +97,14 @@ class Acceleration:
         return torch.compile(fn, mode=self.compile_mode, fullgraph=True,
                              dynamic=self.compile_dynamic or None)
 
-
     def select_sdpa(self) -> None:
         """Leave only the chosen SDPA backend on (process-wide: the SD networks' process)."""
-        if self.sdpa == "auto":
-            return
-        for name, enable in SDPA_BACKENDS.items():
-            if enable is not None:
+        if self.sdpa != "auto":
+            for name, enable in SDPA_BACKENDS.items():
                 enable(name == self.sdpa)
 
 
-SDPA_BACKENDS = {"auto": None, "flash": torch.backends.cuda.enable_flash_sdp,
+SDPA_BACKENDS = {"flash": torch.backends.cuda.enable_flash_sdp,
                  "cudnn": torch.backends.cuda.enable_cudnn_sdp,
                  "efficient": torch.backends.cuda.enable_mem_efficient_sdp}
 
@@ -121,9 +121,9 @@ def _flags(text: str) -> tuple[tuple[str, str], ...]:
 
 def _flag_value(text: str) -> bool | int | float | str:
     low = text.lower()
-    if low in ("1", "true", "yes", "on"):
+    if low in TRUE_WORDS:
         return True
-    if low in ("0", "false", "no", "off"):
+    if low in FALSE_WORDS:
         return False
     for kind in (int, float):
         try:

@@ -39,6 +39,7 @@ from types import ModuleType
 from typing import Any
 
 from uip.core.inputs import InvalidInput
+from uip.core.settings import FALSE_WORDS, TRUE_WORDS
 from uip.llm import validation
 from uip.llm.engine import (
     Engine,
@@ -84,9 +85,9 @@ COMMUNICATION_MODES = {"leader": "LEADER", "orchestrator": "ORCHESTRATOR"}
 
 def _bool(v: str) -> bool:
     s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "on"):
+    if s in TRUE_WORDS:
         return True
-    if s in ("0", "false", "no", "off"):
+    if s in FALSE_WORDS:
         return False
     raise ValueError(f"expected true or false, got {v!r}")
 
