@@ -36,7 +36,9 @@ def main() -> None:
     p.add_argument("specs", type=Path)
     p.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
     p.add_argument("--num-blocks", type=int, default=2048)
-    p.add_argument("--max-batch-tokens", type=int, default=8192)
+    p.add_argument("--max-batch-tokens", type=int, default=256,
+                   help="llm_engine's tokens per step: the 64 decodes + a 128-token prompt "
+                        "(prompts join the decodes instead of one prefill stalling them)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--tokenizer", type=Path, default=None,
                    help="a tokenizer folder (benchmarks/gpu/build_tokenizer.py: 128k ids, so "

@@ -18,6 +18,7 @@ mkdir -p "$OUT"
 uip() { python -c "from uip.cli import main; main()" "$@"; }
 if [ "$STAGE" = all ] || [ "$STAGE" = prepare ]; then
   python benchmarks/gpu/prepare_llm.py /tmp/art /tmp/llm-specs --num-blocks "${NUM_BLOCKS:-1024}" \
+    --max-batch-tokens "${MAX_BATCH_TOKENS:-256}" \
     ${TOKENIZER:+--tokenizer "$TOKENIZER"} 2>&1 | tail -2 | tee "$OUT/llm-$LABEL.prepare.txt"
   uip repo build --specs /tmp/llm-specs --out /tmp/llm-repo
 fi

@@ -1,6 +1,7 @@
 """Where an SD step's time goes on the GPU, and which UNet build is fastest (GPU machine).
 
     python benchmarks/gpu/sd_variants.py FOLDER [--variants eager,compile,...] [--deadline EPOCH]
+        [--rows 2,16] [--skip-loop]
 
 For each variant of `uip.sd.accel` settings (channels_last and CUDA graphs for buckets 2 and
 16 in all): the capture (and compile) time and the GPU time of one UNet graph replay at 2 rows
@@ -137,7 +138,11 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--deadline", type=float, default=0.0)
     p.add_argument("--json", default="sd-variants.json")
+    p.add_argument("--rows", default="2,16", help="UNet rows to graph and time")
+    p.add_argument("--skip-loop", action="store_true",
+                   help="only the UNet variants (no loop iteration, text encoder, VAE rows)")
     a = p.parse_args()
+    rows = tuple(int(r) for r in a.rows.split(","))
     res: dict = {"gpu": torch.cuda.get_device_name(0) if CUDA else "cpu",
                  "torch": torch.__version__, "rows": []}
 
@@ -150,10 +155,10 @@ def main() -> None:
         if a.deadline and time.time() + (240 if "autotune" in name else 100) > a.deadline:
             print(f"{name}: skipped (deadline)", flush=True)
             continue
-        unet, row = unet_variant(a.folder, name, (2, 16))
+        unet, row = unet_variant(a.folder, name, rows)
         res["rows"].append(row)
         print(json.dumps(row), flush=True)
-        if k == 0:
+        if k == 0 and not a.skip_loop:
             res["loop"] = loop_rows(a.folder, unet)
             print(json.dumps(res["loop"]), flush=True)
             res["vae"] = vae_rows(a.folder)
@@ -172,8 +177,8 @@ def main() -> None:
           ", ".join(f"{k} {v:.2f}" for k, v in vae.items()) + "\n")
     print("| variant | start s | UNet ms, 2 rows | UNet ms, 16 rows |\n|---|---:|---:|---:|")
     for r in res["rows"]:
-        print(f"| {r['variant']} | {r['start_s']:.1f} | {r['unet_ms_2']:.2f} | "
-              f"{r['unet_ms_16']:.2f} |")
+        print(f"| {r['variant']} | {r['start_s']:.1f} | {r.get('unet_ms_2', 0):.2f} | "
+              f"{r.get('unet_ms_16', 0):.2f} |")
 
 
 if __name__ == "__main__":

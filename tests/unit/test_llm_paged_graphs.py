@@ -91,6 +91,8 @@ def test_default_buckets():
     assert default_buckets(1) == [1]
     assert default_buckets(64) == [1, 2, 4, 8, 16, 32, 64]
     assert default_buckets(48) == [1, 2, 4, 8, 16, 32, 48]
+    assert default_buckets(256) == [1, 2, 4, 8, 16, 32, 64, 128, 192, 256]
+    assert default_buckets(200) == [1, 2, 4, 8, 16, 32, 64, 128, 192, 200]
 
 
 def test_cuda_graphs_spec_parameter():
@@ -128,12 +130,15 @@ def _static_graphs(engine: PagedEngine) -> tuple[list[int], list[int]]:
     calls: list[int] = []
     overlapped: list[int] = []
     with_lora: list[int] = []  # graph steps with adapter rows
+    mixed: list[int] = []  # overlapped steps with rows whose ids come from the host
     run_graph = graphs.run
 
     def spy(ids, *a, prev=None, lora_slots=None):
         calls.append(len(ids))
         if prev is not None:
             overlapped.append(len(ids))
+            if -1 in prev[1]:
+                mixed.append(len(ids))
         if lora_slots and any(lora_slots):
             with_lora.append(len(ids))
         return run_graph(ids, *a, prev=prev, lora_slots=lora_slots)
@@ -141,6 +146,7 @@ def _static_graphs(engine: PagedEngine) -> tuple[list[int], list[int]]:
     graphs.run = spy  # type: ignore[method-assign]
     engine.graphs = graphs
     graphs.with_lora = with_lora  # type: ignore[attr-defined]
+    graphs.mixed = mixed  # type: ignore[attr-defined]
     return calls, overlapped
 
 
@@ -191,6 +197,26 @@ def test_overlap_under_preemption_sampling_and_cancel(llm_tiny_dir, reference, p
         final = engine.await_responses(rid, timeout=10)[-1]
         assert final.finish_reason == "cancelled" and len(final.tokens) >= 5
         assert final.tokens == generate(reference, prompts[1], 64)[:len(final.tokens)]
+        assert wait_idle(engine).kv_blocks_used == 0
+    finally:
+        engine.shutdown()
+
+
+def test_prompts_join_overlapped_steps(llm_tiny_dir, reference, prompts):
+    """Under a token budget of about the running rows plus a prompt, with requests waiting and
+    arriving while others decode, steps whose new prompts' chunks run as rows beside the
+    decodes are launched before the previous step's tokens are read back (the decode rows'
+    ids taken on the device, the prompts' from the host); every request equals generate."""
+    engine = make(llm_tiny_dir, max_batch_tokens=8, max_requests_per_batch=4)
+    try:
+        _static_graphs(engine)  # decode graphs of up to 8 rows
+        lengths = [N + 4 - 2 * (i % 4) for i in range(len(prompts))]
+        reqs = [GenerationRequest(input_ids=p[:6], max_new_tokens=n)
+                for p, n in zip(prompts, lengths, strict=True)]
+        for i, results in enumerate(run_concurrently(engine, reqs)):
+            assert tokens_of(results) == generate(reference, prompts[i][:6], lengths[i]), \
+                f"prompt {i}"
+        assert engine.graphs.mixed, "no prompt joined an overlapped step"
         assert wait_idle(engine).kv_blocks_used == 0
     finally:
         engine.shutdown()

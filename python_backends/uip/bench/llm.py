@@ -194,7 +194,8 @@ def inprocess(concurrency: list[int], device: str = "cpu", model_dir: Path | Non
               max_tokens: int = MAX_TOKENS, prompt_tokens: int = 0,
               model_repository: Path | None = None, **_) -> dict[int, dict[str, float]]:
     """Output tokens/s and p50 time to first token (ms) of the same torch engine in-process,
-    configured as the repository's llm_engine: closed loop, `c` clients of 2 requests each,
+    configured as the repository's llm_engine: closed loop, `c` clients of 4 requests each
+    (tokens/s over the window where all `c` are in flight, as perf_analyzer counts),
     read by one consumer thread (as Triton's `llm_engine` dispatcher reads it); distinct
     random prompts of `prompt_tokens` tokens (0: as many as PROMPT has)."""
     from uip.bench.llm_inprocess import run_one_consumer
@@ -214,7 +215,7 @@ def inprocess(concurrency: list[int], device: str = "cpu", model_dir: Path | Non
         out = {}
         for c in concurrency:
             run_one_consumer(engine, c, prompt_tokens, 8, 1, vocab=engine.vocab_size, seed=2)
-            r = run_one_consumer(engine, c, prompt_tokens, max_tokens, 2,
+            r = run_one_consumer(engine, c, prompt_tokens, max_tokens, 4,
                                  vocab=engine.vocab_size)
             out[c] = {"per_s": r.output_tokens_per_s, "ttft_ms": r.ttft_p50_ms}
         return out

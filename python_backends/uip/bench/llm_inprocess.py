@@ -84,7 +84,10 @@ def run_one_consumer(engine: Engine, concurrency: int, prompt_tokens: int = 32,
                      max_new_tokens: int = 128, requests_per_client: int = 2,
                      vocab: int = 4096, seed: int = 0) -> BenchResult:
     """The same closed loop driven by one thread through `Engine.await_any` (as Triton's
-    `llm_engine` dispatcher reads the engine), instead of a thread per client."""
+    `llm_engine` dispatcher reads the engine), instead of a thread per client. Tokens/s is
+    counted, as perf_analyzer does, over a window of constant concurrency: from the first
+    request's end (every client had one in flight) to the last request's start (no client
+    ran out yet); the whole run where that window is empty (one request per client)."""
     rng = random.Random(seed)
     prompts = [[rng.randrange(8, vocab) for _ in range(prompt_tokens)]
                for _ in range(concurrency * requests_per_client)]
@@ -101,11 +104,14 @@ def run_one_consumer(engine: Engine, concurrency: int, prompt_tokens: int = 32,
     queued = list(reversed(prompts))
     for _ in range(min(concurrency, len(queued))):
         send(queued.pop())
+    arrivals: list[tuple[float, int]] = []  # (time, tokens) of every result
+    window = [0.0, 0.0]  # first end, last start
     while live:
         results = engine.await_any(timeout=60)
         if not results:
             raise TimeoutError("no result in 60 s")
         now = time.perf_counter()
+        arrivals.append((now, sum(len(r.tokens) for r in results)))
         for r in results:
             if r.error:
                 raise RuntimeError(r.error)
@@ -117,9 +123,15 @@ def run_one_consumer(engine: Engine, concurrency: int, prompt_tokens: int = 32,
                 del live[r.request_id]
                 first = state[1] or now
                 samples.append((first - state[0], state[2], now - first))
+                window[0] = window[0] or now
                 if queued:
                     send(queued.pop())
-    return _summary(concurrency, samples, time.perf_counter() - start)
+                    window[1] = now
+    result = _summary(concurrency, samples, time.perf_counter() - start)
+    if window[1] > window[0]:
+        n = sum(k for t, k in arrivals if window[0] < t <= window[1])
+        result.output_tokens_per_s = round(n / (window[1] - window[0]), 1)
+    return result
 
 
 def run(engine: Engine, concurrency: int, prompt_tokens: int = 32, max_new_tokens: int = 128,

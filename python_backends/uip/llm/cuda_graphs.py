@@ -1,9 +1,9 @@
 """CUDA graphs for the decode-only steps of `PagedEngine` (GPU only).
 
-At start-up one graph per batch-size bucket (1, 2, 4, ... up to the most decode rows a step
-can have) captures the model runner's whole forward over the paged cache, logits included
-(token choice stays outside: bad words, logits masks and sampling vary per step). Every graph
-reads one static int64 buffer, a row per sequence:
+At start-up one graph per batch-size bucket (1, 2, 4, ... 64, then multiples of 64, up to the
+most rows a step can have) captures the model runner's whole forward over the paged cache,
+logits included (token choice stays outside: bad words, logits masks and sampling vary per
+step). Every graph reads one static int64 buffer, a row per sequence:
 
     [token id, position, slot, context length, LoRA slot, block 0, ..., block max_blocks - 1]
 
@@ -47,12 +47,13 @@ log = logging.getLogger("uip.llm.cuda_graphs")
 _META_COLS = 5  # token id, position, slot, context length, LoRA slot; then the blocks
 
 
-def default_buckets(max_batch: int) -> list[int]:
-    """Powers of two below `max_batch`, and `max_batch` itself."""
+def default_buckets(max_batch: int, step: int = 64) -> list[int]:
+    """Powers of two up to `step`, then multiples of `step` (a step with a new prompt beside
+    the decodes pads less), below `max_batch`; and `max_batch` itself."""
     out, b = [], 1
     while b < max_batch:
         out.append(b)
-        b *= 2
+        b = b * 2 if b < step else b + step
     return [*out, max_batch]
 
 
@@ -149,7 +150,8 @@ class DecodeGraphs:
             lora_slots: list[int] | None = None) -> torch.Tensor:
         """n decode rows (n <= max_batch) -> logits [n, vocab] (a view of the graph's output,
         valid until the next `run`). `prev` = (tokens on the device, source row of each row):
-        the rows' token ids are taken from there on the GPU (`ids` is ignored then).
+        the rows' token ids are taken from there on the GPU (their `ids` are ignored then);
+        a row whose source is -1 keeps its id from `ids`.
         `lora_slots`: each row's adapter slot (0: the base; needs `runner.lora`)."""
         n = len(ids)
         b = self.bucket(n)
@@ -172,8 +174,11 @@ class DecodeGraphs:
             tokens, src = prev
             if src == list(range(n)):
                 self._dev[:n, 0].copy_(tokens[:n])
-            else:
-                self._dev[:n, 0] = tokens[to_device(src, tokens.device)]
+            else:  # rows with source -1 keep their host ids (new prompts' tokens)
+                rows = [i for i, s in enumerate(src) if s >= 0]
+                dev = tokens.device
+                self._dev[to_device(rows, dev), 0] = tokens[to_device([src[i] for i in rows],
+                                                                      dev)]
         graph = self._graphs.get((b, lora))
         if graph is None:  # not captured (CPU tests): the same static-shape step, eagerly
             return self._forward(b, lora)[:n]

@@ -24,13 +24,17 @@ eagerly (steps counted by path: `EngineStats.steps_by_path`). Spec parameter `to
 fused by torch.compile (llama.py); in the graphs RoPE and the K/V cache write are one Triton
 kernel. On CPU nothing changes.
 
-Overlap: a step's tokens are chosen on the device and copied back asynchronously. While only
-decode-only graph steps run (nothing waiting, no bad words, no logits mask), step N+1 is
-planned and launched before step N's tokens are read back: each sequence gets a placeholder
-token whose id step N+1 takes from step N's output on the GPU; then step N's tokens replace
-the placeholders and are delivered while step N+1 runs. A sequence that finished at step N
-computed one token too many in step N+1, into a slot of its own unhashed last block: dropped.
-Otherwise step N's tokens are read back before the next step is planned.
+Overlap: a step's tokens are chosen on the device and copied back asynchronously. While the
+steps run as one decode graph each (decode rows, and new prompts' chunks as rows beside them;
+no bad words, no logits mask), step N+1 is planned and launched before step N's tokens are
+read back: each sequence gets a placeholder token whose id step N+1 takes from step N's
+output on the GPU (a new prompt's rows keep their ids from the host); then step N's tokens
+replace the placeholders and are delivered while step N+1 runs. A new prompt therefore joins
+the running decodes without a pause of the device (with a token budget that leaves its chunk
+room beside them: `max_batch_tokens` ~ running + a prompt, and requests arriving staggered,
+a round of prompts never stalls every decode behind one big prefill). A sequence that
+finished at step N computed one token too many in step N+1, into a slot of its own unhashed
+last block: dropped. Otherwise step N's tokens are read back before the next step is planned.
 
 LoRA (spec parameters `lora_dir`, `lora_max_rank`, `lora_max_adapters`; lora.py): a request's
 `lora_name` is read from the adapter directory on enqueue (unknown or too large: InvalidInput)
@@ -483,7 +487,7 @@ class PagedEngine(Engine):
     def _can_overlap(self) -> bool:
         """The next step may be planned before the pending step's tokens are read back."""
         sched = self.scheduler
-        return (self.graphs is not None and not sched.waiting
+        return (self.graphs is not None
                 and len(sched.running) <= self.graphs.max_batch
                 and not any(seq.owner.needs_host_tokens for seq in sched.running))
 
@@ -514,10 +518,10 @@ class PagedEngine(Engine):
             self._resolve()  # delivers: sequences may have finished
         plan = self.scheduler.schedule()
         pending = self._pending
+        src: list[int] = []
         if pending is not None:
-            rows = {id(req): i for i, req in enumerate(pending.sampled)}
-            src = [rows.get(id(c.seq.owner), -1) for c in plan.chunks]
-            if -1 in src or not all(c.is_decode for c in plan.chunks):
+            src = self._follow_on_device(plan, pending)
+            if not src:
                 self._resolve()  # not a step that can follow on the device: the usual way
                 plan.chunks = [c for c in plan.chunks if not c.seq.owner.done]
                 pending, resolved = None, True
@@ -545,14 +549,11 @@ class PagedEngine(Engine):
                 rows_out.append(len(ids) - 1)
         t1 = time.perf_counter()
         self.step_seconds["prepare"] += t1 - t0
-        if pending is not None:
-            path = "graph_decode"
-            logits = self.graphs.run(ids, positions, slots, decode_tables, decode_lens,
-                                     prev=(pending.tokens, src), lora_slots=lora_rows)
-        elif (self.graphs is not None and not prefills
+        if (self.graphs is not None and not prefills
                 and len(ids) <= self.graphs.max_batch):
             path = "graph_mixed" if as_rows else "graph_decode"
             logits = self.graphs.run(ids, positions, slots, decode_tables, decode_lens,
+                                     prev=None if pending is None else (pending.tokens, src),
                                      lora_slots=lora_rows)
             if len(rows_out) < len(ids):  # the rows of chunks that do not end a sequence
                 logits = logits[to_device(rows_out, logits.device)]
@@ -588,6 +589,23 @@ class PagedEngine(Engine):
                         req.seq.tokens.append(0)  # placeholder: `_resolve` sets the id
                         req.unresolved = True
             self._pending = launched
+
+    def _follow_on_device(self, plan: StepPlan, pending: _Pending) -> list[int]:
+        """Each row's source in the pending step's tokens (-1: its id is known on the host),
+        when the step can be launched before those tokens are read back: it runs as one
+        graph (decode rows, and new prompts' chunks as rows beside them). [] otherwise."""
+        if not plan.chunks or sum(c.length for c in plan.chunks) > self.graphs.max_batch:
+            return []
+        if not all(c.is_decode for c in plan.chunks) and not self._as_decode_rows(plan):
+            return []
+        rows = {id(req): i for i, req in enumerate(pending.sampled)}
+        src: list[int] = []
+        for c in plan.chunks:
+            i = rows.get(id(c.seq.owner), -1)
+            if i >= 0 and c.length != 1:  # its last token is the placeholder
+                return []
+            src += [i] * c.length
+        return src
 
     def _as_decode_rows(self, plan: StepPlan) -> bool:
         """Run every token of this step as a row of a decode graph: prefill chunks (new
