@@ -79,7 +79,8 @@ def bench(
             server.stop()
     ref = profile.inprocess(levels, device=device, model_dir=ref_model_dir,
                             num_blocks=ref_num_blocks, max_batch_tokens=ref_max_batch_tokens,
-                            prompt_tokens=prompt_tokens, model_repository=model_repository)
+                            prompt_tokens=prompt_tokens, model_repository=model_repository,
+                            texts=texts)
     rows = [result_row(p, per_request, ref[p.concurrency], ttft) for p in perf]
     write_csv(stem.with_suffix(".csv"), rows)
     table = markdown(rows)

@@ -192,12 +192,15 @@ def engine_config(model_repository: Path, device: str, **overrides):
 def inprocess(concurrency: list[int], device: str = "cpu", model_dir: Path | None = None,
               num_blocks: int | None = None, max_batch_tokens: int | None = None,
               max_tokens: int = MAX_TOKENS, prompt_tokens: int = 0,
-              model_repository: Path | None = None, **_) -> dict[int, dict[str, float]]:
+              model_repository: Path | None = None, texts: list[str] | None = None,
+              **_) -> dict[int, dict[str, float]]:
     """Output tokens/s and p50 time to first token (ms) of the same torch engine in-process,
     configured as the repository's llm_engine: closed loop, `c` clients of 4 requests each
     (tokens/s over the window where all `c` are in flight, as perf_analyzer counts),
-    read by one consumer thread (as Triton's `llm_engine` dispatcher reads it); distinct
-    random prompts of `prompt_tokens` tokens (0: as many as PROMPT has)."""
+    read by one consumer thread (as Triton's `llm_engine` dispatcher reads it); the `texts`
+    perf_analyzer sends, tokenized as the server does and cycled the same way (so the prefix
+    cache sees the same reuse), else distinct random prompts of `prompt_tokens` tokens (0: as
+    many as PROMPT has)."""
     from uip.bench.llm_inprocess import run_one_consumer
     from uip.core.paths import DEFAULT_REPOSITORY
     from uip.llm.paged_runtime import PagedEngine
@@ -209,6 +212,12 @@ def inprocess(concurrency: list[int], device: str = "cpu", model_dir: Path | Non
         from transformers import AutoTokenizer
 
         prompt_tokens = len(AutoTokenizer.from_pretrained(str(model_dir))(PROMPT).input_ids)
+    workload = None
+    if texts:
+        from uip.llm.tokenizer import TextTokenizer
+
+        tok = TextTokenizer.from_folder(model_dir)
+        workload = [tok.encode(t) for t in texts]
     engine = PagedEngine(model_dir, config)
     try:
         run_one_consumer(engine, 1, prompt_tokens, 8, 1, vocab=engine.vocab_size, seed=1)
@@ -216,7 +225,7 @@ def inprocess(concurrency: list[int], device: str = "cpu", model_dir: Path | Non
         for c in concurrency:
             run_one_consumer(engine, c, prompt_tokens, 8, 1, vocab=engine.vocab_size, seed=2)
             r = run_one_consumer(engine, c, prompt_tokens, max_tokens, 4,
-                                 vocab=engine.vocab_size)
+                                 vocab=engine.vocab_size, workload=workload)
             out[c] = {"per_s": r.output_tokens_per_s, "ttft_ms": r.ttft_p50_ms}
         return out
     finally:

@@ -82,15 +82,19 @@ def _summary(concurrency: int, samples: list[tuple[float, int, float]], seconds:
 
 def run_one_consumer(engine: Engine, concurrency: int, prompt_tokens: int = 32,
                      max_new_tokens: int = 128, requests_per_client: int = 2,
-                     vocab: int = 4096, seed: int = 0) -> BenchResult:
+                     vocab: int = 4096, seed: int = 0,
+                     workload: list[list[int]] | None = None) -> BenchResult:
     """The same closed loop driven by one thread through `Engine.await_any` (as Triton's
     `llm_engine` dispatcher reads the engine), instead of a thread per client. Tokens/s is
     counted, as perf_analyzer does, over a window of constant concurrency: from the first
     request's end (every client had one in flight) to the last request's start (no client
-    ran out yet); the whole run where that window is empty (one request per client)."""
+    ran out yet); the whole run where that window is empty (one request per client).
+    `workload`: the prompts to cycle through (as perf_analyzer cycles its input data), instead
+    of distinct seeded random ones."""
     rng = random.Random(seed)
-    prompts = [[rng.randrange(8, vocab) for _ in range(prompt_tokens)]
-               for _ in range(concurrency * requests_per_client)]
+    total = concurrency * requests_per_client
+    prompts = ([workload[i % len(workload)] for i in range(total)] if workload else
+               [[rng.randrange(8, vocab) for _ in range(prompt_tokens)] for _ in range(total)])
     live: dict[int, list] = {}  # request id -> [start, first token time, tokens]
     samples: list[tuple[float, int, float]] = []
 
