@@ -3,6 +3,8 @@ their capture is measured by benchmarks/gpu/run_sd.sh, not here)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -65,3 +67,35 @@ def test_fuse_qkv_calls_the_modules_own_fusion():
 
     Acceleration(fuse_qkv=True).prepare(Fusable(2, 2), compile_it=False)
     assert calls == [True]
+
+
+def test_compiled_vae_warms_at_start_and_decodes_per_image_with_static_shapes(sd_tiny_dir,
+                                                                             monkeypatch):
+    """`compile_vae` compiles at start-up on one latent of the default size; with static
+    shapes a batch is decoded one image at a time (no new shape to compile while serving),
+    equal to the batched eager decode. torch.compile is replaced by a recorder here."""
+    from uip.sd.models import VaeDecoder
+
+    shapes: list[tuple[int, ...]] = []
+
+    def fake_compile(fn, **_):
+        def run(latents, **kw):
+            shapes.append(tuple(latents.shape))
+            return fn(latents, **kw)
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    eager = VaeDecoder(sd_tiny_dir)
+    vae = VaeDecoder(sd_tiny_dir, model=eager.model,
+                     accel=Acceleration(compile_vae=True, compile_dynamic=False))
+    size = json.loads((sd_tiny_dir / "unet" / "config.json").read_text())["sample_size"]
+    channels = eager.model.config.latent_channels
+    assert shapes == [(1, channels, size, size)]  # the start-up compile
+    latents = torch.randn(3, channels, size, size, generator=torch.Generator().manual_seed(0))
+    images = vae(latents)
+    assert shapes[1:] == [(1, channels, size, size)] * 3
+    assert (images.int() - eager(latents).int()).abs().max() <= 1  # batched vs one by one
+    dynamic = VaeDecoder(sd_tiny_dir, model=eager.model, accel=Acceleration(compile_vae=True))
+    shapes.clear()
+    dynamic(latents)
+    assert shapes == [(3, channels, size, size)]  # dynamic shapes: one batched call

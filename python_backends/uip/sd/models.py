@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -106,6 +107,10 @@ class VaeDecoder(_Component):
 
     `vae.decode(latents / scaling_factor)`, then VaeImageProcessor's arithmetic on the device:
     `(x * 0.5 + 0.5).clamp(0, 1)`, channels last, float32, `* 255`, round half to even.
+    Compiled (`compile_vae`), it is compiled at start-up on one latent of the default size
+    (the time is logged); with static shapes (`compile_dynamic` false) it then decodes one
+    image at a time, so a batch of any size runs that compiled shape instead of compiling
+    another one (~1 min) in the middle of serving.
     """
 
     part = "vae"
@@ -114,9 +119,20 @@ class VaeDecoder(_Component):
                  model=None, accel: Acceleration | None = None):
         super().__init__(folder, device, dtype, model, accel)
         self.decode = self.accel.prepare(self.model, self.accel.compile_vae, self.model.decode)
+        self.per_image = self.accel.compile_vae and not self.accel.compile_dynamic
+        if self.accel.compile_vae:
+            t0 = time.perf_counter()
+            unet = json.loads((Path(folder) / "unet" / "config.json").read_text())
+            size = unet["sample_size"]
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            self(torch.zeros(1, self.model.config.latent_channels, *size))
+            startup_note(f"sd vae: compiled for one {'x'.join(map(str, size))} latent in "
+                         f"{time.perf_counter() - t0:.1f} s")
 
     @torch.inference_mode()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.per_image and latents.shape[0] > 1:
+            return torch.cat([self(latents[i:i + 1]) for i in range(latents.shape[0])])
         latents = latents.to(self.device, self.dtype)
         image = self.decode(latents / self.model.config.scaling_factor, return_dict=False)[0]
         image = (image * 0.5 + 0.5).clamp(0, 1)
