@@ -87,3 +87,34 @@ def test_triton_unreachable_is_503(tmp_path):
             assert r.json()["error"]["type"] == "service_unavailable"
     finally:
         gw.stop()
+
+
+def test_workers_are_restarted_and_die_with_their_supervisor(tmp_path):
+    """`--workers 2` (no Triton needed): a worker killed after start-up is replaced; when the
+    supervisor is SIGKILLed its workers exit and the port is free again."""
+    import psutil
+    from support.gateway import GatewayProcess
+
+    from uip.gateway.workers import STARTING_S
+
+    gw = GatewayProcess(f"127.0.0.1:{free_port()}", f"sqlite:///{tmp_path / 'g.db'}",
+                        tmp_path / "gateway.log", workers=2).start()
+    try:
+        first = gw.worker_pids()
+        assert len(first) == 2
+        time.sleep(STARTING_S)  # then a worker's exit is not a failed start
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not (len(gw.worker_pids()) == 2 and victim not in gw.worker_pids()):
+            assert time.monotonic() < deadline, gw.log()
+            time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{gw.port}/health").status_code == 200
+        workers = [psutil.Process(p) for p in gw.worker_pids()]
+        gw.proc.kill()
+        gw.proc.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=20)
+        assert not alive, "a worker outlived its supervisor"
+        assert not port_in_use(gw.port)
+    finally:
+        gw.stop()

@@ -31,6 +31,8 @@ ANONYMOUS = Caller()
 
 class Gateway:
     def __init__(self, spec: GatewaySpec, triton_url: str, store=None, limiter=None):
+        """`limiter`: the per-key limits (default: in this process's memory; the workers of
+        `--workers N` share one, uip.gateway.limits.SharedLimiter)."""
         from uip.gateway.limits import Limiter
 
         self.spec = spec
@@ -74,6 +76,7 @@ class Gateway:
             await asyncio.gather(self._writer, return_exceptions=True)
         await self.triton.close()
         await self.http.aclose()
+        await self.limiter.close()
         if self.store is not None:
             self.store.close()
 
@@ -83,7 +86,7 @@ class Gateway:
         """Count the tokens against the key's tpm now; write the usage row in the background
         (the response does not wait for the database). Rows that come while a write runs are
         written together in the next one: one transaction and one thread hop per batch."""
-        self.limiter.spend(caller, prompt_tokens + completion_tokens)
+        await self.limiter.spend(caller, prompt_tokens + completion_tokens)
         if self.store is not None:
             self._rows.append((caller.key_id, model, endpoint, prompt_tokens,
                                completion_tokens, images))

@@ -135,7 +135,7 @@ class Relay:
 
 
 async def run(g: Gateway, caller: Caller, targets: list[Target], job: TextJob):
-    g.limiter.admit(caller)
+    await g.limiter.admit(caller)
     charge = partial(g.record_usage, caller, job.model, job.path)
     opened = await first_available(targets, lambda t: _open(g, job, t, charge))
     rid = ("chatcmpl-" if job.kind == "chat" else "cmpl-") + uuid.uuid4().hex
