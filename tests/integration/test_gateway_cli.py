@@ -1,5 +1,6 @@
-"""`uip serve` starts the gateway beside tritonserver (and stops it with it); `uip gateway`
-refuses a taken port in one line."""
+"""`uip serve` starts the gateway beside tritonserver (and stops it with it; here with two
+workers); `uip gateway` refuses a taken port in one line; its workers are replaced when they
+die and exit with their supervisor."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def test_uip_serve_runs_the_gateway_beside_tritonserver(tmp_path):
     http, grpc, metrics, gw = (free_port() for _ in range(4))
     env = {**os.environ, "UIP_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}"}
     cmd = [*UIP, "serve", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port",
-           str(metrics), "--gateway-port", str(gw), "--model-control-mode=explicit",
+           str(metrics), "--gateway-port", str(gw), "--gateway-workers", "2",
+           "--model-control-mode=explicit",
            "--load-model=embedding"]
     proc = subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
