@@ -76,22 +76,30 @@ def test_both_workers_serve_and_write_usage(gw):
         c.close()
 
 
+def _worker_of(gw, response: httpx.Response) -> int | None:
+    return gw.worker_of(response.extensions["network_stream"].get_extra_info("client_addr")[1])
+
+
 def test_stream_and_disconnect_on_each_worker(server, gw):
     texts = []
     for worker, http in client_per_worker(gw).items():
         c = openai.OpenAI(base_url=gw.base_url, api_key="none", max_retries=0,
-                          http_client=http)  # the same connection: the same worker
-        chunks = list(c.chat.completions.create(**CHAT, stream=True))
+                          http_client=http)  # its connection: that worker
+        stream = c.chat.completions.create(**CHAT, stream=True)
+        assert _worker_of(gw, stream.response) == worker
+        chunks = list(stream)
         texts.append("".join(ch.choices[0].delta.content or "" for ch in chunks
                              if ch.choices))
         assert chunks[0].choices[0].delta.role == "assistant"
+        http.close()
+    assert texts[0] and texts[0] == texts[1]  # greedy: the same text on either worker
 
+    for worker, http in client_per_worker(gw).items():
         assert _idle(server, 10), "requests of earlier tests still run"
         tokens_before = metric(server, "uip_llm_tokens_generated_total")
         body = {**CHAT, "max_tokens": 1000, "stream": True}
         with http.stream("POST", "/chat/completions", json=body) as r:
-            port = r.extensions["network_stream"].get_extra_info("client_addr")[1]
-            assert gw.worker_of(port) == worker
+            assert _worker_of(gw, r) == worker
             lines = r.iter_lines()
             for _ in range(4):
                 next(lines)
@@ -103,7 +111,6 @@ def test_stream_and_disconnect_on_each_worker(server, gw):
         assert _idle(server, 5), f"worker {worker}: the engine still runs the request"
         generated = metric(server, "uip_llm_tokens_generated_total") - tokens_before
         assert generated < 500, f"worker {worker}: {generated} tokens, not cancelled"
-    assert texts[0] and texts[0] == texts[1]  # greedy: the same text on either worker
 
 
 def test_rate_limits_hold_across_workers(keyed_gw):

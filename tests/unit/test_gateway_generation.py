@@ -26,7 +26,7 @@ def _streamed(route, body, monkeypatch) -> list[tuple[str, object]]:
         log.append(("count", n))
         return n
 
-    async def stream(model, inputs, timeout_s):  # Triton.stream: llm_bls's responses
+    async def stream(request, timeout_s):  # Triton.stream: llm_bls's responses
         for t in TOKENS:
             yield {"text_output": t, "num_output_tokens": 1}
         yield {"finish_reason": "length"}

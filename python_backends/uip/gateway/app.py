@@ -42,8 +42,10 @@ def create_app(triton_grpc: str, spec_path: Path | None = None,
     app = FastAPI(title="uip gateway", version="1", lifespan=lifespan,
                   description="OpenAI-compatible API over the uip Triton models")
     errors.install(app)
-    from uip.gateway import openai_routes
+    from uip.gateway import fastroute, openai_routes
 
+    fastroute.install(app, [r for r in openai_routes.router.routes if getattr(r, "endpoint", None)
+                            in (openai_routes.chat_completions, openai_routes.completions)])
     app.include_router(openai_routes.router)
     if store is not None:
         from uip.gateway import rag_routes, state_routes

@@ -70,7 +70,13 @@ class Generation:
         try:
             if len(self._streams) == 1:
                 only = self.choices[0]
-                async with aclosing(self._streams[0]) as stream:
+                stream, first = self._streams[0], None
+                if isinstance(stream, _Primed):  # its first delta, then the stream itself
+                    stream, first = stream.rest, stream.first
+                async with aclosing(stream):
+                    if first is not None:
+                        self._add(only, first)
+                        yield only, first.text
                     async for d in stream:
                         self._add(only, d)
                         yield only, d.text
@@ -107,7 +113,7 @@ async def start(g: Gateway, target: Target, params: GenParams,
     streams = [generate(g.triton, target.triton, prompt, params, timeout, i)
                for i in range(params.n)]
     firsts = await _first_deltas(streams)
-    return Generation(target, prompt, [_primed(f, s) for f, s in zip(firsts, streams,
+    return Generation(target, prompt, [_Primed(f, s) for f, s in zip(firsts, streams,
                                                                      strict=True)], charge)
 
 
@@ -126,11 +132,20 @@ async def _first_deltas(streams: list[AsyncIterator[Delta]]) -> list[Delta]:
         raise
 
 
-async def _primed(first: Delta, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    yield first
-    async with aclosing(rest):  # closing the chain closes the Triton stream at once
-        async for d in rest:
+class _Primed:
+    """A stream whose first delta was read already (`start`): that delta, then the rest.
+    Read as one stream, or taken apart by `deltas` (one layer fewer per token)."""
+
+    def __init__(self, first: Delta, rest: AsyncIterator[Delta]):
+        self.first, self.rest = first, rest
+
+    async def __aiter__(self) -> AsyncIterator[Delta]:
+        yield self.first
+        async for d in self.rest:
             yield d
+
+    async def aclose(self) -> None:
+        await self.rest.aclose()  # closing it closes the Triton stream at once
 
 
 async def _merged(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:

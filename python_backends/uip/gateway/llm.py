@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from uip.clients.llm import grpc_inputs, parameters
+from uip.clients.llm import grpc_request, parameters
 from uip.gateway.errors import ApiError
 from uip.gateway.schemas import Sampling
 from uip.gateway.spec import Limits
@@ -73,10 +74,10 @@ class Delta:
 async def generate(triton: Triton, model: str, prompt: str, params: GenParams,
                    timeout_s: float, choice: int = 0) -> AsyncIterator[Delta]:
     """Deltas of one generation; the last carries the finish reason and the token count."""
-    inputs = grpc_inputs(prompt, params.inputs(choice))
+    request = grpc_request(model, prompt, params.inputs(choice), f"gw-{uuid.uuid4().hex}")
     tokens = 0
     finish = None
-    async with aclosing(triton.stream(model, inputs, timeout_s)) as stream:
+    async with aclosing(triton.stream(request, timeout_s)) as stream:
         async for outputs in stream:
             tokens += outputs.get("num_output_tokens") or 0
             reason = outputs.get("finish_reason")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -109,31 +108,32 @@ class Triton:
         if not task.cancelled():
             task.exception()  # retrieved: an answer nobody waits for any more is dropped
 
-    async def stream(self, model: str, inputs: list,
-                     timeout_s: float) -> AsyncIterator[dict[str, Any]]:
-        """Each response's outputs (the first element of each, see `first_values`) until the
-        stream ends; cancels the request if not drained."""
-        async def requests():
-            yield {"model_name": model, "inputs": inputs,
-                   "request_id": f"gw-{uuid.uuid4().hex}"}
-
-        call = self.client.stream_infer(requests(), stream_timeout=timeout_s)
+    async def stream(self, request, timeout_s: float) -> AsyncIterator[dict[str, Any]]:
+        """Each response's outputs (the first element of each, see `first_values`) of one
+        `ModelInferRequest` (uip.clients.llm.grpc_request) on a gRPC stream of its own,
+        until the stream ends; cancels the request if not drained. The request is written
+        on the stream's call itself (tritonclient's `stream_infer` would add a request
+        iterator and a task to consume it)."""
+        model = request.model_name
+        call = self.client._client_stub.ModelStreamInfer(timeout=timeout_s)
         done = False
         try:
-            async for result, error in call:
-                if error is not None:
-                    raise api_error(error, model)
-                outputs = first_values(result.get_response())
+            try:
+                await call.write(request)
+                await call.done_writing()  # one request per stream
+            except asyncio.InvalidStateError:
+                pass  # the call ended already: reading raises its status
+            while (response := await call.read()) is not grpc.aio.EOF:
+                if response.error_message:
+                    raise api_error(InferenceServerException(msg=response.error_message),
+                                    model)
+                outputs = first_values(response.infer_response)
                 if outputs:
                     yield outputs
             done = True
-        except InferenceServerException as e:
-            raise api_error(e, model) from None
-        except grpc.RpcError as e:  # the stream's own errors are not wrapped by tritonclient
+        except grpc.RpcError as e:  # the stream's own errors (unavailable, deadline, ...)
             raise api_error(InferenceServerException(e.details(), str(e.code())), model) \
                 from None
         finally:
             if not done:
                 call.cancel()
-
-
