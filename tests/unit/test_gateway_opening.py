@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from uip.gateway import triton
+from support import triton_stream
+
 from uip.gateway.app import create_app
-from uip.gateway.errors import ApiError
 
 BODY = json.dumps({"model": "llm_bls", "stream": True,
                    "messages": [{"role": "user", "content": "Hi"}]}).encode()
@@ -25,9 +25,10 @@ def _scope() -> dict:
             "headers": [(b"host", b"x"), (b"content-type", b"application/json")]}
 
 
-def _call(monkeypatch, stream, disconnect: asyncio.Event | None = None) -> list[dict]:
+def _call(monkeypatch, script, disconnect: asyncio.Event | None = None,
+          calls: list | None = None) -> list[dict]:
     """The ASGI messages the app sends for one streamed chat request."""
-    monkeypatch.setattr(triton.Triton, "stream", stream)
+    triton_stream.patch(monkeypatch, script, calls)
     sent: list[dict] = []
 
     async def main():
@@ -53,23 +54,24 @@ def _call(monkeypatch, stream, disconnect: asyncio.Event | None = None) -> list[
 
 
 def test_error_before_the_first_token_keeps_its_status(llm_tiny_dir, monkeypatch):
-    async def stream(self, request, timeout_s):
-        raise ApiError(400, "llm_bls: prompt too long", code="invalid_argument")
-        yield  # an async generator
+    async def script(request):
+        yield triton_stream.response(error="prompt too long")
 
-    start, body = _call(monkeypatch, stream)
+    calls: list = []
+    start, body = _call(monkeypatch, script, calls=calls)
     assert start["status"] == 400
     assert json.loads(body["body"])["error"]["message"] == "llm_bls: prompt too long"
+    assert [c.cancelled for _, c in calls] == [1]
 
 
 def test_first_token_goes_out_with_the_role_chunk(llm_tiny_dir, monkeypatch):
-    async def stream(self, request, timeout_s):
-        assert request.model_name == "llm_bls"
-        for text in ("Hel", "lo"):
-            yield {"text_output": text, "num_output_tokens": 1}
-        yield {"finish_reason": "stop"}
+    def script(request):
+        assert request.model_name == "llm_bls" and request.id.startswith("gw-")
+        return triton_stream.outputs({"text_output": "Hel", "num_output_tokens": 1},
+                                     {"text_output": "lo", "num_output_tokens": 1},
+                                     {"finish_reason": "stop"})
 
-    start, first, *rest = _call(monkeypatch, stream)
+    start, first, *rest = _call(monkeypatch, script)
     assert start["status"] == 200
     assert dict(start["headers"])[b"content-type"].startswith(b"text/event-stream")
     events = [json.loads(line[6:]) for line in first["body"].decode().splitlines()
@@ -81,16 +83,13 @@ def test_first_token_goes_out_with_the_role_chunk(llm_tiny_dir, monkeypatch):
 
 def test_client_that_leaves_before_the_first_token_cancels_the_stream(llm_tiny_dir,
                                                                         monkeypatch):
-    left, cancelled = asyncio.Event(), []
+    left = asyncio.Event()
 
-    async def stream(self, request, timeout_s):
-        try:
-            left.set()  # the request reached Triton; the client hangs up now
-            await asyncio.sleep(3600)  # Triton's first token, never
-            yield {"text_output": "late"}
-        except asyncio.CancelledError:
-            cancelled.append(request.id)
-            raise
+    async def script(request):
+        left.set()  # the request reached Triton; the client hangs up now
+        await asyncio.sleep(3600)  # Triton's first token, never
+        yield triton_stream.response({"text_output": "late"})
 
-    assert _call(monkeypatch, stream, disconnect=left) == []  # nothing sent, not even headers
-    assert len(cancelled) == 1 and cancelled[0].startswith("gw-")
+    calls: list = []
+    assert _call(monkeypatch, script, disconnect=left, calls=calls) == []  # not even headers
+    assert [c.cancelled for _, c in calls] == [1]

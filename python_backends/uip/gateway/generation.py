@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from uip.gateway.chat_template import formatter_for, render
-from uip.gateway.llm import Delta, GenParams, generate
+from uip.gateway.llm import Delta, Deltas, GenParams, generate
 from uip.gateway.routing import Target
 from uip.gateway.state import Gateway
 
@@ -98,23 +98,47 @@ class Generation:
         return self.choices
 
 
-async def start(g: Gateway, target: Target, params: GenParams,
-                messages: list[dict[str, str]] | None = None, prompt: str = "",
-                charge: Charge | None = None) -> Generation:
+@dataclass
+class Begun:
+    """A generation whose requests were sent (`begin`): its prompt and one stream per
+    choice, their first deltas not read yet."""
+
+    prompt: str
+    streams: list[Deltas]
+
+    def cancel(self) -> None:
+        for s in self.streams:
+            s.cancel()
+
+
+def begin(g: Gateway, target: Target, params: GenParams,
+          messages: list[dict[str, str]] | None = None, prompt: str = "") -> Begun:
     """`params.n` choices of `messages` (rendered by the target's chat template) or of
-    `prompt` as is, once each choice's first delta is in: until then an unavailable target
-    can fall back (routing.first_available)."""
+    `prompt` as is, their requests sent now: on the event loop's next turn, whatever the
+    caller awaits first (a stream's handler: `textgen.run`)."""
     assert target.tokenizer is not None  # the spec requires one for llm models
     if messages is not None:
         prompt = render(target.tokenizer, messages)
     timeout = g.spec.limits.stream_timeout_s
     if target.lora is not None:
         params = replace(params, lora_name=target.lora)
-    streams = [generate(g.triton, target.triton, prompt, params, timeout, i)
-               for i in range(params.n)]
-    firsts = await _first_deltas(streams)
-    return Generation(target, prompt, [_Primed(f, s) for f, s in zip(firsts, streams,
-                                                                     strict=True)], charge)
+    return Begun(prompt, [generate(g.triton, target.triton, prompt, params, timeout, i)
+                          for i in range(params.n)])
+
+
+async def start(g: Gateway, target: Target, params: GenParams,
+                messages: list[dict[str, str]] | None = None, prompt: str = "",
+                charge: Charge | None = None, begun: Begun | None = None) -> Generation:
+    """The generation (`begin`, unless `begun` already), once each choice's first delta is
+    in: until then an unavailable target can fall back (routing.first_available)."""
+    begun = begun or begin(g, target, params, messages, prompt)
+    try:
+        firsts = await _first_deltas(begun.streams)
+    except BaseException:
+        begun.cancel()  # also the choices whose first delta was not asked for yet
+        raise
+    return Generation(target, begun.prompt, [_Primed(f, s) for f, s in
+                                             zip(firsts, begun.streams, strict=True)], charge)
 
 
 async def _first_deltas(streams: list[AsyncIterator[Delta]]) -> list[Delta]:

@@ -18,10 +18,16 @@ from starlette.background import BackgroundTask
 
 from uip.gateway import sse
 from uip.gateway.errors import ApiError
-from uip.gateway.generation import Charge, Choice, Generation, start
+from uip.gateway.generation import Begun, Charge, Choice, Generation, begin, start
 from uip.gateway.llm import GenParams
 from uip.gateway.retrieval import citations
-from uip.gateway.routing import Target, external_json, external_stream, first_available
+from uip.gateway.routing import (
+    RETRYABLE,
+    Target,
+    external_json,
+    external_stream,
+    first_available,
+)
 from uip.gateway.state import Caller, Gateway
 from uip.gateway.tools import Call, ToolPlan
 
@@ -145,29 +151,45 @@ class Relay:
 
 
 async def run(g: Gateway, caller: Caller, targets: list[Target], job: TextJob):
-    """The answer. A stream's generation is opened in a task of its own, its request sent
-    to Triton first; the response is returned at once (sse.OpeningStream) and set up while
-    the first token is awaited."""
+    """The answer. A stream's requests are sent from here, their first deltas awaited in a
+    task of its own (with the fallbacks); the response is returned at once
+    (sse.OpeningStream) and set up while the first token is awaited."""
     await g.limiter.admit(caller)
     charge = partial(g.record_usage, caller, job.model, job.path)
     rid = ("chatcmpl-" if job.kind == "chat" else "cmpl-") + uuid.uuid4().hex
     created = int(time.time())
-    opening = first_available(targets, lambda t: _open(g, job, t, charge))
-    if job.stream:
-        task = asyncio.ensure_future(opening)
-        task.add_done_callback(_retrieved)
-        await asyncio.sleep(0)  # the task's first step: the request goes out
-        return sse.OpeningStream(_streamed(g, caller, job, task, rid, created))
-    opened = await opening
-    if isinstance(opened, Relay):
-        return _external_json(g, caller, job, opened)
-    return await _whole(job, opened, rid, created)
+    if not job.stream:
+        opened = await first_available(targets, lambda t: _open(g, job, t, charge))
+        if isinstance(opened, Relay):
+            return _external_json(g, caller, job, opened)
+        return await _whole(job, opened, rid, created)
+    begun = _begin(g, job, targets[0])  # the request goes out on the loop's next turn
+    task = asyncio.ensure_future(first_available(
+        targets, lambda t: _open(g, job, t, charge, begun if t is targets[0] else None)))
+    task.add_done_callback(partial(_settled, begun))
+    return sse.OpeningStream(_streamed(g, caller, job, task, rid, created))
 
 
-async def _open(g: Gateway, job: TextJob, target: Target, charge: Charge
-                ) -> Generation | Relay:
+def _begin(g: Gateway, job: TextJob, target: Target) -> Begun | None:
+    """The first target's requests sent from the handler itself (a task would send them one
+    turn of the event loop later, a turn that waits for the other streams' tokens); None
+    when it is external, or unavailable now (first_available then tries it, then the
+    next)."""
+    if target.external is not None:
+        return None
+    try:
+        return begin(g, target, job.params, job.messages, job.prompt or "")
+    except ApiError as e:
+        if e.status not in RETRYABLE:
+            raise
+        return None
+
+
+async def _open(g: Gateway, job: TextJob, target: Target, charge: Charge,
+                begun: Begun | None = None) -> Generation | Relay:
     if target.external is None:
-        return await start(g, target, job.params, job.messages, job.prompt or "", charge)
+        return await start(g, target, job.params, job.messages, job.prompt or "", charge,
+                           begun)
     body = {**job.body}
     if job.stream:
         lines = external_stream(g.http, target, job.path, body)
@@ -185,10 +207,13 @@ async def _whole(job: TextJob, gen: Generation, rid: str, created: int) -> JSONR
     return JSONResponse(job.envelope(rid, created, choices, use, chunk=False))
 
 
-def _retrieved(task: asyncio.Task) -> None:
-    """An opening whose response never ran (the client left at once): nothing to log."""
-    if not task.cancelled():
-        task.exception()
+def _settled(begun: Begun | None, task: asyncio.Task) -> None:
+    """An opening that failed or was cancelled, even before it ran (the client left at
+    once): the requests sent for it are cancelled, its error is not logged as unretrieved
+    (the response answers it, or nobody is left to answer)."""
+    if task.cancelled() or task.exception() is not None:
+        if begun is not None:
+            begun.cancel()
 
 
 async def _streamed(g: Gateway, caller: Caller, job: TextJob,

@@ -1,6 +1,6 @@
 """Triton as the gateway's client sees it: gRPC (tritonclient.grpc.aio), errors mapped to HTTP.
 
-One channel for all requests. `stream` yields a decoupled model's responses and cancels the
+One channel per gateway process. `stream` reads a decoupled model's responses and cancels the
 gRPC call (Triton cancels the request, llm_bls frees its engine slot) when the consumer stops
 early: a client that disconnects, a timeout, an error.
 """
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import tritonclient.grpc.aio as grpcaio
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from uip.gateway.errors import ApiError
@@ -69,6 +69,15 @@ class Triton:
         self.url = url
         self.client = grpcaio.InferenceServerClient(url)
         self._pending: set[asyncio.Future] = set()  # unary requests still running
+        # Triton's bidirectional ModelStreamInfer called as unary -> stream, on the client's
+        # channel: the same frames on the wire as one request written and the writing side
+        # closed (what tritonclient's stream_infer does), but grpc.aio sends the request
+        # with the call's headers in its first step instead of after two more turns of the
+        # event loop (waiting for the headers' completion, then the write).
+        self._one_request = self.client._channel.unary_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelStreamInferResponse.FromString)
 
     async def close(self) -> None:
         if self._pending:
@@ -108,32 +117,51 @@ class Triton:
         if not task.cancelled():
             task.exception()  # retrieved: an answer nobody waits for any more is dropped
 
-    async def stream(self, request, timeout_s: float) -> AsyncIterator[dict[str, Any]]:
-        """Each response's outputs (the first element of each, see `first_values`) of one
-        `ModelInferRequest` (uip.clients.llm.grpc_request) on a gRPC stream of its own,
-        until the stream ends; cancels the request if not drained. The request is written
-        on the stream's call itself (tritonclient's `stream_infer` would add a request
-        iterator and a task to consume it)."""
-        model = request.model_name
-        call = self.client._client_stub.ModelStreamInfer(timeout=timeout_s)
-        done = False
+    def stream(self, request, timeout_s: float) -> ResponseStream:
+        """The responses of one `ModelInferRequest` (uip.clients.llm.grpc_request) on a gRPC
+        stream of its own. The call is made now: its request goes out on the event loop's
+        next turn, before anything iterates it."""
+        return ResponseStream(self._one_request(request, timeout=timeout_s), request.model_name)
+
+
+class ResponseStream:
+    """Each response's outputs (the first element of each, see `first_values`) until the
+    stream ends. An error or a cancellation while reading, or closing it before the end,
+    cancels the request (Triton cancels it, llm_bls frees its engine slot)."""
+
+    def __init__(self, call, model: str):
+        self._call, self._model, self._open = call, model, True
+
+    def __aiter__(self) -> ResponseStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
         try:
-            try:
-                await call.write(request)
-                await call.done_writing()  # one request per stream
-            except asyncio.InvalidStateError:
-                pass  # the call ended already: reading raises its status
-            while (response := await call.read()) is not grpc.aio.EOF:
+            while True:
+                response = await self._call.read()
+                if response is grpc.aio.EOF:
+                    self._open = False
+                    raise StopAsyncIteration
                 if response.error_message:
                     raise api_error(InferenceServerException(msg=response.error_message),
-                                    model)
+                                    self._model)
                 outputs = first_values(response.infer_response)
                 if outputs:
-                    yield outputs
-            done = True
+                    return outputs
+        except StopAsyncIteration:
+            raise
         except grpc.RpcError as e:  # the stream's own errors (unavailable, deadline, ...)
-            raise api_error(InferenceServerException(e.details(), str(e.code())), model) \
-                from None
-        finally:
-            if not done:
-                call.cancel()
+            self.cancel()
+            raise api_error(InferenceServerException(e.details(), str(e.code())),
+                            self._model) from None
+        except BaseException:
+            self.cancel()
+            raise
+
+    def cancel(self) -> None:
+        if self._open:
+            self._open = False
+            self._call.cancel()
+
+    async def aclose(self) -> None:
+        self.cancel()
