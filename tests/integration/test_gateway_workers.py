@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 from conftest import poll
-from support.gateway_fixtures import make_key, metric, start_gateway
+from support.gateway_fixtures import engine_idle, make_key, metric, start_gateway
 
 from uip.gateway.store import Store
 
@@ -95,7 +95,7 @@ def test_stream_and_disconnect_on_each_worker(server, gw):
     assert texts[0] and texts[0] == texts[1]  # greedy: the same text on either worker
 
     for worker, http in client_per_worker(gw).items():
-        assert _idle(server, 10), "requests of earlier tests still run"
+        assert engine_idle(server, 10), "requests of earlier tests still run"
         tokens_before = metric(server, "uip_llm_tokens_generated_total")
         body = {**CHAT, "max_tokens": 1000, "stream": True}
         with http.stream("POST", "/chat/completions", json=body) as r:
@@ -108,7 +108,7 @@ def test_stream_and_disconnect_on_each_worker(server, gw):
                 assert time.monotonic() - t0 < 3, "the stream is not in the active gauge"
                 time.sleep(0.02)
         http.close()  # hung up: the worker cancels its gRPC stream, llm_bls frees the slot
-        assert _idle(server, 5), f"worker {worker}: the engine still runs the request"
+        assert engine_idle(server, 5), f"worker {worker}: the engine still runs the request"
         generated = metric(server, "uip_llm_tokens_generated_total") - tokens_before
         assert generated < 500, f"worker {worker}: {generated} tokens, not cancelled"
 
@@ -140,12 +140,3 @@ def test_rate_limits_hold_across_workers(keyed_gw):
     assert r.status_code == 429 and "5 tokens per minute" in r.json()["error"]["message"]
     a.close()
     b.close()
-
-
-def _idle(server, timeout: float) -> bool:
-    t0 = time.monotonic()
-    while metric(server, "uip_llm_active_sequences") > 0:
-        if time.monotonic() - t0 > timeout:
-            return False
-        time.sleep(0.05)
-    return True

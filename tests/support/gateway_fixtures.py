@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -102,3 +103,13 @@ def metric(server, name: str) -> float:
     values = [float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M)]
     assert values, f"metric {name} not exported"
     return sum(values)
+
+
+def engine_idle(server, timeout: float) -> bool:
+    """Whether llm_engine runs no sequence (uip_llm_active_sequences 0) within `timeout` s."""
+    t0 = time.monotonic()
+    while metric(server, "uip_llm_active_sequences") > 0:
+        if time.monotonic() - t0 > timeout:
+            return False
+        time.sleep(0.05)
+    return True
