@@ -14,6 +14,7 @@ import time
 import httpx
 
 from uip.core.paths import PROJECT_ROOT
+from uip.gateway.triton import RECONNECT_MAX_S
 from uip.launch.command import free_port, port_in_use
 
 UIP = [sys.executable, "-c", "from uip.cli import main; main()"]
@@ -39,9 +40,13 @@ def test_uip_serve_runs_the_gateway_beside_tritonserver(tmp_path):
                 ids = [m["id"] for m in r.json()["data"]]
             except httpx.HTTPError:
                 continue
-        r = httpx.post(f"http://127.0.0.1:{gw}/v1/embeddings",
-                       json={"model": "embedding", "input": "hi"}, timeout=30)
-        assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
+        # a worker whose channel tried Triton before it listened retries within RECONNECT_MAX_S
+        time.sleep(RECONNECT_MAX_S * 1.2 + 0.3)  # (gRPC's jitter: 20 %)
+        for _ in range(4):  # new connections: on either worker
+            r = httpx.post(f"http://127.0.0.1:{gw}/v1/embeddings",
+                           json={"model": "embedding", "input": "hi"}, timeout=30)
+            assert r.status_code == 200, r.text
+        assert len(r.json()["data"][0]["embedding"]) == 384
         r = httpx.post(f"http://127.0.0.1:{gw}/v1/chat/completions", timeout=30,
                        json={"model": "llm_bls", "messages": [{"role": "user", "content": "x"}]})
         assert r.status_code == 503, r.text  # listed in the spec, not loaded in Triton

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 import tritonclient.grpc.aio as grpcaio
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import KeepAliveOptions, service_pb2
 from tritonclient.utils import InferenceServerException
 
 from uip.gateway.errors import ApiError
@@ -64,10 +64,31 @@ def first_values(response) -> dict[str, Any]:
     return out
 
 
+RECONNECT_MAX_S = 1.0
+
+
+def channel_args() -> list[tuple[str, int]]:
+    """tritonclient's own channel options (messages of any size, its keepalive defaults), and
+    a reconnect backoff of at most RECONNECT_MAX_S: gRPC's default grows to 2 minutes while
+    Triton is not up yet (`uip serve` starts the gateway beside a starting tritonserver), and
+    a channel in backoff fails its calls at once (503). Each worker has a channel of its own,
+    so every one of them reaches Triton within a second of it listening."""
+    keepalive = KeepAliveOptions()
+    return [("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.max_receive_message_length", 2**31 - 1),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", int(RECONNECT_MAX_S * 1000))]
+
+
 class Triton:
     def __init__(self, url: str):
         self.url = url
-        self.client = grpcaio.InferenceServerClient(url)
+        self.client = grpcaio.InferenceServerClient(url, channel_args=channel_args())
         self._pending: set[asyncio.Future] = set()  # unary requests still running
         # Triton's bidirectional ModelStreamInfer called as unary -> stream, on the client's
         # channel: the same frames on the wire as one request written and the writing side
