@@ -5,11 +5,14 @@ die and exit with their supervisor."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 
@@ -125,3 +128,5 @@ def test_workers_are_restarted_and_die_with_their_supervisor(tmp_path):
         assert not port_in_use(gw.port)
     finally:
         gw.stop()
+        for left in Path(tempfile.gettempdir()).glob(f"uip-gateway-{gw.proc.pid}-*"):
+            shutil.rmtree(left)  # the limiter's socket folder: SIGKILL left it

@@ -46,7 +46,8 @@ def supervise(workers: int, triton_grpc: str, host: str, port: int, spec_path: P
     stop: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda s, _f: stop.append(s))
-    folder = tempfile.mkdtemp(prefix="uip-gateway-")  # 0700: only this user reaches it
+    # 0700: only this user reaches it; named by pid (a supervisor killed by SIGKILL leaves it)
+    folder = tempfile.mkdtemp(prefix=f"uip-gateway-{os.getpid()}-")
     procs: list[tuple[subprocess.Popen, float]] = []
     try:
         with LimiterServer(os.path.join(folder, "limits.sock")) as limits:
