@@ -6,12 +6,14 @@
 # Carry .devcarry (bash ../shared/device/pack.sh) and .whl (benchmarks/gpu/README.md, with the
 # gateway's wheels). Results go to ${OUT:-benchmarks/results}/gateway-$LABEL.*
 # Here (CPU, set-up skipped when uip already imports): CPUS= ROUNDS=2 bash benchmarks/gpu/run_gateway.sh
+# GATEWAY_WORKERS=N: the gateway's worker processes (default: one per core of its CPU list).
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
 LABEL=${LABEL:-h200-cpu}
 CONC=${CONC:-1,8,32}
 ROUNDS=${ROUNDS:-4}
 CPUS=${CPUS-auto}
+GATEWAY_WORKERS=${GATEWAY_WORKERS:-}  # default: one per core of the gateway's CPU list, else 1
 export UIP_ARTIFACTS=${UIP_ARTIFACTS:-/tmp/art}
 mkdir -p "$OUT" "$UIP_ARTIFACTS"
 if [ -z "${TRITONSERVER:-}" ] && [ -f .devcarry/setup.sh ]; then
@@ -27,6 +29,8 @@ from uip.gateway.store import sqlite_module; sqlite_module()  # a sqlite3 that l
 " || { echo "run_gateway.sh: a module is missing (see benchmarks/gpu/README.md)"; exit 1; }
 echo "cores: $(nproc); $(uptime)" | tee "$OUT/gateway-$LABEL.txt"
 timeout "${BENCH_TIMEOUT:-230}" python -c "from uip.cli import main; main()" bench gateway \
-  --concurrency "$CONC" --rounds "$ROUNDS" --cpus "$CPUS" --label "$LABEL" --out "$OUT" 2>&1 \
-  | grep -v "^WARNING" | grep -E "^\||streams:|pinned|wrote|rror" | tee -a "$OUT/gateway-$LABEL.txt"
+  --concurrency "$CONC" --rounds "$ROUNDS" --cpus "$CPUS" --label "$LABEL" --out "$OUT" \
+  ${GATEWAY_WORKERS:+--gateway-workers "$GATEWAY_WORKERS"} 2>&1 \
+  | grep -v "^WARNING" | grep -E "^\||streams:|pinned|workers|wrote|rror" \
+  | tee -a "$OUT/gateway-$LABEL.txt"
 echo "after: $(uptime)" | tee -a "$OUT/gateway-$LABEL.txt"

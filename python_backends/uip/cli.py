@@ -35,6 +35,7 @@ def serve(
     dry_run: bool = typer.Option(False, help="Print the command(s) without running anything"),
     gateway_port: int = typer.Option(9000, help="port of the OpenAI-compatible gateway"),
     no_gateway: bool = typer.Option(False, "--no-gateway", help="serve without the gateway"),
+    gateway_workers: int = typer.Option(1, min=1, help="worker processes of the gateway"),
     admin_key: str = typer.Option(None, envvar="UIP_ADMIN_KEY",
                                   help="key (header uip-admin-key) for the model-repository, "
                                   "model-config, shared-memory, statistics, trace and logging "
@@ -72,7 +73,7 @@ def serve(
         raise typer.Exit(run_foreground(model_repository, ports, list(ctx.args), key))
     from uip.gateway.cli import start_beside
 
-    gw = start_beside(grpc_port, gateway_port)
+    gw = start_beside(grpc_port, gateway_port, gateway_workers)
     typer.echo(f"gateway: http://localhost:{gateway_port}/v1", err=True)
     try:
         rc = run_foreground(model_repository, ports, list(ctx.args), key)

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 from conftest import poll
-from support.gateway_fixtures import start_gateway
+from support.gateway_fixtures import make_key, start_gateway
 
 from uip.gateway.store import Store
 
@@ -24,17 +24,6 @@ def gw(server, tmp_path_factory):
     proc = start_gateway(server, folder, f"sqlite:///{folder / 'keys.db'}")
     yield proc
     proc.stop()
-
-
-def make_key(gw, name: str, *limits: str) -> str:
-    """`uip keys create` as a user runs it; the key is the only line on stdout."""
-    out = subprocess.run([sys.executable, "-c", "from uip.cli import main; main()", "keys",
-                          "create", "--name", name, *limits], capture_output=True, text=True,
-                         env={"UIP_DATABASE_URL": gw.database_url, "PATH": "/usr/bin:/bin"},
-                         check=True)
-    key = out.stdout.strip()
-    assert key.startswith("uip-") and "\n" not in key and key not in out.stderr
-    return key
 
 
 def client(gw, key: str | None):

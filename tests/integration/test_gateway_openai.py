@@ -18,7 +18,12 @@ import openai
 import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
-from support.gateway_fixtures import llm_reference, metric, start_gateway  # noqa: F401
+from support.gateway_fixtures import (  # noqa: F401
+    engine_idle,
+    llm_reference,
+    metric,
+    start_gateway,
+)
 
 from uip.clients.sd import infer_inputs
 
@@ -229,18 +234,9 @@ def test_external_model_and_fallback(client, llm_reference):  # noqa: F811
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
 
 
-def _idle(server, timeout: float) -> bool:
-    t0 = time.monotonic()
-    while metric(server, "uip_llm_active_sequences") > 0:
-        if time.monotonic() - t0 > timeout:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @pytest.mark.parametrize("n", [1, 2])
 def test_disconnect_frees_the_engine_slot(server, gw, n):
-    assert _idle(server, 10), "requests of earlier tests still run"
+    assert engine_idle(server, 10), "requests of earlier tests still run"
     tokens_before = metric(server, "uip_llm_tokens_generated_total")
     body = {"model": "llm_bls", "messages": MESSAGES, "max_tokens": 1000, "stream": True,
             "n": n}
@@ -253,6 +249,6 @@ def test_disconnect_frees_the_engine_slot(server, gw, n):
             assert time.monotonic() - t0 < 3, "the stream is not in the active gauge"
             time.sleep(0.02)
     # the client hung up: the gateway cancels its gRPC stream, llm_bls frees the slot
-    assert _idle(server, 5), "the engine still runs the abandoned request"
+    assert engine_idle(server, 5), "the engine still runs the abandoned request"
     generated = metric(server, "uip_llm_tokens_generated_total") - tokens_before
     assert generated < 500 * n, f"{generated} tokens: the cancel did not stop the engine early"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -76,11 +79,22 @@ def write_spec(folder: Path, port: int) -> Path:
     return path
 
 
-def start_gateway(server, folder: Path, database_url: str) -> GatewayProcess:
+def start_gateway(server, folder: Path, database_url: str, workers: int = 1) -> GatewayProcess:
     port = free_port()
     return GatewayProcess(server.grpc_url, database_url, folder / "gateway.log",
                           write_spec(folder, port), port,
-                          env={"UIP_TEST_EXTERNAL_KEY": "unused"}).start()
+                          env={"UIP_TEST_EXTERNAL_KEY": "unused"}, workers=workers).start()
+
+
+def make_key(gw: GatewayProcess, name: str, *limits: str) -> str:
+    """`uip keys create` as a user runs it; the key is the only line on stdout."""
+    out = subprocess.run([sys.executable, "-c", "from uip.cli import main; main()", "keys",
+                          "create", "--name", name, *limits], capture_output=True, text=True,
+                         env={"UIP_DATABASE_URL": gw.database_url, "PATH": "/usr/bin:/bin"},
+                         check=True)
+    key = out.stdout.strip()
+    assert key.startswith("uip-") and "\n" not in key and key not in out.stderr
+    return key
 
 
 def metric(server, name: str) -> float:
@@ -89,3 +103,13 @@ def metric(server, name: str) -> float:
     values = [float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M)]
     assert values, f"metric {name} not exported"
     return sum(values)
+
+
+def engine_idle(server, timeout: float) -> bool:
+    """Whether llm_engine runs no sequence (uip_llm_active_sequences 0) within `timeout` s."""
+    t0 = time.monotonic()
+    while metric(server, "uip_llm_active_sequences") > 0:
+        if time.monotonic() - t0 > timeout:
+            return False
+        time.sleep(0.05)
+    return True

@@ -8,7 +8,7 @@ import pytest
 import typer
 
 from uip.bench.gateway import Run, _row, verdict
-from uip.bench.gateway_run import placement
+from uip.bench.gateway_run import gateway_workers, placement
 
 
 def _run(tokens: int, seconds: float, ttfts: list[float]) -> Run:
@@ -47,3 +47,9 @@ def test_placement_lists_and_auto():
         assert auto is None
     else:
         assert auto is not None and len(auto["client"]) == len(auto["gateway"]) == 2
+
+
+def test_gateway_workers_default_to_the_gateway_cores():
+    assert gateway_workers(None, None) == 1
+    assert gateway_workers(None, placement("0-11:12-13:14-15")) == 2
+    assert gateway_workers(3, placement("0-11:12-13:14-15")) == 3

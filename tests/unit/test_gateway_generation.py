@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+from support import triton_stream
+
 from uip.gateway import openai_routes, state_routes
 from uip.gateway.chat_template import ChatFormatter
 from uip.gateway.schemas import ChatRequest, ResponseRequest
@@ -26,14 +28,14 @@ def _streamed(route, body, monkeypatch) -> list[tuple[str, object]]:
         log.append(("count", n))
         return n
 
-    async def stream(model, inputs, timeout_s):  # Triton.stream: llm_bls's responses
-        for t in TOKENS:
-            yield {"text_output": t, "num_output_tokens": 1}
-        yield {"finish_reason": "length"}
+    def script(request):  # llm_bls's responses
+        return triton_stream.outputs(*[{"text_output": t, "num_output_tokens": 1}
+                                       for t in TOKENS], {"finish_reason": "length"})
+
+    triton_stream.patch(monkeypatch, script)
 
     async def main():
         g = Gateway(load_gateway_spec(None), "127.0.0.1:1")
-        g.triton.stream = stream
         try:
             response = await route(body, ANONYMOUS, g)
             async for chunk in response.body_iterator:

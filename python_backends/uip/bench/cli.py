@@ -180,12 +180,14 @@ def bench_gateway(
     max_tokens: int = typer.Option(64, min=1, help="output tokens per request (greedy)"),
     cpus: str = typer.Option("", help="pin SERVER:GATEWAY:CLIENT to CPU lists "
                              "(e.g. 0-11:12-13:14-15), or 'auto' (8+ cores)"),
+    gateway_workers: int = typer.Option(None, min=1, help="the gateway's worker processes "
+                                        "(default: one per core of its --cpus list, else 1)"),
 ) -> None:
     """Chat streaming through the OpenAI gateway vs llm_bls over gRPC directly, same run."""
     from uip.bench.gateway_run import run_gateway_bench
 
     run_gateway_bench(concurrency, url, model_repository, out, label, rounds, requests,
-                      max_tokens, cpus)
+                      max_tokens, cpus, gateway_workers)
 
 
 def profile_command(model: str):

@@ -57,13 +57,21 @@ def _pin(where: dict[str, set[int]] | None, party: str) -> None:
         os.sched_setaffinity(0, where[party])
 
 
-def _start_gateway(grpc_url: str, folder: Path) -> tuple[subprocess.Popen, str]:
+def gateway_workers(workers: int | None, where: dict[str, set[int]] | None) -> int:
+    """`--gateway-workers`, by default one per core of the gateway's CPU list when pinned."""
+    if workers is not None:
+        return workers
+    return len(where["gateway"]) if where is not None else 1
+
+
+def _start_gateway(grpc_url: str, folder: Path, workers: int) -> tuple[subprocess.Popen, str]:
     from uip.launch.command import free_port
 
     port = free_port()
     env = {**os.environ, "UIP_DATABASE_URL": f"sqlite:///{folder / 'bench.db'}"}
     proc = subprocess.Popen([sys.executable, "-m", "uip.gateway", "--triton-grpc", grpc_url,
-                             "--port", str(port), "--host", "127.0.0.1"], env=env)
+                             "--port", str(port), "--host", "127.0.0.1",
+                             "--workers", str(workers)], env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -77,7 +85,8 @@ def _start_gateway(grpc_url: str, folder: Path) -> tuple[subprocess.Popen, str]:
 
 def run_gateway_bench(concurrency: str, url: str, model_repository: Path, out: Path,
                       label: str, rounds: int = 2, requests: int = REQUESTS_PER_STREAM,
-                      max_tokens: int = MAX_TOKENS, cpus: str = "") -> None:
+                      max_tokens: int = MAX_TOKENS, cpus: str = "",
+                      workers: int | None = None) -> None:
     from uip import artifacts
     from uip.launch.server import TritonServer
     from uip.repo.needed import needed
@@ -89,8 +98,10 @@ def run_gateway_bench(concurrency: str, url: str, model_repository: Path, out: P
     folder = Path(tempfile.mkdtemp(prefix="uip-bench-gateway-"))
     server = None
     where = placement(cpus)
+    workers = gateway_workers(workers, where)
     if where is not None:
         typer.echo("pinned: " + ", ".join(f"{k} {min(v)}-{max(v)}" for k, v in where.items()))
+    typer.echo(f"gateway workers: {workers}")
     _pin(where, "server")
     if not url:
         models = ["llm_bls", "llm_engine"]
@@ -99,7 +110,7 @@ def run_gateway_bench(concurrency: str, url: str, model_repository: Path, out: P
         server = TritonServer(model_repository, stem.with_suffix(".server.log"), flags).start()
         url = server.grpc_url
     _pin(where, "gateway")
-    gateway, gateway_url = _start_gateway(url, folder)
+    gateway, gateway_url = _start_gateway(url, folder, workers)
     _pin(where, "client")
     try:
         rows = asyncio.run(compare(url, gateway_url, levels, requests, max_tokens, rounds,
@@ -111,6 +122,8 @@ def run_gateway_bench(concurrency: str, url: str, model_repository: Path, out: P
         gateway.wait(30)
         if server:
             server.stop()
+    for row in rows:
+        row["gateway_workers"] = workers
     write_csv(stem.with_suffix(".csv"), rows)
     table = markdown(rows)
     stem.with_suffix(".md").write_text(table)

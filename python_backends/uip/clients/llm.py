@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import queue
+import struct
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -184,6 +185,43 @@ def grpc_inputs(prompt: str, params: dict[str, Any]):
             array = np.array([[value]], dtype=dtype)
         out.append(grpc_input(name, array))
     return out
+
+
+# numpy dtype of INPUTS -> (Triton datatype, struct format of one element); BYTES: None
+_RAW = {np.int32: ("INT32", "<i"), bool: ("BOOL", "<?"), np.float32: ("FP32", "<f"),
+        np.uint64: ("UINT64", "<Q"), object: ("BYTES", None)}
+
+
+def grpc_request(model: str, prompt: str, params: dict[str, Any],
+                 request_id: str | None = None):
+    """The gRPC `ModelInferRequest` of one prompt, built directly: the same message as
+    `grpc_inputs` through tritonclient's request iterator (tested), at a fraction of its
+    cost, for callers that talk to the stub themselves (the gateway)."""
+    from tritonclient.grpc import service_pb2
+
+    tensor = service_pb2.ModelInferRequest.InferInputTensor
+    request = service_pb2.ModelInferRequest(model_name=model, id=request_id or "")
+    request.inputs.append(tensor(name="text_input", datatype="BYTES", shape=[1, 1]))
+    request.raw_input_contents.append(_bytes_element(prompt))
+    for name, value in params.items():
+        dtype, is_list = INPUTS[name]
+        datatype, fmt = _RAW[dtype]
+        if is_list:
+            values = [value] if isinstance(value, str) else list(value)
+            raw = b"".join(_bytes_element(v) for v in values)
+            shape = [1, len(values)]
+        else:
+            raw = struct.pack(fmt, value) if fmt else _bytes_element(value)
+            shape = [1, 1]
+        request.inputs.append(tensor(name=name, datatype=datatype, shape=shape))
+        request.raw_input_contents.append(raw)
+    return request
+
+
+def _bytes_element(text: str) -> bytes:
+    """One BYTES element in Triton's raw layout: its length (4 bytes, little-endian), then it."""
+    data = text.encode()
+    return struct.pack("<I", len(data)) + data
 
 
 def is_final(result) -> bool:

@@ -27,6 +27,8 @@ def gateway(
     spec: Path = typer.Option(None, help="gateway spec (default: specs/gateway.yaml)"),
     database_url: str = typer.Option(None, envvar="UIP_DATABASE_URL",
                                      help="SQLAlchemy URL (default: sqlite file in var/)"),
+    workers: int = typer.Option(1, min=1, help="worker processes (an event loop each, on one "
+                                "port; the per-key limits are shared)"),
 ) -> None:
     """Run the OpenAI-compatible gateway against a Triton server."""
     from uip.gateway.app import serve
@@ -35,7 +37,7 @@ def gateway(
     if port_in_use(port):
         raise LaunchError(f"Port {port} (gateway) is already in use; choose another with "
                           "--port N (or --gateway-port N with `uip serve`).")
-    serve(triton_grpc, host, port, spec, database_url)
+    serve(triton_grpc, host, port, spec, database_url, workers)
 
 
 @keys_app.command("create")
@@ -101,7 +103,7 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def start_beside(grpc_port: int, port: int) -> subprocess.Popen:
+def start_beside(grpc_port: int, port: int, workers: int = 1) -> subprocess.Popen:
     """`uip gateway` as a child process next to a tritonserver being started (`uip serve`)."""
     from uip.launch.command import LaunchError, port_in_use
     from uip.launch.lifeline import die_with_parent
@@ -110,7 +112,7 @@ def start_beside(grpc_port: int, port: int) -> subprocess.Popen:
         raise LaunchError(f"Port {port} (gateway) is already in use; choose another with "
                           "--gateway-port N, or --no-gateway.")
     cmd = [sys.executable, "-m", "uip.gateway", "--triton-grpc", f"localhost:{grpc_port}",
-           "--port", str(port)]
+           "--port", str(port), "--workers", str(workers)]
     # SIGTERM when `uip serve` dies by any signal: no gateway left holding the port
     return subprocess.Popen(cmd, env=dict(os.environ),
                             preexec_fn=die_with_parent(signal.SIGTERM))

@@ -39,7 +39,14 @@ def not_found(what: str, ident: str, param: str | None = None) -> ApiError:
     return ApiError(404, f"{what} {ident!r} not found", param, code)
 
 
-def _validation_error(_req: Request, exc: RequestValidationError) -> JSONResponse:
+# The handlers are coroutines: Starlette runs a plain function handler in a worker thread.
+
+
+async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
+    return exc.response()
+
+
+async def _validation_error(_req: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
     param = ".".join(loc) or None
@@ -48,13 +55,13 @@ def _validation_error(_req: Request, exc: RequestValidationError) -> JSONRespons
     return ApiError(400, message, param, "invalid_value").response()
 
 
-def _http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
     status = exc.status_code
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     return ApiError(status, message, headers=dict(exc.headers or {})).response()
 
 
-def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
     """A bug of the gateway, not of the request: logged, answered in OpenAI's shape."""
     log.exception("unexpected error", exc_info=exc)
     return ApiError(500, f"internal gateway error ({type(exc).__name__})").response()
@@ -62,6 +69,6 @@ def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
-    app.add_exception_handler(ApiError, lambda _r, e: e.response())
+    app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

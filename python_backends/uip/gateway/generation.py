@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from uip.gateway.chat_template import formatter_for, render
-from uip.gateway.llm import Delta, GenParams, generate
+from uip.gateway.llm import Delta, Deltas, GenParams, generate
 from uip.gateway.routing import Target
 from uip.gateway.state import Gateway
 
@@ -70,7 +70,13 @@ class Generation:
         try:
             if len(self._streams) == 1:
                 only = self.choices[0]
-                async with aclosing(self._streams[0]) as stream:
+                stream, first = self._streams[0], None
+                if isinstance(stream, _Primed):  # its first delta, then the stream itself
+                    stream, first = stream.rest, stream.first
+                async with aclosing(stream):
+                    if first is not None:
+                        self._add(only, first)
+                        yield only, first.text
                     async for d in stream:
                         self._add(only, d)
                         yield only, d.text
@@ -92,23 +98,47 @@ class Generation:
         return self.choices
 
 
-async def start(g: Gateway, target: Target, params: GenParams,
-                messages: list[dict[str, str]] | None = None, prompt: str = "",
-                charge: Charge | None = None) -> Generation:
+@dataclass
+class Begun:
+    """A generation whose requests were sent (`begin`): its prompt and one stream per
+    choice, their first deltas not read yet."""
+
+    prompt: str
+    streams: list[Deltas]
+
+    def cancel(self) -> None:
+        for s in self.streams:
+            s.cancel()
+
+
+def begin(g: Gateway, target: Target, params: GenParams,
+          messages: list[dict[str, str]] | None = None, prompt: str = "") -> Begun:
     """`params.n` choices of `messages` (rendered by the target's chat template) or of
-    `prompt` as is, once each choice's first delta is in: until then an unavailable target
-    can fall back (routing.first_available)."""
+    `prompt` as is, their requests sent now: on the event loop's next turn, whatever the
+    caller awaits first (a stream's handler: `textgen.run`)."""
     assert target.tokenizer is not None  # the spec requires one for llm models
     if messages is not None:
         prompt = render(target.tokenizer, messages)
     timeout = g.spec.limits.stream_timeout_s
     if target.lora is not None:
         params = replace(params, lora_name=target.lora)
-    streams = [generate(g.triton, target.triton, prompt, params, timeout, i)
-               for i in range(params.n)]
-    firsts = await _first_deltas(streams)
-    return Generation(target, prompt, [_primed(f, s) for f, s in zip(firsts, streams,
-                                                                     strict=True)], charge)
+    return Begun(prompt, [generate(g.triton, target.triton, prompt, params, timeout, i)
+                          for i in range(params.n)])
+
+
+async def start(g: Gateway, target: Target, params: GenParams,
+                messages: list[dict[str, str]] | None = None, prompt: str = "",
+                charge: Charge | None = None, begun: Begun | None = None) -> Generation:
+    """The generation (`begin`, unless `begun` already), once each choice's first delta is
+    in: until then an unavailable target can fall back (routing.first_available)."""
+    begun = begun or begin(g, target, params, messages, prompt)
+    try:
+        firsts = await _first_deltas(begun.streams)
+    except BaseException:
+        begun.cancel()  # also the choices whose first delta was not asked for yet
+        raise
+    return Generation(target, begun.prompt, [_Primed(f, s) for f, s in
+                                             zip(firsts, begun.streams, strict=True)], charge)
 
 
 async def _first_deltas(streams: list[AsyncIterator[Delta]]) -> list[Delta]:
@@ -126,11 +156,20 @@ async def _first_deltas(streams: list[AsyncIterator[Delta]]) -> list[Delta]:
         raise
 
 
-async def _primed(first: Delta, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    yield first
-    async with aclosing(rest):  # closing the chain closes the Triton stream at once
-        async for d in rest:
+class _Primed:
+    """A stream whose first delta was read already (`start`): that delta, then the rest.
+    Read as one stream, or taken apart by `deltas` (one layer fewer per token)."""
+
+    def __init__(self, first: Delta, rest: AsyncIterator[Delta]):
+        self.first, self.rest = first, rest
+
+    async def __aiter__(self) -> AsyncIterator[Delta]:
+        yield self.first
+        async for d in self.rest:
             yield d
+
+    async def aclose(self) -> None:
+        await self.rest.aclose()  # closing it closes the Triton stream at once
 
 
 async def _merged(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from uip.clients.llm import grpc_inputs, parameters
+from uip.clients.llm import grpc_request, parameters
 from uip.gateway.errors import ApiError
 from uip.gateway.schemas import Sampling
 from uip.gateway.spec import Limits
-from uip.gateway.triton import Triton
+from uip.gateway.triton import ResponseStream, Triton
 
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
@@ -70,19 +69,43 @@ class Delta:
     completion_tokens: int = 0
 
 
-async def generate(triton: Triton, model: str, prompt: str, params: GenParams,
-                   timeout_s: float, choice: int = 0) -> AsyncIterator[Delta]:
-    """Deltas of one generation; the last carries the finish reason and the token count."""
-    inputs = grpc_inputs(prompt, params.inputs(choice))
-    tokens = 0
-    finish = None
-    async with aclosing(triton.stream(model, inputs, timeout_s)) as stream:
-        async for outputs in stream:
-            tokens += outputs.get("num_output_tokens") or 0
+def generate(triton: Triton, model: str, prompt: str, params: GenParams,
+             timeout_s: float, choice: int = 0) -> Deltas:
+    """The deltas of one generation; the last carries the finish reason and the token count.
+    Its request is sent now (Triton.stream), not when the deltas are first read."""
+    request = grpc_request(model, prompt, params.inputs(choice), f"gw-{uuid.uuid4().hex}")
+    return Deltas(triton.stream(request, timeout_s))
+
+
+class Deltas:
+    """Text deltas of llm_bls's responses, then one `Delta` with the finish reason and the
+    completion tokens. Closing it (also before the first read) cancels the request."""
+
+    def __init__(self, stream: ResponseStream):
+        self._stream, self._tokens, self._finish, self._ended = stream, 0, None, False
+
+    def __aiter__(self) -> Deltas:
+        return self
+
+    async def __anext__(self) -> Delta:
+        while not self._ended:
+            try:
+                outputs = await anext(self._stream)
+            except StopAsyncIteration:
+                self._ended = True
+                return Delta("", self._finish or "stop", self._tokens)
+            self._tokens += outputs.get("num_output_tokens") or 0
             reason = outputs.get("finish_reason")
             if reason:
-                finish = FINISH.get(reason, "stop")
+                self._finish = FINISH.get(reason, "stop")
             text = outputs.get("text_output")
             if text:
-                yield Delta(text)
-    yield Delta("", finish or "stop", tokens)
+                return Delta(text)
+        raise StopAsyncIteration
+
+    def cancel(self) -> None:
+        self._ended = True
+        self._stream.cancel()
+
+    async def aclose(self) -> None:
+        self.cancel()

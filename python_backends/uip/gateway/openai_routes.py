@@ -143,7 +143,7 @@ async def embeddings(body: EmbeddingRequest, caller: Caller = Depends(authorize)
         raise ApiError(400, f"input must hold 1 to {limit} texts (limits.max_embedding_inputs)",
                        "input")
     targets = g.router.targets(body.model, "embedding")
-    g.limiter.admit(caller)
+    await g.limiter.admit(caller)
 
     async def attempt(target: Target):
         if target.external is not None:
@@ -213,7 +213,7 @@ async def images(body: ImageRequest, caller: Caller = Depends(authorize),
     if n > lim.max_images:
         raise ApiError(400, f"n must be <= {lim.max_images} (limits.max_images)", "n")
     targets = [t for t in g.router.targets(body.model, "image") if t.triton]
-    g.limiter.admit(caller)
+    await g.limiter.admit(caller)
     options = {"negative_prompt": body.negative_prompt,
                "steps": body.steps or lim.default_image_steps,
                "guidance_scale": body.guidance_scale, "height": height, "width": width,

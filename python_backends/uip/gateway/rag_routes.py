@@ -269,7 +269,7 @@ async def search(store_id: str, body: SearchRequest, caller: Caller = Depends(au
     if len(queries) != 1:
         raise ApiError(400, "send exactly one query", "query")
     opts = body.ranking_options or RankingOptions()
-    g.limiter.admit(caller)
+    await g.limiter.admit(caller)
     hits = await gateway_file_search(g, [store_id], queries[0], body.max_num_results,
                                      "hybrid" if opts.ranker.startswith(("auto", "default"))
                                      else opts.ranker, opts.score_threshold)

@@ -14,6 +14,7 @@ from uip.gateway.spec import GatewaySpec
 from uip.gateway.triton import Triton
 
 log = logging.getLogger("uip.gateway")
+USAGE_BATCH_S = 0.25  # usage rows are written this long after the first of a batch came
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ ANONYMOUS = Caller()
 
 class Gateway:
     def __init__(self, spec: GatewaySpec, triton_url: str, store=None, limiter=None):
+        """`limiter`: the per-key limits (default: in this process's memory; the workers of
+        `--workers N` share one, uip.gateway.limits.SharedLimiter)."""
         from uip.gateway.limits import Limiter
 
         self.spec = spec
@@ -41,6 +44,7 @@ class Gateway:
         self.limiter = limiter or Limiter()
         self._rows: list[tuple] = []  # usage rows not yet written
         self._writer: asyncio.Task | None = None
+        self._closing = False  # the rows left are written at once
         self._jobs: set[asyncio.Task] = set()  # background work (file ingestion)
         self._watch = asyncio.ensure_future(self._watch_keys()) if store is not None else None
 
@@ -70,10 +74,12 @@ class Gateway:
             task.cancel()
         if self._jobs:
             await asyncio.gather(*self._jobs, return_exceptions=True)
+        self._closing = True
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
         await self.triton.close()
         await self.http.aclose()
+        await self.limiter.close()
         if self.store is not None:
             self.store.close()
 
@@ -81,9 +87,11 @@ class Gateway:
                            prompt_tokens: int = 0, completion_tokens: int = 0,
                            images: int = 0) -> None:
         """Count the tokens against the key's tpm now; write the usage row in the background
-        (the response does not wait for the database). Rows that come while a write runs are
-        written together in the next one: one transaction and one thread hop per batch."""
-        self.limiter.spend(caller, prompt_tokens + completion_tokens)
+        (the response does not wait for the database). Rows wait up to USAGE_BATCH_S and are
+        written together: one transaction and one thread hop per batch, not per request (a
+        write holds the GIL a while: the next request of a client that sends them back to
+        back would wait for it)."""
+        await self.limiter.spend(caller, prompt_tokens + completion_tokens)
         if self.store is not None:
             self._rows.append((caller.key_id, model, endpoint, prompt_tokens,
                                completion_tokens, images))
@@ -93,6 +101,8 @@ class Gateway:
     async def _write_rows(self) -> None:
         try:
             while self._rows:
+                if not self._closing:
+                    await asyncio.sleep(USAGE_BATCH_S)
                 rows, self._rows = self._rows, []
                 try:
                     await self.store.run(self.store.add_usages, rows)

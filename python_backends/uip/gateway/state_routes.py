@@ -199,7 +199,7 @@ async def create_response(body: ResponseRequest, caller: Caller = Depends(author
     if plan is not None and params.guide is not None:
         raise ApiError(400, "text.format cannot be combined with tools unless tool_choice "
                        "is none", "text.format")
-    g.limiter.admit(caller)
+    await g.limiter.admit(caller)
     if plan is not None:
         return await _agent_response(g, caller, ex, targets, params, plan, servers)
     found = None if option is None else await retrieve(g, option, ex.messages)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, delete, event, func, select
+from sqlalchemy import create_engine, delete, event, func, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,7 +52,8 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def migrate(engine: Engine) -> None:
+def upgrade(engine: Engine) -> None:
+    """Alembic's migrations up to head."""
     from alembic import command
     from alembic.config import Config
 
@@ -83,10 +84,12 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     sqlite_vec.load(dbapi_conn)
     dbapi_conn.enable_load_extension(False)
     cur = dbapi_conn.cursor()
+    # first: the workers of `uip gateway --workers N` write concurrently; a writer waits up
+    # to 5 s for another's transaction instead of failing at once
+    cur.execute("PRAGMA busy_timeout=5000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
     cur.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; no fsync per commit
-    cur.execute("PRAGMA busy_timeout=5000")
     cur.close()
 
 
@@ -104,7 +107,9 @@ class Store:
         self._no_keys_until = 0.0
 
     @classmethod
-    def open(cls, url: str | None = None) -> Store:
+    def open(cls, url: str | None = None, migrate: bool = True) -> Store:
+        """The database at `url` (default: `default_url()`), migrated first unless `migrate`
+        is false (the workers of `uip gateway --workers N`: their supervisor migrated it)."""
         url = url or default_url()
         try:
             extra = {"module": sqlite_module()} if url.startswith("sqlite") else {}
@@ -113,7 +118,8 @@ class Store:
             raise StoreError(f"UIP_DATABASE_URL {url!r} cannot be used: {e}") from None
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
-        migrate(engine)
+        if migrate:
+            upgrade(engine)
         return cls(engine)
 
     def close(self) -> None:
@@ -183,11 +189,13 @@ class Store:
 
     def add_usages(self, rows: list[tuple]) -> None:
         """Usage rows (key id, model, endpoint, prompt and completion tokens, images), in
-        one transaction."""
+        one transaction: one Core insert (a third of the ORM's Python time, which holds the
+        GIL that the event loop waits for)."""
         now = time.time()
-        with self.session() as s, s.begin():
-            s.add_all([Usage(created_at=now, key_id=k, model=m, endpoint=e, prompt_tokens=p,
-                             completion_tokens=c, images=i) for k, m, e, p, c, i in rows])
+        with self.engine.begin() as conn:
+            conn.execute(insert(Usage), [
+                {"created_at": now, "key_id": k, "model": m, "endpoint": e, "prompt_tokens": p,
+                 "completion_tokens": c, "images": i} for k, m, e, p, c, i in rows])
 
     def usage_rows(self, key_id: str | None = None) -> list[Usage]:
         with self.session() as s:

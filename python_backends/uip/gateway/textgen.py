@@ -3,6 +3,7 @@ response shapes, streamed (SSE) or not; usage recorded when it ends, even when c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -17,10 +18,16 @@ from starlette.background import BackgroundTask
 
 from uip.gateway import sse
 from uip.gateway.errors import ApiError
-from uip.gateway.generation import Charge, Choice, Generation, start
+from uip.gateway.generation import Begun, Charge, Choice, Generation, begin, start
 from uip.gateway.llm import GenParams
 from uip.gateway.retrieval import citations
-from uip.gateway.routing import Target, external_json, external_stream, first_available
+from uip.gateway.routing import (
+    RETRYABLE,
+    Target,
+    external_json,
+    external_stream,
+    first_available,
+)
 from uip.gateway.state import Caller, Gateway
 from uip.gateway.tools import Call, ToolPlan
 
@@ -116,7 +123,12 @@ class Chunks:
             return ""
         return self.event([], usage(gen.prompt_tokens, gen.completion_tokens))
 
-    def text(self, index: int, text: str) -> str:
+    def prepare(self, n: int) -> None:
+        """The text chunks' JSON of choices 0 to n - 1 (before the first token is in)."""
+        for index in range(n):
+            self._parts(index)
+
+    def _parts(self, index: int) -> tuple[str, str]:
         parts = self._text.get(index)
         if parts is None:
             whole = sse.event(self.job.envelope(
@@ -124,6 +136,10 @@ class Chunks:
                 True))
             head, tail = whole.split(self._HOLE_JSON)
             parts = self._text[index] = (head, tail)
+        return parts
+
+    def text(self, index: int, text: str) -> str:
+        parts = self._text.get(index) or self._parts(index)
         return parts[0] + json.dumps(text, ensure_ascii=False) + parts[1]
 
 
@@ -135,24 +151,45 @@ class Relay:
 
 
 async def run(g: Gateway, caller: Caller, targets: list[Target], job: TextJob):
-    g.limiter.admit(caller)
+    """The answer. A stream's requests are sent from here, their first deltas awaited in a
+    task of its own (with the fallbacks); the response is returned at once
+    (sse.OpeningStream) and set up while the first token is awaited."""
+    await g.limiter.admit(caller)
     charge = partial(g.record_usage, caller, job.model, job.path)
-    opened = await first_available(targets, lambda t: _open(g, job, t, charge))
     rid = ("chatcmpl-" if job.kind == "chat" else "cmpl-") + uuid.uuid4().hex
     created = int(time.time())
-    if isinstance(opened, Relay):
-        return _external(g, caller, job, opened)
     if not job.stream:
+        opened = await first_available(targets, lambda t: _open(g, job, t, charge))
+        if isinstance(opened, Relay):
+            return _external_json(g, caller, job, opened)
         return await _whole(job, opened, rid, created)
-    if job.tools is not None:
-        return sse.response(_events_when_complete(job, opened, rid, created))
-    return sse.response(_events(job, opened, rid, created))
+    begun = _begin(g, job, targets[0])  # the request goes out on the loop's next turn
+    task = asyncio.ensure_future(first_available(
+        targets, lambda t: _open(g, job, t, charge, begun if t is targets[0] else None)))
+    task.add_done_callback(partial(_settled, begun))
+    return sse.OpeningStream(_streamed(g, caller, job, task, rid, created))
 
 
-async def _open(g: Gateway, job: TextJob, target: Target, charge: Charge
-                ) -> Generation | Relay:
+def _begin(g: Gateway, job: TextJob, target: Target) -> Begun | None:
+    """The first target's requests sent from the handler itself (a task would send them one
+    turn of the event loop later, a turn that waits for the other streams' tokens); None
+    when it is external, or unavailable now (first_available then tries it, then the
+    next)."""
+    if target.external is not None:
+        return None
+    try:
+        return begin(g, target, job.params, job.messages, job.prompt or "")
+    except ApiError as e:
+        if e.status not in RETRYABLE:
+            raise
+        return None
+
+
+async def _open(g: Gateway, job: TextJob, target: Target, charge: Charge,
+                begun: Begun | None = None) -> Generation | Relay:
     if target.external is None:
-        return await start(g, target, job.params, job.messages, job.prompt or "", charge)
+        return await start(g, target, job.params, job.messages, job.prompt or "", charge,
+                           begun)
     body = {**job.body}
     if job.stream:
         lines = external_stream(g.http, target, job.path, body)
@@ -170,18 +207,46 @@ async def _whole(job: TextJob, gen: Generation, rid: str, created: int) -> JSONR
     return JSONResponse(job.envelope(rid, created, choices, use, chunk=False))
 
 
-async def _events(job: TextJob, gen: Generation, rid: str, created: int
-                  ) -> AsyncIterator[str]:
-    """Chunks of each choice (tagged with its index) as its tokens come; each choice's
-    finish reason in a chunk of its own; usage (prompt once, completions summed) last.
-    One write per token: the role chunks go out with the first token (it is already in),
-    the last finish chunk with the usage chunk and [DONE]."""
+def _settled(begun: Begun | None, task: asyncio.Task) -> None:
+    """An opening that failed or was cancelled, even before it ran (the client left at
+    once): the requests sent for it are cancelled, its error is not logged as unretrieved
+    (the response answers it, or nobody is left to answer)."""
+    if task.cancelled() or task.exception() is not None:
+        if begun is not None:
+            begun.cancel()
+
+
+async def _streamed(g: Gateway, caller: Caller, job: TextJob,
+                    opening: asyncio.Task[Generation | Relay], rid: str,
+                    created: int) -> AsyncIterator[str]:
+    """The streamed answer. Its first step awaits the opening (an error until then is
+    answered with its status; cancelling this cancels it); the first event is made ready
+    meanwhile, and goes out as soon as the first token is in. Then chunks of each choice
+    (tagged with its index) as its tokens come; each choice's finish reason in a chunk of its
+    own; usage (prompt once, completions summed) last. One write per token: the role chunks
+    go out with the first token, the last finish chunk with the usage chunk and [DONE]."""
     chunks = Chunks(job, rid, created)
-    out = ""
-    if job.kind == "chat" or job.echo:
-        text = "" if job.kind == "chat" else job.echo
-        out = "".join(chunks.event([job.choice(c.index, text, None, True, first=True)])
-                      for c in gen.choices)
+    head = ""
+    if job.tools is None:
+        chunks.prepare(job.params.n)
+        if job.kind == "chat" or job.echo:
+            text = "" if job.kind == "chat" else job.echo
+            head = "".join(chunks.event([job.choice(i, text, None, True, first=True)])
+                           for i in range(job.params.n))
+    opened = await opening
+    if isinstance(opened, Relay):
+        async with aclosing(_relayed(g, caller, job, opened)) as events:
+            async for e in events:
+                yield e
+        return
+    gen = opened
+    if job.tools is not None:
+        yield ""  # open: the headers now, each choice when complete
+        async with aclosing(_events_when_complete(job, gen, chunks)) as events:
+            async for e in events:
+                yield e
+        return
+    out = head
     try:
         async with aclosing(gen.deltas()) as deltas:
             async for c, text in deltas:
@@ -198,10 +263,9 @@ async def _events(job: TextJob, gen: Generation, rid: str, created: int
         yield sse.event(e.body())
 
 
-async def _events_when_complete(job: TextJob, gen: Generation, rid: str, created: int
+async def _events_when_complete(job: TextJob, gen: Generation, chunks: Chunks
                                 ) -> AsyncIterator[str]:
     """Tools were offered: the output may be a call, so each choice is sent when complete."""
-    chunks = Chunks(job, rid, created)
     try:
         for c in await gen.finish():
             content, call, finish = job.answer(c)
@@ -214,41 +278,42 @@ async def _events_when_complete(job: TextJob, gen: Generation, rid: str, created
         yield sse.event(e.body())
 
 
-def _external(g: Gateway, caller: Caller, job: TextJob, relay: Relay):
-    """An external API's answer, relayed with the client's model id; usage from its own."""
-    if not job.stream:
-        answer = relay.answer
-        answer["model"] = job.model
-        u = answer.get("usage") or {}
-        return JSONResponse(answer, background=BackgroundTask(
-            g.record_usage, caller, job.model, job.path, int(u.get("prompt_tokens") or 0),
-            int(u.get("completion_tokens") or 0)))
+def _external_json(g: Gateway, caller: Caller, job: TextJob, relay: Relay) -> JSONResponse:
+    """An external API's whole answer, relayed with the client's model id; usage from its
+    own."""
+    answer = relay.answer
+    answer["model"] = job.model
+    u = answer.get("usage") or {}
+    return JSONResponse(answer, background=BackgroundTask(
+        g.record_usage, caller, job.model, job.path, int(u.get("prompt_tokens") or 0),
+        int(u.get("completion_tokens") or 0)))
+
+
+async def _relayed(g: Gateway, caller: Caller, job: TextJob, relay: Relay
+                   ) -> AsyncIterator[str]:
+    """An external API's stream, relayed with the client's model id; usage from its own."""
     first, lines = relay.answer
-
-    async def events() -> AsyncIterator[str]:
-        got: dict[str, Any] = {}
-        payload = first
-        try:
-            while True:
-                chunk = parse_json(payload)
-                if chunk is not None:
-                    got = chunk.get("usage") or got
-                    chunk["model"] = job.model
-                    yield sse.event(chunk)
-                elif payload == "[DONE]":
-                    yield sse.event("[DONE]")
-                    return
-                payload = await anext(lines)
-        except StopAsyncIteration:
-            yield sse.event("[DONE]")
-        except ApiError as e:
-            yield sse.event(e.body())
-        finally:
-            await lines.aclose()
-            await g.record_usage(caller, job.model, job.path, int(got.get("prompt_tokens") or 0),
-                                 int(got.get("completion_tokens") or 0))
-
-    return sse.response(events())
+    got: dict[str, Any] = {}
+    payload = first
+    try:
+        while True:
+            chunk = parse_json(payload)
+            if chunk is not None:
+                got = chunk.get("usage") or got
+                chunk["model"] = job.model
+                yield sse.event(chunk)
+            elif payload == "[DONE]":
+                yield sse.event("[DONE]")
+                return
+            payload = await anext(lines)
+    except StopAsyncIteration:
+        yield sse.event("[DONE]")
+    except ApiError as e:
+        yield sse.event(e.body())
+    finally:
+        await lines.aclose()
+        await g.record_usage(caller, job.model, job.path, int(got.get("prompt_tokens") or 0),
+                             int(got.get("completion_tokens") or 0))
 
 
 def parse_json(text: str) -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 """Triton as the gateway's client sees it: gRPC (tritonclient.grpc.aio), errors mapped to HTTP.
 
-One channel for all requests. `stream` yields a decoupled model's responses and cancels the
+One channel per gateway process. `stream` reads a decoupled model's responses and cancels the
 gRPC call (Triton cancels the request, llm_bls frees its engine slot) when the consumer stops
 early: a client that disconnects, a timeout, an error.
 """
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import tritonclient.grpc.aio as grpcaio
+from tritonclient.grpc import KeepAliveOptions, service_pb2
 from tritonclient.utils import InferenceServerException
 
 from uip.gateway.errors import ApiError
@@ -65,11 +64,41 @@ def first_values(response) -> dict[str, Any]:
     return out
 
 
+RECONNECT_MAX_S = 1.0
+
+
+def channel_args() -> list[tuple[str, int]]:
+    """tritonclient's own channel options (messages of any size, its keepalive defaults), and
+    a reconnect backoff of at most RECONNECT_MAX_S: gRPC's default grows to 2 minutes while
+    Triton is not up yet (`uip serve` starts the gateway beside a starting tritonserver), and
+    a channel in backoff fails its calls at once (503). Each worker has a channel of its own,
+    so every one of them reaches Triton within a second of it listening."""
+    keepalive = KeepAliveOptions()
+    return [("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.max_receive_message_length", 2**31 - 1),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", int(RECONNECT_MAX_S * 1000))]
+
+
 class Triton:
     def __init__(self, url: str):
         self.url = url
-        self.client = grpcaio.InferenceServerClient(url)
+        self.client = grpcaio.InferenceServerClient(url, channel_args=channel_args())
         self._pending: set[asyncio.Future] = set()  # unary requests still running
+        # Triton's bidirectional ModelStreamInfer called as unary -> stream, on the client's
+        # channel: the same frames on the wire as one request written and the writing side
+        # closed (what tritonclient's stream_infer does), but grpc.aio sends the request
+        # with the call's headers in its first step instead of after two more turns of the
+        # event loop (waiting for the headers' completion, then the write).
+        self._one_request = self.client._channel.unary_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelStreamInferResponse.FromString)
 
     async def close(self) -> None:
         if self._pending:
@@ -109,31 +138,51 @@ class Triton:
         if not task.cancelled():
             task.exception()  # retrieved: an answer nobody waits for any more is dropped
 
-    async def stream(self, model: str, inputs: list,
-                     timeout_s: float) -> AsyncIterator[dict[str, Any]]:
-        """Each response's outputs (the first element of each, see `first_values`) until the
-        stream ends; cancels the request if not drained."""
-        async def requests():
-            yield {"model_name": model, "inputs": inputs,
-                   "request_id": f"gw-{uuid.uuid4().hex}"}
+    def stream(self, request, timeout_s: float) -> ResponseStream:
+        """The responses of one `ModelInferRequest` (uip.clients.llm.grpc_request) on a gRPC
+        stream of its own. The call is made now: its request goes out on the event loop's
+        next turn, before anything iterates it."""
+        return ResponseStream(self._one_request(request, timeout=timeout_s), request.model_name)
 
-        call = self.client.stream_infer(requests(), stream_timeout=timeout_s)
-        done = False
+
+class ResponseStream:
+    """Each response's outputs (the first element of each, see `first_values`) until the
+    stream ends. An error or a cancellation while reading, or closing it before the end,
+    cancels the request (Triton cancels it, llm_bls frees its engine slot)."""
+
+    def __init__(self, call, model: str):
+        self._call, self._model, self._open = call, model, True
+
+    def __aiter__(self) -> ResponseStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
         try:
-            async for result, error in call:
-                if error is not None:
-                    raise api_error(error, model)
-                outputs = first_values(result.get_response())
+            while True:
+                response = await self._call.read()
+                if response is grpc.aio.EOF:
+                    self._open = False
+                    raise StopAsyncIteration
+                if response.error_message:
+                    raise api_error(InferenceServerException(msg=response.error_message),
+                                    self._model)
+                outputs = first_values(response.infer_response)
                 if outputs:
-                    yield outputs
-            done = True
-        except InferenceServerException as e:
-            raise api_error(e, model) from None
-        except grpc.RpcError as e:  # the stream's own errors are not wrapped by tritonclient
-            raise api_error(InferenceServerException(e.details(), str(e.code())), model) \
-                from None
-        finally:
-            if not done:
-                call.cancel()
+                    return outputs
+        except StopAsyncIteration:
+            raise
+        except grpc.RpcError as e:  # the stream's own errors (unavailable, deadline, ...)
+            self.cancel()
+            raise api_error(InferenceServerException(e.details(), str(e.code())),
+                            self._model) from None
+        except BaseException:
+            self.cancel()
+            raise
 
+    def cancel(self) -> None:
+        if self._open:
+            self._open = False
+            self._call.cancel()
 
+    async def aclose(self) -> None:
+        self.cancel()

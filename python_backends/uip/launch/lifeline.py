@@ -24,9 +24,20 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
     parent = os.getpid()
 
     def preexec() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
+        _pdeathsig(sig, parent)
 
     return preexec
+
+
+def exit_with_parent(sig: int, parent: int) -> None:
+    """The same, asked by the child itself once it runs (no preexec_fn, which is unsafe in a
+    parent with threads); `parent`: the pid of the parent that started it, passed by it."""
+    if sys.platform.startswith("linux"):
+        _pdeathsig(sig, parent)
+
+
+def _pdeathsig(sig: int, parent: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
