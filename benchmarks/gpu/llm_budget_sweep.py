@@ -23,10 +23,9 @@ from pathlib import Path
 
 from gpu_timing import cuda_ms  # benchmarks/gpu, this script's folder
 
-from uip.bench.llm import engine_config, prompts
+from uip.bench.llm import engine_config, prompt_ids, prompts
 from uip.bench.llm_inprocess import run_one_consumer
 from uip.llm.paged_runtime import PagedEngine
-from uip.llm.tokenizer import TextTokenizer
 
 
 def main() -> None:
@@ -42,8 +41,7 @@ def main() -> None:
     top = max(budgets)
     config, model_dir = engine_config(a.repository, a.device, max_batch_tokens=top)
     config = replace(config, graph_max_rows=top)
-    tok = TextTokenizer.from_folder(model_dir)
-    workload = [tok.encode(t) for t in prompts(a.prompt_tokens, 64, model_dir)]
+    workload = prompt_ids(prompts(a.prompt_tokens, 64, model_dir), model_dir)
     t0 = time.perf_counter()
     engine = PagedEngine(model_dir, config)
     out: dict = {"start_s": round(time.perf_counter() - t0, 1), "runs": []}

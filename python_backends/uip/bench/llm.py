@@ -189,6 +189,15 @@ def engine_config(model_repository: Path, device: str, **overrides):
         settings.artifact
 
 
+def prompt_ids(texts: list[str], model_dir: Path) -> list[list[int]]:
+    """perf_analyzer's prompts as token ids, tokenized as llm_bls does by default (the
+    artifact's `TextTokenizer`, special tokens added)."""
+    from uip.llm.tokenizer import TextTokenizer
+
+    tok = TextTokenizer.from_folder(model_dir)
+    return [tok.encode(t) for t in texts]
+
+
 def inprocess(concurrency: list[int], device: str = "cpu", model_dir: Path | None = None,
               num_blocks: int | None = None, max_batch_tokens: int | None = None,
               max_tokens: int = MAX_TOKENS, prompt_tokens: int = 0,
@@ -212,12 +221,7 @@ def inprocess(concurrency: list[int], device: str = "cpu", model_dir: Path | Non
         from transformers import AutoTokenizer
 
         prompt_tokens = len(AutoTokenizer.from_pretrained(str(model_dir))(PROMPT).input_ids)
-    workload = None
-    if texts:
-        from uip.llm.tokenizer import TextTokenizer
-
-        tok = TextTokenizer.from_folder(model_dir)
-        workload = [tok.encode(t) for t in texts]
+    workload = prompt_ids(texts, model_dir) if texts else None
     engine = PagedEngine(model_dir, config)
     try:
         run_one_consumer(engine, 1, prompt_tokens, 8, 1, vocab=engine.vocab_size, seed=1)

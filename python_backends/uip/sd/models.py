@@ -123,8 +123,7 @@ class VaeDecoder(_Component):
         if self.accel.compile_vae:
             t0 = time.perf_counter()
             unet = json.loads((Path(folder) / "unet" / "config.json").read_text())
-            size = unet["sample_size"]
-            size = (size, size) if isinstance(size, int) else tuple(size)
+            size = latent_size(unet["sample_size"])
             self(torch.zeros(1, self.model.config.latent_channels, *size))
             startup_note(f"sd vae: compiled for one {'x'.join(map(str, size))} latent in "
                          f"{time.perf_counter() - t0:.1f} s")
@@ -145,10 +144,14 @@ def startup_note(text: str) -> None:
     print(f"uip.sd: {text}", file=sys.stderr, flush=True)
 
 
+def latent_size(sample_size: int | list[int]) -> tuple[int, ...]:
+    """The latents' (height, width) from a UNet config's `sample_size` (one int or a pair)."""
+    return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+
+
 def graph_shapes(folder: Path, unet_config) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The UNet's sample shape at the default size and its text hidden states' shape."""
-    size = unet_config.sample_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    size = latent_size(unet_config.sample_size)
     text = json.loads((Path(folder) / "text_encoder" / "config.json").read_text())
     length = int(text.get("max_position_embeddings", 77))
     return (unet_config.in_channels, *size), (length, unet_config.cross_attention_dim)
