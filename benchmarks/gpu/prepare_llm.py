@@ -44,6 +44,8 @@ def main() -> None:
                    help="a tokenizer folder (benchmarks/gpu/build_tokenizer.py: 128k ids, so "
                         "every id decodes to text) instead of llm-tiny's")
     p.add_argument("--max-requests", type=int, default=64, help="llm_engine's running sequences")
+    p.add_argument("--bls-instances", type=int, default=1,
+                   help="llm_bls stub processes (each with its own driver thread and GIL)")
     a = p.parse_args()
     dest = a.art / "llm-8b"
     dest.mkdir(parents=True, exist_ok=True)
@@ -83,6 +85,8 @@ def main() -> None:
                                        max_batch_tokens=a.max_batch_tokens, dtype="bfloat16",
                                        max_requests_per_batch=a.max_requests)
                 m["limits"]["max_context"] = 8192
+            if m["name"] == "llm_bls":
+                m["instances"] = [{"kind": "cpu", "count": a.bls_instances}]
         (a.specs / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 

@@ -72,6 +72,15 @@ def dog(monkeypatch):
     return d, live, logs
 
 
+def test_the_watchdog_thread_stops_and_joins(dog):
+    d, _, _ = dog
+    d.interval = 0.01
+    d.start()
+    d.stop()
+    d.join(timeout=5)  # Thread's own _stop() must not be shadowed
+    assert not d.is_alive()
+
+
 def test_a_dead_stub_reloads_its_model_and_the_ensembles_above(dog):
     d, live, logs = dog
     live["llm_engine"] = set()

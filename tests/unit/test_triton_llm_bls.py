@@ -161,12 +161,18 @@ def test_initialize_refuses_an_unknown_transport(bls_config):
         LlmBlsModel().initialize(pbu.model_args(config))
 
 
-def test_streams_text_as_the_engine_sends_it(model):
-    ids = ids_of(model, " hello world")
+def start_stream(model, text: str):
+    """One streamed client request for as many tokens as `text` has, at the engine."""
+    ids = ids_of(model, text)
     request = client_request("say", stream=True, max_tokens=len(ids))
     model.execute([request])
     wait_until(lambda: len(model.mux.submitted) == 1)
     (tid,) = model.mux.tids()
+    return ids, request, tid
+
+
+def test_streams_text_as_the_engine_sends_it(model):
+    ids, request, tid = start_stream(model, " hello world")
     for n, chunk in enumerate(one_by_one(ids), 1):
         model.mux.play(tid, chunk)
         wait_until(lambda n=n: len(request.sender.sent) == n)
@@ -178,6 +184,20 @@ def test_streams_text_as_the_engine_sends_it(model):
     assert call.request.streaming and call.request.max_new_tokens == len(ids)
     assert tid.startswith("llm_bls-") and model.mux.stops == []
     assert forgotten(model, tid)
+
+
+def test_first_text_and_the_final_response_feed_the_latency_histograms(model):
+    ids, request, tid = start_stream(model, " hello world")
+    for chunk in one_by_one(ids):
+        model.mux.play(tid, chunk)
+    finished(request)
+    fams = {f.name: f.metrics[-1] for f in pbu.metric_families
+            if f.name.startswith("uip_llm_bls_")}
+    ttfr = fams["uip_llm_bls_time_to_first_response_seconds"]
+    e2e = fams["uip_llm_bls_e2e_request_latency_seconds"]
+    wait_until(lambda: len(e2e.observed) == 1)
+    assert len(ttfr.observed) == 1 and 0 <= ttfr.observed[0] <= e2e.observed[0]
+    assert ttfr.labels == {"model": "llm_bls"} and ttfr.buckets == sorted(ttfr.buckets)
 
 
 def test_queued_engine_responses_merge_into_one_client_response(model):

@@ -386,7 +386,8 @@ def test_metrics_families_exist_and_follow_engine_stats(make):
              "uip_llm_prefix_cache_hits_total": "COUNTER",
              "uip_llm_preemptions_total": "COUNTER",
              "uip_llm_time_to_first_token_seconds": "HISTOGRAM",
-             "uip_llm_time_per_output_token_seconds": "HISTOGRAM"}
+             "uip_llm_time_per_output_token_seconds": "HISTOGRAM",
+             "uip_llm_e2e_request_latency_seconds": "HISTOGRAM"}
     assert set(fams) == set(kinds)  # the steps family gets a metric per path once seen
     for name, kind in kinds.items():
         assert fams[name][0].kind == getattr(pbu.MetricFamily, kind), name
@@ -428,9 +429,22 @@ def test_streamed_requests_feed_the_latency_histograms(make):
     fams = families_of("llm_engine_latency")
     ttft = fams["uip_llm_time_to_first_token_seconds"][1]
     tpot = fams["uip_llm_time_per_output_token_seconds"][1]
+    e2e = fams["uip_llm_e2e_request_latency_seconds"][1]
     assert len(ttft.observed) == 1 and ttft.observed[0] >= 0
     assert len(tpot.observed) == 1 and tpot.observed[0] >= 0
+    assert len(e2e.observed) == 1 and e2e.observed[0] >= ttft.observed[0]
     assert ttft.buckets == sorted(ttft.buckets)
+
+
+def test_a_request_that_is_not_streamed_is_timed_end_to_end_only(make):
+    engine = ScriptedEngine([[[([1, 2], True, "length")]]])
+    model = make(engine, name="llm_engine_unary")
+    req = gen_request(streaming=False)
+    model.execute([req])
+    wait_until(lambda: req.sender.finished)
+    fams = families_of("llm_engine_unary")
+    assert len(fams["uip_llm_e2e_request_latency_seconds"][1].observed) == 1
+    assert fams["uip_llm_time_to_first_token_seconds"][1].observed == []
 
 
 def test_one_dispatcher_thread_serves_every_stream(make):

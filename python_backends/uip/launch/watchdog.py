@@ -63,13 +63,13 @@ class Watchdog(threading.Thread):
         self.reloads: list[tuple[str, float]] = []  # (model, seconds it took), for tests/logs
         self._recent: dict[str, deque[float]] = defaultdict(deque)
         self._known: dict[str, set[int]] = {}
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stopping.wait(self.interval):
             try:
                 self.check()
             except psutil.NoSuchProcess:

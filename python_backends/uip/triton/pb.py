@@ -17,6 +17,9 @@ log = logging.getLogger("uip")
 orphan_guard.start()  # every adapter imports this module: the stub exits with its server
 start_from_env()  # $UIP_PROFILE_DIR: sample the stub's threads
 RETRY = "unavailable, retry later: "  # leads every UNAVAILABLE message
+# Histogram buckets of the LLM models' time to first token / response (seconds).
+TTFT_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+E2E_BUCKETS_S = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]  # whole requests
 
 # gRPC status of an error from another model (llm_bls's engine stream) -> Triton error code.
 _GRPC_CODES = {

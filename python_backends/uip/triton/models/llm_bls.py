@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from uip.core import hoptrace
+from uip.core.gil import apply_switch_interval
 from uip.core.settings import ModelSettings
 from uip.llm.engine_tensors import EngineChunk
 from uip.llm.orchestrate import (
@@ -72,6 +74,7 @@ class LlmBlsModel:
         self.settings = ModelSettings.from_args(args)
         if not self.settings.decoupled:
             raise ValueError("llm_bls must be decoupled (model_transaction_policy)")
+        apply_switch_interval(self.settings)
         folder = self.settings.artifact_dir()
         self.tokenizer = tokenizer_for(self.settings)
         self.pre = Preprocessor(self.tokenizer,
@@ -87,6 +90,17 @@ class LlmBlsModel:
         self._events: queue.Queue = queue.Queue()  # ("start", ...) and ("engine", tid, item)
         self._active: dict[str, _Active] = {}  # Triton request id -> request (driver only)
         self._closing = threading.Event()
+        family = pb.pb_utils.MetricFamily
+        self._ttfr_family = family(
+            name="uip_llm_bls_time_to_first_response_seconds", kind=family.HISTOGRAM,
+            description="From llm_bls receiving a request to its first response with text "
+            "(the engine's own share: uip_llm_time_to_first_token_seconds)")
+        self._e2e_family = family(
+            name="uip_llm_bls_e2e_request_latency_seconds", kind=family.HISTOGRAM,
+            description="From llm_bls receiving a request to its final response")
+        labels = {"model": self.settings.name}
+        self._ttfr = self._ttfr_family.Metric(labels=labels, buckets=pb.TTFT_BUCKETS_S)
+        self._e2e = self._e2e_family.Metric(labels=labels, buckets=pb.E2E_BUCKETS_S)
         self.mux: GrpcEngineMux | None = None
         self._driver: threading.Thread | None = None
         if self.transport == "grpc":
@@ -102,6 +116,7 @@ class LlmBlsModel:
         # Parse in this (the stub's main) thread; the driver (or, over BLS, a thread per
         # request) serves each valid request.
         for request in requests:
+            arrived = time.monotonic()
             sender = request.get_response_sender()
             try:
                 req = self.pre.parse(pb.inputs_of(request))
@@ -110,16 +125,19 @@ class LlmBlsModel:
                 sender.send(pb.error_response(exc), flags=pb.final_flag())
                 continue
             if self.mux is None:
-                threading.Thread(target=self._serve, args=(sender, req, inputs), daemon=True,
-                                 name="uip-llm-bls").start()
+                threading.Thread(target=self._serve, args=(sender, req, inputs, arrived),
+                                 daemon=True, name="uip-llm-bls").start()
             else:
-                self._events.put(("start", sender, req, inputs))
+                self._events.put(("start", sender, req, inputs, arrived))
         return None
 
     # ---------------------------------------------------------- grpc: the one driver thread
 
     def _on_engine(self, tid: str, item: EngineChunk | EngineStreamError) -> None:
         """The mux's reader thread: hand the response to the driver."""
+        hoptrace.first(tid, "bls_read_first")
+        if getattr(item, "final", False):
+            hoptrace.mark(tid, "bls_read_final")
         self._events.put(("engine", tid, item))
 
     def _drive(self) -> None:
@@ -162,11 +180,28 @@ class LlmBlsModel:
         for tid, chunk in pending.items():
             self._deliver(tid, chunk)
 
-    def _start(self, sender, req: LlmRequest, inputs: dict[str, np.ndarray]) -> None:
-        tid = _request_id()
+    def _sender(self, sender, req: LlmRequest, arrived: float, tid: str = ""):
+        """`send` for one request's client responses; times its first one with text and its
+        final one."""
+        first = True
 
         def send(resp: ClientResponse) -> None:
+            nonlocal first
             pb.send(sender, client_outputs(resp, req), final=resp.final)
+            if first and resp.text:
+                first = False
+                self._ttfr.observe(time.monotonic() - arrived)
+                hoptrace.mark(tid, "bls_sent_first")
+            if resp.final:
+                self._e2e.observe(time.monotonic() - arrived)
+                hoptrace.mark(tid, "bls_sent_final")
+        return send
+
+    def _start(self, sender, req: LlmRequest, inputs: dict[str, np.ndarray],
+               arrived: float) -> None:
+        tid = _request_id()
+        hoptrace.mark(tid, "bls_execute", arrived)
+        send = self._sender(sender, req, arrived, tid)
 
         def stop() -> None:
             self.mux.stop(tid, inputs)
@@ -177,6 +212,7 @@ class LlmBlsModel:
                                                 drain_s=self.drain_s))
             self._active[tid] = active
             self.mux.submit(tid, inputs)
+            hoptrace.mark(tid, "bls_submit")
         except Exception as exc:  # noqa: BLE001 - the client gets the error
             if active is not None:
                 active.run.engine_ended = True  # it never reached the engine
@@ -190,6 +226,7 @@ class LlmBlsModel:
             if isinstance(item, EngineStreamError):
                 active.run.on_error(item, time.monotonic())
             else:
+                hoptrace.first(tid, "bls_deliver_first")
                 active.run.on_chunk(item, time.monotonic())
         except Exception as exc:  # noqa: BLE001 - the client gets the error, the model lives on
             self._fail(tid, active, active.sender, exc)
@@ -234,13 +271,14 @@ class LlmBlsModel:
 
     # --------------------------------------------------- bls: one thread per request (as before)
 
-    def _serve(self, sender, req, inputs) -> None:
+    def _serve(self, sender, req, inputs, arrived: float) -> None:
         done = False
+        client_send = self._sender(sender, req, arrived)
 
         def send(resp: ClientResponse) -> None:
             nonlocal done
             done = done or resp.final
-            pb.send(sender, client_outputs(resp, req), final=resp.final)
+            client_send(resp)
 
         engine = self._engine(inputs)
         try:
@@ -273,3 +311,4 @@ class LlmBlsModel:
             for tid, active in list(self._active.items()):
                 self._fail(tid, active, active.sender, RuntimeError("llm_bls is shutting down"))
         self.pre = None
+        self._ttfr = self._e2e = self._ttfr_family = self._e2e_family = None

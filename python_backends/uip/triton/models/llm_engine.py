@@ -20,8 +20,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+from uip.core import hoptrace
 from uip.core.admin_key import check_admin_key
 from uip.core.faults import Unavailable
+from uip.core.gil import apply_switch_interval
 from uip.core.inputs import InvalidInput
 from uip.core.settings import ModelSettings
 from uip.llm import engine_tensors
@@ -29,9 +31,8 @@ from uip.llm.engine import GenerationResult, coalesce
 from uip.triton import pb
 from uip.triton.runtimes import create_engine
 
-CANCEL_POLL_S = 0.05  # how often the dispatcher asks Triton which clients cancelled
+CANCEL_POLL_S = 0.05  # default of cancel_poll_s: how often the dispatcher asks which clients left
 METRICS_PERIOD_S = 0.1
-TTFT_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 TPOT_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
 
 
@@ -56,6 +57,8 @@ class LlmEngineModel:
         self.settings = ModelSettings.from_args(args)
         if not self.settings.decoupled:
             raise ValueError("llm_engine must be decoupled (model_transaction_policy)")
+        apply_switch_interval(self.settings)
+        self.poll_s = self.settings.param("cancel_poll_s", CANCEL_POLL_S, float)
         self.max_tokens = self.settings.limit("max_tokens", 1024)
         self.max_context = self.settings.limit("max_context", 2048)
         self.max_inflight = self.settings.limit("max_inflight", 512)
@@ -80,6 +83,7 @@ class LlmEngineModel:
         return None
 
     def _start(self, request) -> None:
+        arrived = time.monotonic()
         sender = request.get_response_sender()
         try:
             call = engine_tensors.decode_request(pb.inputs_of(request), self.max_tokens,
@@ -106,6 +110,8 @@ class LlmEngineModel:
                                              frozenset(request.requested_output_names()))
                 if tid:
                     self._inflight[tid].add(rid)
+            hoptrace.mark(tid, "engine_execute", arrived)
+            hoptrace.mark(tid, "engine_enqueued")
         except Exception as exc:  # noqa: BLE001 - becomes this request's error response
             if isinstance(exc, ValueError) and not isinstance(exc, InvalidInput):
                 exc = InvalidInput(str(exc))
@@ -129,16 +135,16 @@ class LlmEngineModel:
         last_poll = 0.0
         while not self._closing.is_set():
             try:
-                results = self.engine.await_any(timeout=CANCEL_POLL_S)
+                results = self.engine.await_any(timeout=self.poll_s)
             except Exception as exc:  # noqa: BLE001 - the requests in flight fail, not the model
                 pb.log.exception("llm_engine: reading the engine's results failed")
                 self._fail_all(exc)
-                self._closing.wait(CANCEL_POLL_S)
+                self._closing.wait(self.poll_s)
                 continue
             for result in coalesce(results):
                 self._relay(result)
             now = time.monotonic()
-            if now - last_poll >= CANCEL_POLL_S:
+            if now - last_poll >= self.poll_s:
                 last_poll = now
                 self._poll_cancels()
 
@@ -156,7 +162,11 @@ class LlmEngineModel:
                 outputs = engine_tensors.encode_response(result.tokens, reason, stream.key)
                 if stream.wanted:  # build only the tensors the client reads (llm_bls: 2 of 3)
                     outputs = {k: v for k, v in outputs.items() if k in stream.wanted}
+                hoptrace.first(stream.tid, "engine_result_first")
                 pb.send(stream.sender, outputs, final=result.is_final)
+                hoptrace.first(stream.tid, "engine_sent_first")
+                if result.is_final:
+                    hoptrace.mark(stream.tid, "engine_sent_final")
                 self._observe(stream, result)
         except Exception:  # noqa: BLE001 - the client is gone: stop generating for it
             pb.log.exception("llm_engine: sending to request %s failed", result.request_id)
@@ -249,16 +259,21 @@ class LlmEngineModel:
         self._steps: dict[str, tuple[object, int]] = {}  # path -> (metric, reported)
         self._ttft = metric("uip_llm_time_to_first_token_seconds",
                             "From enqueue to the first streamed token", histogram,
-                            buckets=TTFT_BUCKETS_S)
+                            buckets=pb.TTFT_BUCKETS_S)
+        self._e2e = metric("uip_llm_e2e_request_latency_seconds",
+                           "From enqueue to the final response", histogram,
+                           buckets=pb.E2E_BUCKETS_S)
         self._tpot = metric("uip_llm_time_per_output_token_seconds",
                             "Mean time between a streamed request's tokens after the first",
                             histogram, buckets=TPOT_BUCKETS_S)
 
     def _observe(self, stream: _Stream, result: GenerationResult) -> None:
-        """Time to first token and per output token, of streamed requests."""
+        """Time to first token and per output token (streamed requests); end to end (all)."""
+        now = time.monotonic()
+        if result.is_final:
+            self._e2e.observe(now - stream.enqueued)
         if not stream.streaming or not result.tokens:
             return
-        now = time.monotonic()
         if stream.first is None:
             stream.first = now
             self._ttft.observe(now - stream.enqueued)
@@ -294,5 +309,5 @@ class LlmEngineModel:
             t.join(timeout=2)
         self.engine.shutdown()
         self._gauges, self._counters, self._steps = {}, {}, {}
-        self._ttft = self._tpot = None
+        self._ttft = self._tpot = self._e2e = None
         self._families = []
