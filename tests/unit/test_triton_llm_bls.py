@@ -161,6 +161,14 @@ def test_initialize_refuses_an_unknown_transport(bls_config):
         LlmBlsModel().initialize(pbu.model_args(config))
 
 
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_initialize_refuses_a_cancel_poll_that_is_not_positive(bls_config, value):
+    config = {**bls_config, "parameters": {**bls_config["parameters"],
+                                           "cancel_poll_s": {"string_value": value}}}
+    with pytest.raises(ValueError, match="cancel_poll_s must be > 0"):
+        LlmBlsModel().initialize(pbu.model_args(config))
+
+
 def start_stream(model, text: str):
     """One streamed client request for as many tokens as `text` has, at the engine."""
     ids = ids_of(model, text)

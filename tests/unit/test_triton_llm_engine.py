@@ -420,6 +420,13 @@ def test_metrics_families_exist_and_follow_engine_stats(make):
     assert steps == {"graph_decode": 41.0, "split_eager": 2.0, "eager": 1.0}
 
 
+def test_cancel_poll_s_must_be_positive():
+    config = engine_config()
+    config["parameters"]["cancel_poll_s"] = {"string_value": "0"}
+    with pytest.raises(ValueError, match="cancel_poll_s must be > 0"):
+        LlmEngineModel().initialize(pbu.model_args(config))
+
+
 def test_streamed_requests_feed_the_latency_histograms(make):
     engine = ScriptedEngine([[[([1], False)], [([2], False)], [([3], True, "length")]]])
     model = make(engine, name="llm_engine_latency")

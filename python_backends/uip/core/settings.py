@@ -68,6 +68,13 @@ class ModelSettings:
             return v.strip().lower() in TRUE_WORDS
         return kind(v)
 
+    def positive(self, key: str, default: float) -> float:
+        """A parameter that must be a number > 0 (e.g. a polling period)."""
+        value = self.param(key, default, float)
+        if not value > 0:
+            raise ValueError(f"model '{self.name}': parameter {key} must be > 0, got {value}")
+        return value
+
     def artifact_dir(self) -> Path:
         """The verified artifact folder: present, and every listed file matching its sha256."""
         if self.artifact is None:

@@ -80,7 +80,7 @@ class LlmBlsModel:
         self.pre = Preprocessor(self.tokenizer,
                                 Limits.from_settings(self.settings, model_max_positions(folder)))
         self.engine_model = self.settings.param("engine_model", "llm_engine")
-        self.poll_s = self.settings.param("cancel_poll_s", 0.05, float)
+        self.poll_s = self.settings.positive("cancel_poll_s", 0.05)
         self.drain_s = DRAIN_S
         self.transport = self.settings.param("engine_transport", "grpc")
         if self.transport not in ("grpc", "bls"):

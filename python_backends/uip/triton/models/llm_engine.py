@@ -58,7 +58,7 @@ class LlmEngineModel:
         if not self.settings.decoupled:
             raise ValueError("llm_engine must be decoupled (model_transaction_policy)")
         apply_switch_interval(self.settings)
-        self.poll_s = self.settings.param("cancel_poll_s", CANCEL_POLL_S, float)
+        self.poll_s = self.settings.positive("cancel_poll_s", CANCEL_POLL_S)
         self.max_tokens = self.settings.limit("max_tokens", 1024)
         self.max_context = self.settings.limit("max_context", 2048)
         self.max_inflight = self.settings.limit("max_inflight", 512)
