@@ -135,9 +135,10 @@ class LlmBlsModel:
 
     def _on_engine(self, tid: str, item: EngineChunk | EngineStreamError) -> None:
         """The mux's reader thread: hand the response to the driver."""
-        hoptrace.first(tid, "bls_read_first")
-        if getattr(item, "final", False):
-            hoptrace.mark(tid, "bls_read_final")
+        if hoptrace.trace is not None:  # profiling only: this runs for every engine response
+            hoptrace.first(tid, "bls_read_first")
+            if getattr(item, "final", False):
+                hoptrace.mark(tid, "bls_read_final")
         self._events.put(("engine", tid, item))
 
     def _drive(self) -> None:
@@ -182,7 +183,7 @@ class LlmBlsModel:
 
     def _sender(self, sender, req: LlmRequest, arrived: float, tid: str = ""):
         """`send` for one request's client responses; times its first one with text and its
-        final one."""
+        final one (the hop trace follows the grpc transport only: `tid` '' over BLS)."""
         first = True
 
         def send(resp: ClientResponse) -> None:
