@@ -4,6 +4,7 @@
 # step batching, co-located networks; STAGES picks the variants), then the compiled diffusers
 # anchor (../shared/anchors/sd_anchor.py, copied to .anchors/) in the same device call.
 # Results go to ${OUT:-benchmarks/results}; DEADLINE (epoch seconds) stops the anchor in time.
+# SD_PARAMS="k=v k2=v2" adds spec parameters to every stage (e.g. "fuse_qkv=true").
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
 STAGES=${STAGES:-graphs compiled}
@@ -25,6 +26,7 @@ for stage in $STAGES; do
                      --sd-param compile_cache_dir=/tmp/inductor-cache) ;;
     *) echo "unknown stage $stage"; continue ;;
   esac
+  for kv in ${SD_PARAMS:-}; do extra+=(--sd-param "$kv"); done
   t0=$(date +%s)
   timeout "${STAGE_TIMEOUT:-240}" bash -c "$(declare -f uip); uip $(printf '%q ' "${common[@]}" \
       "${extra[@]}") --out $OUT/sd15-h200-$stage.md" 2>&1 | grep -v "^WARNING" \

@@ -1,7 +1,7 @@
 """Where an SD step's time goes on the GPU, and which UNet build is fastest (GPU machine).
 
     python benchmarks/gpu/sd_variants.py FOLDER [--variants eager,compile,...] [--deadline EPOCH]
-        [--rows 2,16] [--skip-loop]
+        [--rows 2,16] [--skip-loop] [--profile]
 
 For each variant of `uip.sd.accel` settings (channels_last and CUDA graphs for buckets 2 and
 16 in all): the capture (and compile) time and the GPU time of one UNet graph replay at 2 rows
@@ -10,7 +10,8 @@ as the batcher runs it (`SDLoop.step`: inputs, the graphed UNet, guidance, each 
 step) for 1 and 8 requests, with the scheduler's timesteps on the host (what `uip.sd.loop`
 does) and on the device (as diffusers' pipeline does: a host sync per step); the text encoder
 for one prompt; the VAE decoder for one image, eager and compiled. Prints a table; --json
-writes the numbers.
+writes the numbers. --profile adds each variant's kernel time by category (attention, GEMM,
+convolution, fused Inductor kernels...) and its top kernels at the largest row count.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 from gpu_timing import cuda_ms  # benchmarks/gpu, this script's folder
+from kernel_profile import kernel_profile, print_profile
 
 from uip.sd.accel import Acceleration
 from uip.sd.loop import PipelineInfo, SDLoop, load_tokenizer
@@ -41,6 +43,9 @@ VARIANTS = {
     "compile-fuse": dict(STATIC, fuse_qkv=True),
     "compile-fuse-flags": dict(STATIC, fuse_qkv=True, inductor=FLAGS),
     "compile-fuse-flags-cudnn": dict(STATIC, fuse_qkv=True, inductor=FLAGS, sdpa="cudnn"),
+    "compile-fuse-flags-bench": dict(STATIC, fuse_qkv=True, inductor=FLAGS, cudnn_benchmark=True),
+    "compile-fuse-flags-bench-freeze": dict(STATIC, fuse_qkv=True, cudnn_benchmark=True,
+                                            inductor=(*FLAGS, ("freezing", "1"))),
     "autotune": dict(STATIC, fuse_qkv=True, inductor=FLAGS,
                      compile_mode="max-autotune-no-cudagraphs"),
 }
@@ -74,7 +79,8 @@ def reset_sdpa() -> None:
         enable(True)
 
 
-def unet_variant(folder: str, name: str, rows: tuple[int, ...]) -> tuple[UNet, dict]:
+def unet_variant(folder: str, name: str, rows: tuple[int, ...],
+                 profile: bool = False) -> tuple[UNet, dict]:
     reset_sdpa()
     accel = Acceleration(channels_last=CUDA, cuda_graphs=CUDA, graph_buckets=rows,
                          compile_cache_dir="/tmp/inductor-cache", **VARIANTS[name])
@@ -88,6 +94,10 @@ def unet_variant(folder: str, name: str, rows: tuple[int, ...]) -> tuple[UNet, d
         t = torch.full((b,), 500.0, device=DEV)
         h = hidden.expand(b, -1, -1).contiguous()
         out[f"unet_ms_{b}"] = gpu_ms(lambda x=x, t=t, h=h: unet(x, t, h))
+    if profile and CUDA:  # the largest bucket, un-graphed (the same compiled kernels)
+        with torch.inference_mode():
+            out["profile"] = kernel_profile(lambda x=x, t=t, h=h: unet._run(x, t, h))
+        print_profile(f"{name}, {rows[-1]} rows", out["profile"])
     return unet, out
 
 
@@ -141,6 +151,8 @@ def main() -> None:
     p.add_argument("--rows", default="2,16", help="UNet rows to graph and time")
     p.add_argument("--skip-loop", action="store_true",
                    help="only the UNet variants (no loop iteration, text encoder, VAE rows)")
+    p.add_argument("--profile", action="store_true",
+                   help="each variant's kernels at the largest row count, by category")
     a = p.parse_args()
     rows = tuple(int(r) for r in a.rows.split(","))
     res: dict = {"gpu": torch.cuda.get_device_name(0) if CUDA else "cpu",
@@ -155,7 +167,7 @@ def main() -> None:
         if a.deadline and time.time() + (240 if "autotune" in name else 100) > a.deadline:
             print(f"{name}: skipped (deadline)", flush=True)
             continue
-        unet, row = unet_variant(a.folder, name, rows)
+        unet, row = unet_variant(a.folder, name, rows, a.profile)
         res["rows"].append(row)
         print(json.dumps(row), flush=True)
         if k == 0 and not a.skip_loop:

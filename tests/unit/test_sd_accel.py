@@ -99,3 +99,14 @@ def test_compiled_vae_warms_at_start_and_decodes_per_image_with_static_shapes(sd
     shapes.clear()
     dynamic(latents)
     assert shapes == [(3, channels, size, size)]  # dynamic shapes: one batched call
+
+
+def test_cudnn_benchmark_is_read_and_set_by_prepare(monkeypatch):
+    assert not Acceleration.from_settings(_settings(), "cuda:0").cudnn_benchmark
+    a = Acceleration.from_settings(_settings(cudnn_benchmark="true"), "cuda:0")
+    assert a.cudnn_benchmark
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    Acceleration().prepare(torch.nn.Linear(2, 2), compile_it=False)
+    assert torch.backends.cudnn.benchmark is False
+    a.prepare(torch.nn.Linear(2, 2), compile_it=False)
+    assert torch.backends.cudnn.benchmark is True

@@ -12,6 +12,8 @@ Spec parameters (of `sd_unet` / `sd_vae_decoder`, or of `stable_diffusion` when 
   self-attention, one for k/v of cross-attention);
 - `inductor`: Inductor config flags for `compile`, e.g.
   "conv_1x1_as_mm=1,coordinate_descent_tuning=1,epilogue_fusion=0";
+- `cudnn_benchmark` (false): cuDNN times its convolution algorithms for each new shape and
+  keeps the fastest (process-wide; shapes here are fixed per bucket);
 - `sdpa` ("auto"): the only SDPA backend allowed in this process, "flash", "cudnn" or
   "efficient" (the others are switched off; "auto" leaves torch's choice);
 - `cuda_graphs` (false) with `graph_buckets` ("1,2,4,8,16": UNet rows; a call is padded to the
@@ -46,6 +48,7 @@ class Acceleration:
     fuse_qkv: bool = False
     inductor: tuple[tuple[str, str], ...] = ()
     sdpa: str = "auto"
+    cudnn_benchmark: bool = False
     cuda_graphs: bool = False
     graph_buckets: tuple[int, ...] = (1, 2, 4, 8, 16)
 
@@ -62,6 +65,7 @@ class Acceleration:
                   compile_cache_dir=p("compile_cache_dir", ""),
                   fuse_qkv=p("fuse_qkv", False, bool),
                   inductor=_flags(p("inductor", "")), sdpa=p("sdpa", "auto"),
+                  cudnn_benchmark=p("cudnn_benchmark", False, bool),
                   cuda_graphs=p("cuda_graphs", False, bool), graph_buckets=buckets)
         if out.cuda_graphs and not cuda:
             raise ValueError("cuda_graphs needs a GPU instance (instances: kind gpu)")
@@ -81,6 +85,8 @@ class Acceleration:
         if self.fuse_qkv and hasattr(module, "fuse_qkv_projections"):
             module.fuse_qkv_projections()
         self.select_sdpa()
+        if self.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
         fn = fn or module
         if not compile_it:
             return fn
