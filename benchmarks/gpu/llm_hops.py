@@ -40,7 +40,6 @@ from uip.repo.needed import needed
 
 INSTANCES = "instance_group.count"  # not a parameter: the model's instance count
 POLL = {m: {"cancel_poll_s": "0.5"} for m in ("llm_bls", "llm_engine")}
-SEND0 = {m: {"send_threads": "0"} for m in ("llm_bls", "llm_engine")}
 # name -> (parameters per model, environment)
 VARIANTS: dict[str, tuple[dict[str, dict[str, str]], dict[str, str]]] = {
     "base": ({}, {}),
@@ -51,8 +50,6 @@ VARIANTS: dict[str, tuple[dict[str, dict[str, str]], dict[str, str]]] = {
     "trace": ({}, {"UIP_HOP_TRACE_DIR": "/tmp/hoptrace"}),  # then: hop_trace.py /tmp/hoptrace
     "bls4": ({"llm_bls": {INSTANCES: "4"}}, {}),
     "trace-bls4": ({"llm_bls": {INSTANCES: "4"}}, {"UIP_HOP_TRACE_DIR": "/tmp/hoptrace-bls4"}),
-    "send0": (SEND0, {}),  # both stubs' dispatchers send themselves (before send_threads)
-    "trace-send0": (SEND0, {"UIP_HOP_TRACE_DIR": "/tmp/hoptrace-send0"}),
 }
 MODELS = ("llm_bls", "llm_engine")
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([-+0-9.eE]+|NaN|[+-]Inf)$')

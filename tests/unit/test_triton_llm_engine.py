@@ -81,7 +81,7 @@ class ScriptedEngine(Engine):
         self.shutdowns += 1
 
 
-def engine_config(name="llm_engine", decoupled=True, max_tokens=16, **params):
+def engine_config(name="llm_engine", decoupled=True, max_tokens=16):
     """The model_config JSON Triton hands to `initialize` (what the spec renders)."""
     return {
         "name": name,
@@ -91,7 +91,6 @@ def engine_config(name="llm_engine", decoupled=True, max_tokens=16, **params):
             "runtime": {"string_value": "torch"},
             "limits.max_tokens": {"string_value": str(max_tokens)},
             "limits.max_context": {"string_value": "64"},
-            **{k: {"string_value": str(v)} for k, v in params.items()},
         },
         "model_transaction_policy": {"decoupled": decoupled},
         "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
@@ -251,31 +250,12 @@ def test_streaming_sends_one_response_per_coalesced_result_only_the_last_final(m
         [([10], False), ([11], True, "length")],  # merged into the final one
     ]
     engine = ScriptedEngine([script])
-    model = make(engine, send_threads=0)  # the dispatcher sends: one response per await
+    model = make(engine)
     request = gen_request(ids=(4, 5), out_len=5, streaming=True)
     model.execute([request])
     assert data(finished(request)) == [([7], "", 0), ([8, 9], "", 0), ([10, 11], "length", FINAL)]
     req = engine.requests[0]
     assert req.input_ids == [4, 5] and req.max_new_tokens == 5 and req.streaming
-
-
-def test_send_threads_keep_each_requests_tokens_in_order_and_merge_what_queued(make):
-    scripts = [[[([10 * k + i], i == 7, "length" if i == 7 else None)] for i in range(8)]
-               for k in range(6)]
-    engine = ScriptedEngine(scripts)
-    model = make(engine, send_threads=3)
-    requests = [gen_request(ids=(4, 5), out_len=8, streaming=True) for _ in scripts]
-    model.execute(requests)
-    for k, request in enumerate(requests):
-        got = data(finished(request))
-        assert [t for ids, _, _ in got for t in ids] == [10 * k + i for i in range(8)]
-        assert [flags for _, _, flags in got] == [0] * (len(got) - 1) + [FINAL]
-        assert got[-1][1] == "length"
-
-
-def test_send_threads_must_not_be_negative(make):
-    with pytest.raises(ValueError, match="send_threads must be >= 0"):
-        make(ScriptedEngine([]), send_threads=-1)
 
 
 def test_not_streaming_sends_exactly_one_final_response(make):
@@ -289,7 +269,7 @@ def test_not_streaming_sends_exactly_one_final_response(make):
 
 def test_every_response_echoes_the_stream_key(make):
     engine = ScriptedEngine([[[([1], False)], [([2], True, "length")]]])
-    model = make(engine, send_threads=0)  # one response per result, as scripted
+    model = make(engine)
     request = gen_request(streaming=True, stream_key=np.array([[b"key-1"]], dtype=object))
     model.execute([request])
     sent = finished(request)
@@ -298,7 +278,7 @@ def test_every_response_echoes_the_stream_key(make):
 
 def test_responses_hold_only_the_outputs_the_client_asked_for(make):
     engine = ScriptedEngine([[[([1], False)], [([2], True, "length")]]] * 2)
-    model = make(engine, send_threads=0)  # one response per result, as scripted
+    model = make(engine)
     asked = gen_request(streaming=True)
     asked._requested = ["output_ids", "finish_reason"]  # as llm_bls asks
     everything = gen_request(streaming=True)  # names none: all outputs

@@ -42,16 +42,6 @@ class ClientResponse:
         return self.finish_reason is not None
 
 
-def merge_responses(responses: list[ClientResponse]) -> ClientResponse:
-    """Responses queued for one client as one: their text and token counts added up, the last
-    one's finish reason (only the last can be final)."""
-    if len(responses) == 1:
-        return responses[0]
-    return ClientResponse("".join(r.text for r in responses),
-                          sum(r.num_output_tokens for r in responses),
-                          responses[-1].finish_reason)
-
-
 def client_outputs(resp: ClientResponse, req: LlmRequest) -> dict[str, np.ndarray]:
     """The output tensors of one client response (batch 1), per the `llm` contract."""
     out = {

@@ -11,12 +11,8 @@ the number of streams: `execute` only validates and hands each request to ONE dr
 which sends it on ONE shared gRPC stream (`GrpcEngineMux`, multiplexed by Triton request id),
 advances every request's `RequestRun` as its engine responses arrive (responses queued for one
 request are merged, so a slow client catches up in one step), polls every client's
-`is_cancelled()` every `cancel_poll_s`, and hands the client responses to `send_threads`
-sender threads (default 4; 0: the driver sends them itself). Triton's `send` waits for the
-server to take each response, so one thread would wait for every stream in turn; a request
-keeps its thread, so its responses stay in order, and the ones queued while it waits go out
-merged. Threads: the stub's own, the driver, the senders, the mux's reader and gRPC's own (a
-fixed set; see `engine_streams`).
+`is_cancelled()` every `cancel_poll_s`, and sends the client responses. Threads: the stub's
+own, the driver, the mux's reader and gRPC's own (a fixed set; see `engine_streams`).
 
 `engine_transport: bls` uses a decoupled BLS call per request on a thread of its own (today's
 path, `orchestrate.run` over `BlsEngineStream`); Triton 2.51's stub makes it unsafe with
@@ -35,7 +31,6 @@ import numpy as np
 
 from uip.core import hoptrace
 from uip.core.gil import apply_switch_interval
-from uip.core.keyed_workers import KeyedWorkers
 from uip.core.settings import ModelSettings
 from uip.llm.engine_tensors import EngineChunk
 from uip.llm.orchestrate import (
@@ -44,7 +39,6 @@ from uip.llm.orchestrate import (
     RequestRun,
     TextPipeline,
     client_outputs,
-    merge_responses,
     run,
 )
 from uip.llm.preprocess import Limits, LlmRequest, Preprocessor, model_max_positions
@@ -68,21 +62,10 @@ def _request_id() -> str:
 
 
 @dataclass(eq=False)
-class _ClientOut:
-    """One request's way to its client (a key of the send threads: one thread per request)."""
-
-    sender: object
-    req: LlmRequest
-    arrived: float
-    tid: str = ""  # the hop trace's request id (the grpc transport only)
-    first: bool = True  # no response with text sent yet
-
-
-@dataclass(eq=False)
 class _Active:
     """One in-flight request as the driver sees it."""
 
-    out: _ClientOut
+    sender: object
     run: RequestRun
 
 
@@ -120,11 +103,6 @@ class LlmBlsModel:
         self._e2e = self._e2e_family.Metric(labels=labels, buckets=pb.E2E_BUCKETS_S)
         self.mux: GrpcEngineMux | None = None
         self._driver: threading.Thread | None = None
-        senders = self.settings.param("send_threads", 4, int) if self.transport == "grpc" else 0
-        if senders < 0:
-            raise ValueError(f"llm_bls: parameter send_threads must be >= 0, got {senders}")
-        self.sends = KeyedWorkers(senders, self._send_out, self._send_failed,
-                                  name="uip-llm-bls-send")
         if self.transport == "grpc":
             self.mux = GrpcEngineMux(self.engine_url, self.engine_model, self._on_engine)
             self._driver = threading.Thread(target=self._drive, name="uip-llm-bls-driver",
@@ -189,12 +167,6 @@ class LlmBlsModel:
             if event[0] == "start":
                 self._start(*event[1:])
                 continue
-            if event[0] == "send_failed":
-                _, tid, exc = event
-                active = self._active.get(tid)
-                if active is not None:
-                    self._fail(tid, active, active.out, exc)
-                continue
             _, tid, item = event
             if isinstance(item, EngineChunk):
                 prev = pending.get(tid)
@@ -209,60 +181,43 @@ class LlmBlsModel:
         for tid, chunk in pending.items():
             self._deliver(tid, chunk)
 
-    def _send_out(self, out: _ClientOut, items: list[ClientResponse | Exception]) -> None:
-        """A send thread (or the caller, without them): `out`'s queued responses in order,
-        each run of text responses merged into one; an exception is sent as the error. Times
-        the first response with text and the final one (the hop trace follows the grpc
-        transport only: `tid` '' over BLS)."""
-        run: list[ClientResponse] = []
-        for item in [*items, None]:
-            if isinstance(item, ClientResponse):
-                run.append(item)
-                continue
-            if run:
-                resp, run = merge_responses(run), []
-                pb.send(out.sender, client_outputs(resp, out.req), final=resp.final)
-                if out.first and resp.text:
-                    out.first = False
-                    self._ttfr.observe(time.monotonic() - out.arrived)
-                    hoptrace.mark(out.tid, "bls_sent_first")
-                if resp.final:
-                    self._e2e.observe(time.monotonic() - out.arrived)
-                    hoptrace.mark(out.tid, "bls_sent_final")
-            if item is not None:
-                out.sender.send(_error_response(item), flags=pb.final_flag())
+    def _sender(self, sender, req: LlmRequest, arrived: float, tid: str = ""):
+        """`send` for one request's client responses; times its first one with text and its
+        final one (the hop trace follows the grpc transport only: `tid` '' over BLS)."""
+        first = True
 
-    def _send_failed(self, out: _ClientOut, exc: Exception) -> None:
-        """A send thread's failure: the driver fails that request (as a failed send on its
-        own thread would); without a request id (BLS transport) it is only logged."""
-        if out.tid and self.mux is not None:
-            self._events.put(("send_failed", out.tid, exc))
-        else:
-            pb.log.error("llm_bls: sending a response failed: %s", exc)
+        def send(resp: ClientResponse) -> None:
+            nonlocal first
+            pb.send(sender, client_outputs(resp, req), final=resp.final)
+            if first and resp.text:
+                first = False
+                self._ttfr.observe(time.monotonic() - arrived)
+                hoptrace.mark(tid, "bls_sent_first")
+            if resp.final:
+                self._e2e.observe(time.monotonic() - arrived)
+                hoptrace.mark(tid, "bls_sent_final")
+        return send
 
     def _start(self, sender, req: LlmRequest, inputs: dict[str, np.ndarray],
                arrived: float) -> None:
         tid = _request_id()
         hoptrace.mark(tid, "bls_execute", arrived)
-        out = _ClientOut(sender, req, arrived, tid)
-
-        def send(resp: ClientResponse) -> None:
-            self.sends.submit(out, resp)
+        send = self._sender(sender, req, arrived, tid)
 
         def stop() -> None:
             self.mux.stop(tid, inputs)
 
         active = None
         try:
-            active = _Active(out, RequestRun(TextPipeline(self.tokenizer, req), send, stop,
-                                             drain_s=self.drain_s))
+            active = _Active(sender, RequestRun(TextPipeline(self.tokenizer, req), send, stop,
+                                                drain_s=self.drain_s))
             self._active[tid] = active
             self.mux.submit(tid, inputs)
             hoptrace.mark(tid, "bls_submit")
         except Exception as exc:  # noqa: BLE001 - the client gets the error
             if active is not None:
                 active.run.engine_ended = True  # it never reached the engine
-            self._fail(tid, active, out, exc)
+            self._fail(tid, active, sender, exc)
 
     def _deliver(self, tid: str, item: EngineChunk | EngineStreamError) -> None:
         active = self._active.get(tid)
@@ -275,7 +230,7 @@ class LlmBlsModel:
                 hoptrace.first(tid, "bls_deliver_first")
                 active.run.on_chunk(item, time.monotonic())
         except Exception as exc:  # noqa: BLE001 - the client gets the error, the model lives on
-            self._fail(tid, active, active.out, exc)
+            self._fail(tid, active, active.sender, exc)
             return
         if active.run.finished:
             self._forget(tid)
@@ -287,28 +242,25 @@ class LlmBlsModel:
             self.mux.check_engine()
         for tid, active in list(self._active.items()):
             try:
-                if active.run.running and active.out.sender.is_cancelled():
+                if active.run.running and active.sender.is_cancelled():
                     active.run.on_cancel(now)
                 active.run.on_tick(now)
             except Exception as exc:  # noqa: BLE001 - e.g. the stop could not be sent
-                self._fail(tid, active, active.out, exc)
+                self._fail(tid, active, active.sender, exc)
                 continue
             if active.run.finished:
                 self._forget(tid)
 
-    def _fail(self, tid: str, active: _Active | None, out: _ClientOut, exc: Exception) -> None:
-        """As `_serve` does: stop the engine request if it runs, report unless done (after
-        the responses queued for the client)."""
+    def _fail(self, tid: str, active: _Active | None, sender, exc: Exception) -> None:
+        """As `_serve` does: stop the engine request if it runs, report unless done."""
         if active is not None:
             try:
                 active.run.abandon()
             except Exception:  # noqa: BLE001 - report the first failure, not this
                 pb.log.exception("llm_bls: could not stop the engine request")
         if active is None or not active.run.client_done:
-            if active is not None:
-                active.run.client_done = True  # one error response at most
             try:
-                self.sends.submit(out, exc)
+                sender.send(_error_response(exc), flags=pb.final_flag())
             except Exception:  # noqa: BLE001 - e.g. the client is gone
                 pb.log.exception("llm_bls: could not send the error response")
         self._forget(tid)
@@ -322,12 +274,12 @@ class LlmBlsModel:
 
     def _serve(self, sender, req, inputs, arrived: float) -> None:
         done = False
-        out = _ClientOut(sender, req, arrived)
+        client_send = self._sender(sender, req, arrived)
 
         def send(resp: ClientResponse) -> None:
             nonlocal done
             done = done or resp.final
-            self._send_out(out, [resp])
+            client_send(resp)
 
         engine = self._engine(inputs)
         try:
@@ -358,7 +310,6 @@ class LlmBlsModel:
             self.mux.close()
         if self._driver is None or not self._driver.is_alive():
             for tid, active in list(self._active.items()):
-                self._fail(tid, active, active.out, RuntimeError("llm_bls is shutting down"))
-        self.sends.close()
+                self._fail(tid, active, active.sender, RuntimeError("llm_bls is shutting down"))
         self.pre = None
         self._ttfr = self._e2e = self._ttfr_family = self._e2e_family = None

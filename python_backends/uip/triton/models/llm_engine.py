@@ -3,12 +3,9 @@
 The tensor contract is TensorRT-LLM's `tensorrt_llm` model (see `uip.llm.engine_tensors`); the
 runtime (`torch` or `tensorrt_llm`) comes from the spec. `execute` only validates and enqueues;
 ONE dispatcher thread serves every in-flight request: it reads all results through
-`Engine.await_any` and polls every request's `is_cancelled()`; `send_threads` sender threads
-(default 4; 0: the dispatcher sends itself) send one response per result when streaming
-(exactly one, FINAL, otherwise), each request on one of them (so in order), merging what a
-slow client has not taken yet (`coalesce`): Triton's `send` waits for the server to take each
-response, and one thread would wait for every stream in turn. So the stub's thread count does
-not grow with the number of streams. A
+`Engine.await_any`, merges what a slow client has not taken yet (`coalesce`), sends one
+response per result when streaming (exactly one, FINAL, otherwise), and polls every request's
+`is_cancelled()`. So the stub's thread count does not grow with the number of streams. A
 request with `stop` true cancels the in-flight requests that carry the same Triton request id
 (TensorRT-LLM's convention, which llm_bls uses: BLS in Triton 2.51 cannot cancel its own
 request) and gets one empty final response. A `lora_control` request (`uip lora`, checked
@@ -28,7 +25,6 @@ from uip.core.admin_key import check_admin_key
 from uip.core.faults import Unavailable
 from uip.core.gil import apply_switch_interval
 from uip.core.inputs import InvalidInput
-from uip.core.keyed_workers import KeyedWorkers
 from uip.core.settings import ModelSettings
 from uip.llm import engine_tensors
 from uip.llm.engine import GenerationResult, coalesce
@@ -54,10 +50,6 @@ class _Stream:
     first: float | None = None  # when the first token went out
     tokens: int = 0
     cancel_sent: bool = False
-    done: bool = False  # its final (or error) response went out, or sending failed
-    # the dispatcher queued its last response: it asks is_cancelled() no more (Triton frees
-    # the request's response factory once the final response is sent: asking then crashes)
-    final_queued: bool = False
 
 
 class LlmEngineModel:
@@ -75,10 +67,6 @@ class LlmEngineModel:
         self._streams: dict[int, _Stream] = {}  # engine request id -> stream
         self._inflight: dict[str, set[int]] = defaultdict(set)  # Triton request id -> engine ids
         self._closing = threading.Event()
-        senders = self.settings.param("send_threads", 4, int)
-        if senders < 0:
-            raise ValueError(f"llm_engine: parameter send_threads must be >= 0, got {senders}")
-        self.sends = KeyedWorkers(senders, self._send_results, name="uip-llm-send")
         self._init_metrics()
         self._threads = [
             threading.Thread(target=self._dispatch, name="uip-llm-dispatch", daemon=True),
@@ -154,33 +142,16 @@ class LlmEngineModel:
                 self._closing.wait(self.poll_s)
                 continue
             for result in coalesce(results):
-                with self._lock:
-                    stream = self._streams.get(result.request_id)
-                if stream is not None:  # else e.g. its client went away and it was dropped
-                    if result.is_final or result.error is not None:
-                        stream.final_queued = True  # no is_cancelled() from here on
-                    self.sends.submit(stream, result)
+                self._relay(result)
             now = time.monotonic()
             if now - last_poll >= self.poll_s:
                 last_poll = now
                 self._poll_cancels()
 
-    def _send_results(self, stream: _Stream, items: list[GenerationResult | Exception]) -> None:
-        """A send thread (or the dispatcher, without them): one request's results, merged,
-        in order; an exception ends the request with that error."""
-        results = [r for r in items if isinstance(r, GenerationResult)]
-        for result in coalesce(results):
-            self._relay(stream, result)
-        errors = [e for e in items if isinstance(e, Exception)]
-        if errors and not stream.done:
-            stream.done = True
-            try:
-                stream.sender.send(pb.error_response(errors[0]), flags=pb.final_flag())
-            except Exception:  # noqa: BLE001 - the response may be complete already
-                pb.log.exception("llm_engine: could not send the error response")
-
-    def _relay(self, stream: _Stream, result: GenerationResult) -> None:
-        if stream.done:
+    def _relay(self, result: GenerationResult) -> None:
+        with self._lock:
+            stream = self._streams.get(result.request_id)
+        if stream is None:  # e.g. its client went away and it was dropped
             return
         try:
             if result.error is not None:
@@ -200,29 +171,27 @@ class LlmEngineModel:
         except Exception:  # noqa: BLE001 - the client is gone: stop generating for it
             pb.log.exception("llm_engine: sending to request %s failed", result.request_id)
             self.engine.cancel(result.request_id)
-            stream.done = stream.final_queued = True
             self._forget(result.request_id)
             return
         if result.is_final or result.error is not None:
-            stream.done = True
             self._forget(result.request_id)
 
     def _fail_all(self, exc: Exception) -> None:
-        """Every request in flight ends with `exc` (after what was queued for it)."""
         with self._lock:
             streams = list(self._streams.items())
         for rid, stream in streams:
             self.engine.cancel(rid)
-            stream.final_queued = True
-            self.sends.submit(stream, exc)
+            try:
+                stream.sender.send(pb.error_response(exc), flags=pb.final_flag())
+            except Exception:  # noqa: BLE001 - the response may be complete already
+                pb.log.exception("llm_engine: could not send the error response")
             self._forget(rid)
 
     def _poll_cancels(self) -> None:
         with self._lock:
             streams = list(self._streams.items())
         for rid, stream in streams:
-            if not stream.cancel_sent and not stream.final_queued \
-                    and stream.request.is_cancelled():
+            if not stream.cancel_sent and stream.request.is_cancelled():
                 stream.cancel_sent = True
                 self.engine.cancel(rid)
 
@@ -338,7 +307,6 @@ class LlmEngineModel:
         self._closing.set()
         for t in self._threads:
             t.join(timeout=2)
-        self.sends.close()
         self.engine.shutdown()
         self._gauges, self._counters, self._steps = {}, {}, {}
         self._ttft = self._tpot = self._e2e = None
