@@ -115,3 +115,16 @@ def test_coalesce_merges_ready_results_until_final_or_error():
     assert merged == [R(1, [1, 2, 3, 4], True, "length")]
     err = R(1, [], True, "error", "boom")
     assert coalesce([R(1, [1], False), err]) == [R(1, [1], False), err]
+
+
+def test_coalesce_merges_per_request_and_puts_the_ending_requests_first():
+    from uip.llm.engine import GenerationResult as R
+    from uip.llm.engine import coalesce
+
+    steps = [R(1, [10], False), R(2, [20], False), R(3, [30], False),  # one engine step
+             R(1, [11], False), R(2, [21], True, "length"), R(3, [31], False)]  # the next
+    assert coalesce(steps) == [R(2, [20, 21], True, "length"), R(1, [10, 11], False),
+                               R(3, [30, 31], False)]
+    err = R(3, [], True, "error", "boom")
+    assert coalesce([R(1, [1], False), R(3, [2], False), err]) == [
+        R(3, [2], False), err, R(1, [1], False)]  # its own order kept, before the others

@@ -216,6 +216,33 @@ def test_queued_engine_responses_merge_into_one_client_response(model):
     assert texts(finished(request)) == [(" hello world", "length", FINAL)]
 
 
+def test_finals_go_first_and_new_requests_start_between_deliveries(model, monkeypatch):
+    model._closing.set()  # the test steps the driver by hand
+    model._driver.join(TIMEOUT_S)
+    model.execute([client_request(f"prompt {i}") for i in range(20)])
+    model._handle(drain(model._events))  # their starts: 20 engine requests
+    tids, log = model.mux.tids(), []
+    deliver, submit = model._deliver, model.mux.submit
+    monkeypatch.setattr(model, "_deliver", lambda tid, item: (
+        log.append(("deliver", item.final)), deliver(tid, item)))
+    monkeypatch.setattr(model.mux, "submit", lambda tid, inputs: (
+        log.append(("submit", None)), submit(tid, inputs)))
+    model.execute([client_request("late")])  # queued while the driver delivers
+    word = ids_of(model, " world")
+    carried = model._handle([("engine", tid, EngineChunk(word, "length" if i % 4 == 0 else None))
+                             for i, tid in enumerate(tids)])
+    assert [kind for kind, _ in log].index("submit") == llm_bls.START_EVERY  # not after 20
+    finals = [final for kind, final in log if kind == "deliver"]
+    assert finals == [True] * 5 + [False] * 15 and carried == []
+
+
+def drain(q: queue.Queue) -> list:
+    out = []
+    while not q.empty():
+        out.append(q.get_nowait())
+    return out
+
+
 def test_requests_are_multiplexed_by_request_id(model):
     a_ids, b_ids = ids_of(model, " alpha"), ids_of(model, " beta")
     a, b = client_request("one"), client_request("two")

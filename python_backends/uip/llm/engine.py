@@ -104,16 +104,20 @@ class Engine(abc.ABC):
 
 
 def coalesce(results: list[GenerationResult]) -> list[GenerationResult]:
-    """Merge results that are ready together into one (tokens in order; the last one's final
-    flag and finish reason), so a relay that fell behind sends one larger delta instead of
-    one response per token. An error result ends the merge and is kept as is."""
-    out: list[GenerationResult] = []
+    """Merge each request's results that are ready together into one (tokens in order; the
+    last one's final flag and finish reason), so a relay that fell behind sends one larger
+    delta instead of one response per token; an error result ends the merge and is kept as
+    is. Requests that end here come first (each request's own results stay in order): the
+    client's next request waits for a final response, not for another stream's delta."""
+    groups: dict[int, list[GenerationResult]] = {}
     for r in results:
+        out = groups.setdefault(r.request_id, [])
         prev = out[-1] if out else None
-        if (prev is not None and prev.error is None and not prev.is_final and r.error is None
-                and r.request_id == prev.request_id):
+        if prev is not None and prev.error is None and not prev.is_final and r.error is None:
             out[-1] = GenerationResult(prev.request_id, prev.tokens + r.tokens, r.is_final,
                                        r.finish_reason)
         else:
             out.append(r)
-    return out
+    ends = [g for g in groups.values() if any(r.is_final or r.error is not None for r in g)]
+    rest = [g for g in groups.values() if not any(r.is_final or r.error is not None for r in g)]
+    return [r for g in ends + rest for r in g]
