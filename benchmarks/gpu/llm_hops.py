@@ -28,13 +28,12 @@ import re
 import shutil
 import threading
 import time
-import urllib.request
-from collections import defaultdict
 from pathlib import Path
 
 from uip import artifacts
 from uip.bench import llm as profile
 from uip.bench.perf import run_perf
+from uip.clients import metrics
 from uip.launch.server import TritonServer
 from uip.repo.needed import needed
 
@@ -52,7 +51,6 @@ VARIANTS: dict[str, tuple[dict[str, dict[str, str]], dict[str, str]]] = {
     "trace-bls4": ({"llm_bls": {INSTANCES: "4"}}, {"UIP_HOP_TRACE_DIR": "/tmp/hoptrace-bls4"}),
 }
 MODELS = ("llm_bls", "llm_engine")
-SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([-+0-9.eE]+|NaN|[+-]Inf)$')
 
 
 def set_parameter(config: str, key: str, value: str) -> str:
@@ -84,15 +82,7 @@ def variant_repo(repo: Path, name: str, params: dict[str, dict[str, str]]) -> Pa
 
 def scrape(url: str) -> dict[tuple[str, str], float]:
     """(metric name, model label) -> value summed over the other labels."""
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    out: dict[tuple[str, str], float] = defaultdict(float)
-    for line in text.splitlines():
-        m = SAMPLE.match(line)
-        if not m:
-            continue
-        model = re.search(r'model="([^"]*)"', m.group(2) or "")
-        out[(m.group(1), model.group(1) if model else "")] += float(m.group(3))
-    return out
+    return metrics.totals_by(metrics.fetch(url, timeout=10), "model")
 
 
 def per_request(d: dict, name: str, model: str, count: float, scale: float = 1.0) -> float:

@@ -7,15 +7,14 @@ refused inputs, and a gRPC cancel of an llm_bls stream freeing its engine slot.
 
 from __future__ import annotations
 
-import re
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 from conftest import expected_stubs, live_stubs
 
+from uip.clients import metrics
 from uip.clients.llm import (
     GenerateError,
     GrpcStream,
@@ -59,11 +58,10 @@ def url(server, protocol: str) -> str:
 
 
 def metric(server, name: str) -> float:
-    with urllib.request.urlopen(server.metrics_url, timeout=5) as r:
-        text = r.read().decode()
-    values = [float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M)]
-    assert values, f"metric {name} not exported"
-    return sum(values)
+    """`name` summed over its series (all models); the test fails when it is not exported."""
+    found = metrics.select(metrics.fetch(server.metrics_url, timeout=5), name)
+    assert found, f"metric {name} not exported"
+    return sum(s.value for s in found)
 
 
 @pytest.mark.parametrize("model", MODELS)

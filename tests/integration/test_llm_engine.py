@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import time
-import urllib.request
 from collections import defaultdict
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 
+from uip.clients import metrics
 from uip.core.paths import artifacts_root
 from uip.llm.engine_tensors import to_word_list
 
@@ -112,11 +112,10 @@ def finish(responses: list) -> str:
 
 
 def metric(server, name: str) -> float:
-    with urllib.request.urlopen(server.metrics_url, timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + "{") and f'model="{MODEL}"' in line:
-                return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"metric {name} not exported for {MODEL}")
+    """`name` of llm_engine (one series); the test fails when it is not exported."""
+    found = metrics.select(metrics.fetch(server.metrics_url, timeout=5), name, model=MODEL)
+    assert found, f"metric {name} not exported for {MODEL}"
+    return found[0].value
 
 
 def test_streaming_equals_generate(server, tokenizer, reference):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import yaml
 
 from support.gateway import GatewayProcess
 from support.postgres import Postgres
+from uip.clients import metrics
 from uip.core.paths import artifacts_root
 from uip.gateway.spec import DEFAULT_GATEWAY_SPEC
 from uip.launch.command import free_port
@@ -98,11 +97,10 @@ def make_key(gw: GatewayProcess, name: str, *limits: str) -> str:
 
 
 def metric(server, name: str) -> float:
-    with urllib.request.urlopen(server.metrics_url, timeout=5) as r:
-        text = r.read().decode()
-    values = [float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M)]
-    assert values, f"metric {name} not exported"
-    return sum(values)
+    """`name` summed over its series (all models); the test fails when it is not exported."""
+    found = metrics.select(metrics.fetch(server.metrics_url, timeout=5), name)
+    assert found, f"metric {name} not exported"
+    return sum(s.value for s in found)
 
 
 def engine_idle(server, timeout: float) -> bool:

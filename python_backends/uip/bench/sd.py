@@ -16,8 +16,11 @@ diffusers' StableDiffusion(XL)Pipeline in-process, on the same folder, in the sa
   uip bench sd --url localhost:8001 --skip-diffusers
 
 Triton: per concurrency level C, C client threads (one gRPC client each) send requests back to
-back; images/s = requests / wall time; latency = per request, seen by the client. sd_unet's
-statistics give its executions, hence the mean number of requests merged into one UNet call.
+back; images/s = requests / wall time; latency = per request, seen by the client. The
+orchestrator's own counters (`uip_sd_unet_calls_total`, `uip_sd_unet_rows_total` on the metrics
+port: the server's own, or port 8002 of `--url`'s host) give the mean number of requests merged
+into one UNet call, whatever the placement; sd_unet's statistics (separate placement) its
+compute and queue time per step.
 diffusers: one pipeline object; "concurrency" C = one call with C prompts (its batch), the way
 diffusers users get throughput; latency = that call's time.
 
@@ -202,6 +205,18 @@ def unet_stats(client, headers: dict[str, str] | None = None) -> tuple[int, int,
             st.compute_input.ns + st.compute_infer.ns + st.compute_output.ns)
 
 
+def loop_totals(metrics_url: str, model: str) -> tuple[float, float]:
+    """The orchestrator's UNet calls and rows so far; (0, 0) when its metrics are not there."""
+    from uip.clients import metrics
+
+    try:
+        text = metrics.fetch(metrics_url, timeout=5)
+    except OSError:
+        return 0.0, 0.0
+    return (metrics.total(text, "uip_sd_unet_calls_total", model=model),
+            metrics.total(text, "uip_sd_unet_rows_total", model=model))
+
+
 def run_level(args, url: str, c: int, total: int) -> tuple[list[float], float]:
     """`total` requests from `c` client threads sending back to back: latencies, wall time."""
     import tritonclient.grpc as grpcclient
@@ -232,12 +247,20 @@ def run_level(args, url: str, c: int, total: int) -> tuple[list[float], float]:
     return latencies, time.perf_counter() - start
 
 
-def triton_level(args, url: str, admin, c: int, headers: dict[str, str]) -> dict:
+def triton_level(args, url: str, admin, c: int, headers: dict[str, str],
+                 metrics_url: str) -> dict:
     total = max(args.requests_per_level, c * args.rounds)
-    e0 = unet_stats(admin, headers)
+    e0, l0 = unet_stats(admin, headers), loop_totals(metrics_url, args.model)
     latencies, wall = run_level(args, url, c, total)
     e1 = unet_stats(admin, headers)
-    execs, infs = e1[0] - e0[0], e1[1] - e0[1]
+    l1 = loop_totals(metrics_url, args.model)  # counters follow within 0.1 s
+    for _ in range(20):
+        if l1[1] - l0[1] >= total * args.steps:
+            break
+        time.sleep(0.05)
+        l1 = loop_totals(metrics_url, args.model)
+    infs = e1[1] - e0[1]
+    calls, rows = l1[0] - l0[0], l1[1] - l0[1]
     per_req = 2 if args.guidance > 1 else 1
     requests = infs / per_req  # UNet requests (one per loop step)
     queue_ms = (e1[2] - e0[2]) / max(requests, 1) / 1e6
@@ -245,11 +268,12 @@ def triton_level(args, url: str, admin, c: int, headers: dict[str, str]) -> dict
     compute_ms = (e1[3] - e0[3]) / max(requests, 1) / 1e6
     return dict(engine=f"Triton {args.model} (gRPC)", c=c, n=total,
                 lat=statistics.mean(latencies), p50=statistics.median(latencies),
-                ips=total / wall, merged=(infs / execs / per_req) if execs else 0.0,
+                ips=total / wall, merged=(rows / calls / per_req) if calls else 0.0,
                 unet=f"{compute_ms:.1f} / {queue_ms:.1f}")
 
 
-def bench_triton(args, url: str, admin_key: str | None = None) -> list[dict]:
+def bench_triton(args, url: str, admin_key: str | None = None,
+                 metrics_url: str | None = None) -> list[dict]:
     import tritonclient.grpc as grpcclient
 
     from uip.launch.admin import KEY_ENV, headers
@@ -268,7 +292,8 @@ def bench_triton(args, url: str, admin_key: str | None = None) -> list[dict]:
     for c in args.concurrency:
         best = None
         for _ in range(args.repeat):  # best of N: a busy shared machine only ever slows a run
-            row = triton_level(args, url, admin, c, hdrs)
+            row = triton_level(args, url, admin, c, hdrs, metrics_url
+                               or f"http://{url.rsplit(':', 1)[0]}:8002/metrics")
             if best is None or row["ips"] > best["ips"]:
                 best = row
         rows.append(best)
@@ -383,7 +408,7 @@ def bench_own_server(args: Settings, folder: Path) -> list[dict]:
             states = srv.wait_models()
             if any(v != "READY" for v in states.values()):
                 raise RuntimeError(f"models not ready: {states}")
-            rows = bench_triton(args, srv.grpc_url, srv.admin_key)
+            rows = bench_triton(args, srv.grpc_url, srv.admin_key, srv.metrics_url)
             for line in srv.log().splitlines():  # start-up timings (CUDA graph capture)
                 if line.startswith("uip.sd: "):
                     print(line, flush=True)

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import threading
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from uip.clients import metrics
 from uip.core.stubs import stub_pids
 
 PROMPTS = ["Hello world", "The cache is", "def main():", "Once upon a time", "Привет мир",
@@ -173,10 +172,8 @@ class _Run:
         return out
 
     def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(self.cfg.metrics_url, timeout=5) as r:
-            text = r.read().decode()
-        return {name: sum(float(m.group(1)) for m in re.finditer(
-            rf"^{name}{{[^}}]*}} (\S+)$", text, re.M)) for name in METRICS}
+        found = metrics.samples(metrics.fetch(self.cfg.metrics_url, timeout=5))
+        return {name: metrics.total(found, name) for name in METRICS}
 
     def log_errors(self, offset: int) -> list[str]:
         if self.cfg.log_path is None:

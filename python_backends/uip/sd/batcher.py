@@ -19,7 +19,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -52,6 +52,8 @@ class BatcherStats:
     decode_calls: int = 0
     max_active: int = 0
     batch_sizes: list[int] = field(default_factory=list)  # requests per UNet call (last 1000)
+    active: int = 0  # requests stepped now (in `snapshot` only)
+    waiting: int = 0  # requests waiting for a slot (in `snapshot` only)
 
 
 class StepBatcher:
@@ -77,6 +79,12 @@ class StepBatcher:
                                   f"(limit max_waiting={self.max_waiting})")
             self.waiting.append(Entry(req, cancelled, done))
             self._cv.notify()
+
+    def snapshot(self) -> BatcherStats:
+        """The running totals and the load now (for metrics; without `batch_sizes`)."""
+        with self._cv:
+            return replace(self.stats, batch_sizes=[], active=len(self.active),
+                           waiting=len(self.waiting))
 
     @property
     def busy(self) -> bool:

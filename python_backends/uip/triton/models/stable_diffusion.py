@@ -21,6 +21,11 @@ more are refused UNAVAILABLE), `default_steps` (50), `default_guidance_scale` (7
 (0.0, DDIM), `text_encoder_model` / `unet_model` / `vae_decoder_model` (model names),
 `torch_threads` (the loop's own math; separate placement), `colocated_torch_threads` (default:
 torch's own count, as the sd_* models run).
+
+Metrics (Prometheus, label `model`): `uip_sd_iterations_total`, `uip_sd_unet_calls_total` and
+`uip_sd_unet_rows_total` (so requests per UNet call = rows / calls / 2 with CFG, whatever the
+placement), `uip_sd_encode_calls_total`, `uip_sd_decode_calls_total`, and the gauges
+`uip_sd_active_requests` / `uip_sd_waiting_requests`.
 """
 
 from __future__ import annotations
@@ -37,8 +42,20 @@ from uip.sd.models import TextEncoder, UNet, VaeDecoder, setup
 from uip.sd.request import DEFAULT_SEED, SDDefaults, SDLimits, SDRequest, parse_request
 from uip.sd.schedulers import SchedulerFactory
 from uip.triton import pb
+from uip.triton.stats_metrics import Stat, StatsMetrics
 
 PLACEMENTS = ("separate", "colocated")
+METRICS_PERIOD_S = 0.1
+GAUGES = (Stat("active", "uip_sd_active_requests", "Requests stepped together now"),
+          Stat("waiting", "uip_sd_waiting_requests", "Requests waiting for a slot (max_batch)"))
+COUNTERS = (
+    Stat("iterations", "uip_sd_iterations_total", "Step-batching iterations of the loop"),
+    Stat("unet_calls", "uip_sd_unet_calls_total",
+         "UNet calls (one per latent size per iteration, over all its requests)"),
+    Stat("unet_rows", "uip_sd_unet_rows_total", "UNet rows run (a request with CFG counts 2)"),
+    Stat("encode_calls", "uip_sd_encode_calls_total", "Text-encoder calls (prompts batched)"),
+    Stat("decode_calls", "uip_sd_decode_calls_total", "VAE-decoder calls (images batched)"),
+)
 
 
 class StableDiffusion:
@@ -71,6 +88,8 @@ class StableDiffusion:
         self.loop.tokenize("warm up")
         self.batcher = StepBatcher(self.loop, max_batch=s.param("max_batch", 8, int),
                                    max_waiting=s.param("max_waiting", 64, int)).start()
+        self.metrics = StatsMetrics({"model": s.name}, GAUGES, COUNTERS).start(
+            self.batcher.snapshot, METRICS_PERIOD_S, s.name)
 
     def _make_loop(self, folder, info: PipelineInfo, default_threads: int) -> SDLoop:
         s = self.settings
@@ -135,6 +154,7 @@ class StableDiffusion:
         return None  # answered by the batcher's thread, through each request's sender
 
     def finalize(self) -> None:
+        self.metrics.close()
         self.batcher.stop()
         self.loop = None
 
