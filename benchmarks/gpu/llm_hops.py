@@ -49,6 +49,7 @@ VARIANTS: dict[str, tuple[dict[str, dict[str, str]], dict[str, str]]] = {
     "trace": ({}, {"UIP_HOP_TRACE_DIR": "/tmp/hoptrace"}),  # then: hop_trace.py /tmp/hoptrace
     "bls4": ({"llm_bls": {INSTANCES: "4"}}, {}),
     "trace-bls4": ({"llm_bls": {INSTANCES: "4"}}, {"UIP_HOP_TRACE_DIR": "/tmp/hoptrace-bls4"}),
+    "stream2": ({"llm_engine": {"stream_interval": "2"}}, {}),  # half the engine's responses
 }
 MODELS = ("llm_bls", "llm_engine")
 

@@ -81,7 +81,7 @@ class ScriptedEngine(Engine):
         self.shutdowns += 1
 
 
-def engine_config(name="llm_engine", decoupled=True, max_tokens=16):
+def engine_config(name="llm_engine", decoupled=True, max_tokens=16, **params):
     """The model_config JSON Triton hands to `initialize` (what the spec renders)."""
     return {
         "name": name,
@@ -91,6 +91,7 @@ def engine_config(name="llm_engine", decoupled=True, max_tokens=16):
             "runtime": {"string_value": "torch"},
             "limits.max_tokens": {"string_value": str(max_tokens)},
             "limits.max_context": {"string_value": "64"},
+            **{k: {"string_value": str(v)} for k, v in params.items()},
         },
         "model_transaction_policy": {"decoupled": decoupled},
         "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
@@ -256,6 +257,21 @@ def test_streaming_sends_one_response_per_coalesced_result_only_the_last_final(m
     assert data(finished(request)) == [([7], "", 0), ([8, 9], "", 0), ([10, 11], "length", FINAL)]
     req = engine.requests[0]
     assert req.input_ids == [4, 5] and req.max_new_tokens == 5 and req.streaming
+
+
+def test_stream_interval_sends_the_first_token_then_n_at_a_time(make):
+    script = [[([k], k == 6, "length" if k == 6 else None)] for k in range(7)]
+    engine = ScriptedEngine([script])
+    model = make(engine, stream_interval=3)
+    request = gen_request(out_len=7, streaming=True)
+    model.execute([request])
+    assert data(finished(request)) == [([0], "", 0), ([1, 2, 3], "", 0), ([4, 5, 6], "length",
+                                                                           FINAL)]
+
+
+def test_stream_interval_must_be_at_least_one(make):
+    with pytest.raises(ValueError, match="stream_interval must be >= 1"):
+        make(ScriptedEngine(), stream_interval=0)
 
 
 def test_not_streaming_sends_exactly_one_final_response(make):

@@ -5,12 +5,15 @@ runtime (`torch` or `tensorrt_llm`) comes from the spec. `execute` only validate
 ONE dispatcher thread serves every in-flight request: it reads all results through
 `Engine.await_any`, merges what a slow client has not taken yet (`coalesce`), sends one
 response per result when streaming (exactly one, FINAL, otherwise), and polls every request's
-`is_cancelled()`. So the stub's thread count does not grow with the number of streams. A
-request with `stop` true cancels the in-flight requests that carry the same Triton request id
-(TensorRT-LLM's convention, which llm_bls uses: BLS in Triton 2.51 cannot cancel its own
-request) and gets one empty final response. A `lora_control` request (`uip lora`, checked
-against the admin key) lists, loads or unloads the engine's LoRA adapters; its one final
-response holds the JSON answer in `lora_status`.
+`is_cancelled()`. So the stub's thread count does not grow with the number of streams. Spec
+parameter `stream_interval` (default 1): after a stream's first token, a response waits until
+it carries that many tokens (or is final); each response is an IPC round trip with the server,
+so N tokens a response cost it 1/N of the responses. A request with `stop` true cancels the
+in-flight requests that carry the same Triton request id (TensorRT-LLM's convention, which
+llm_bls uses: BLS in Triton 2.51 cannot cancel its own request) and gets one empty final
+response. A `lora_control` request (`uip lora`, checked against the admin key) lists, loads or
+unloads the engine's LoRA adapters; its one final response holds the JSON answer in
+`lora_status`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from uip.core import hoptrace
 from uip.core.admin_key import check_admin_key
@@ -51,6 +54,7 @@ class _Stream:
     first: float | None = None  # when the first token went out
     tokens: int = 0
     cancel_sent: bool = False
+    held: list[int] = field(default_factory=list)  # tokens held back by stream_interval
 
 
 class LlmEngineModel:
@@ -60,6 +64,10 @@ class LlmEngineModel:
             raise ValueError("llm_engine must be decoupled (model_transaction_policy)")
         apply_switch_interval(self.settings)
         self.poll_s = self.settings.positive("cancel_poll_s", CANCEL_POLL_S)
+        self.stream_interval = self.settings.param("stream_interval", 1, int)
+        if self.stream_interval < 1:
+            raise ValueError(f"model '{self.settings.name}': parameter stream_interval must be "
+                             f">= 1, got {self.stream_interval}")
         self.max_tokens = self.settings.limit("max_tokens", 1024)
         self.max_context = self.settings.limit("max_context", 2048)
         self.max_inflight = self.settings.limit("max_inflight", 512)
@@ -154,6 +162,14 @@ class LlmEngineModel:
             stream = self._streams.get(result.request_id)
         if stream is None:  # e.g. its client went away and it was dropped
             return
+        if result.error is None:  # stream_interval: after the first, N tokens a response
+            tokens = stream.held + result.tokens
+            if (stream.streaming and not result.is_final and stream.first is not None
+                    and len(tokens) < self.stream_interval):
+                stream.held = tokens
+                return
+            stream.held = []
+            result = replace(result, tokens=tokens)
         try:
             if result.error is not None:
                 stream.sender.send(pb.error_response(RuntimeError(result.error)),
