@@ -14,8 +14,9 @@ Spec parameters (of `sd_unet` / `sd_vae_decoder`, or of `stable_diffusion` when 
   "conv_1x1_as_mm=1,coordinate_descent_tuning=1,epilogue_fusion=0";
 - `cudnn_benchmark` (false): cuDNN times its convolution algorithms for each new shape and
   keeps the fastest (process-wide; shapes here are fixed per bucket);
-- `sdpa` ("auto"): the only SDPA backend allowed in this process, "flash", "cudnn" or
-  "efficient" (the others are switched off; "auto" leaves torch's choice);
+- `sdpa` ("auto"): the only fused SDPA backend allowed in this process, "flash", "cudnn" or
+  "efficient" (the other fused ones are switched off; the math kernel stays on, so a shape the
+  chosen one cannot take runs there, slowly; "auto" leaves torch's choice);
 - `cuda_graphs` (false) with `graph_buckets` ("1,2,4,8,16": UNet rows; a call is padded to the
   smallest bucket that holds it): one CUDA graph per bucket for the default latent size,
   captured at start-up (the time is logged); other shapes and bigger batches run unGraphed.
