@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 
 import torch
+from gpu_timing import cuda_ms  # benchmarks/gpu, this script's folder
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 DEV = torch.device(os.environ.get("SDPA_DEVICE", "cuda"))
@@ -29,21 +31,11 @@ SHAPES = [("self 64x64", 4096, 4096, 8, 40), ("self 32x32", 1024, 1024, 8, 80),
 
 
 def time_ms(fn, reps: int) -> float:
-    if not CUDA:
-        import time
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        return (time.perf_counter() - t) * 1000 / reps
+    if CUDA:
+        return cuda_ms(fn, reps)
+    t = time.perf_counter()  # the CPU smoke test: one call
     fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
+    return (time.perf_counter() - t) * 1000
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 from conftest import expected_stubs, live_stubs
+from support.server_metrics import metric
 
-from uip.clients import metrics
 from uip.clients.llm import (
     GenerateError,
     GrpcStream,
@@ -55,13 +55,6 @@ def reference(tokenizer):
 
 def url(server, protocol: str) -> str:
     return server.grpc_url if protocol == "grpc" else server.http_url
-
-
-def metric(server, name: str) -> float:
-    """`name` summed over its series (all models); the test fails when it is not exported."""
-    found = metrics.select(metrics.fetch(server.metrics_url, timeout=5), name)
-    assert found, f"metric {name} not exported"
-    return sum(s.value for s in found)
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -21,7 +21,7 @@ import tritonclient.http as httpclient
 from conftest import poll
 from tritonclient.utils import InferenceServerException
 
-from uip.clients import metrics
+from uip.bench.sd import loop_totals
 from uip.clients.sd import infer_inputs
 from uip.core.paths import PROJECT_ROOT, artifacts_root
 from uip.sd.schedulers import SCHEDULERS
@@ -117,7 +117,7 @@ def _check_concurrent(server, grpc, reference, schedulers, steps=6):
                  scheduler=schedulers[i % len(schedulers)]) for i in range(6)]
     want = [reference(PROMPT, **o) for o in opts]
     before = _unet_executions(grpc, server) if grpc is not None else None
-    loop_before = _loop_totals(server)
+    loop_before = loop_totals(server.metrics_url, "stable_diffusion")
     got = _concurrent(server, opts)
     for i in range(len(opts)):
         diff = np.abs(got[i].astype(int) - want[i].astype(int)).max()
@@ -128,7 +128,7 @@ def _check_concurrent(server, grpc, reference, schedulers, steps=6):
     calls = [_timesteps(reference, o["scheduler"], steps) for o in opts]
     bound = max(calls) * -(-len(opts) // _max_batch(server))
     # the loop's own counters, whatever the placement (co-located: there is no sd_unet)
-    loop = poll(lambda: _loop_totals(server),
+    loop = poll(lambda: loop_totals(server.metrics_url, "stable_diffusion"),
                 lambda t: t[1] - loop_before[1] >= 2 * sum(calls), timeout=10)
     unet_calls, rows = loop[0] - loop_before[0], loop[1] - loop_before[1]
     assert rows == 2 * sum(calls), f"{rows} UNet rows for {sum(calls)} CFG steps"
@@ -142,13 +142,6 @@ def _check_concurrent(server, grpc, reference, schedulers, steps=6):
     # requests sent together start together: one sd_unet call per iteration for all of them
     assert executions <= bound, \
         f"{executions} sd_unet executions for 6 requests of {max(calls)} steps (bound {bound})"
-
-
-def _loop_totals(server) -> tuple[float, float]:
-    """stable_diffusion's own UNet calls and rows so far (its Prometheus counters)."""
-    text = metrics.fetch(server.metrics_url)
-    return (metrics.total(text, "uip_sd_unet_calls_total", model="stable_diffusion"),
-            metrics.total(text, "uip_sd_unet_rows_total", model="stable_diffusion"))
 
 
 def _max_batch(server) -> int:

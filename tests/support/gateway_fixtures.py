@@ -12,7 +12,7 @@ import yaml
 
 from support.gateway import GatewayProcess
 from support.postgres import Postgres
-from uip.clients import metrics
+from support.server_metrics import metric  # noqa: F401 - the gateway tests import it here
 from uip.core.paths import artifacts_root
 from uip.gateway.spec import DEFAULT_GATEWAY_SPEC
 from uip.launch.command import free_port
@@ -94,13 +94,6 @@ def make_key(gw: GatewayProcess, name: str, *limits: str) -> str:
     key = out.stdout.strip()
     assert key.startswith("uip-") and "\n" not in key and key not in out.stderr
     return key
-
-
-def metric(server, name: str) -> float:
-    """`name` summed over its series (all models); the test fails when it is not exported."""
-    found = metrics.select(metrics.fetch(server.metrics_url, timeout=5), name)
-    assert found, f"metric {name} not exported"
-    return sum(s.value for s in found)
 
 
 def engine_idle(server, timeout: float) -> bool:

@@ -79,10 +79,10 @@ class LlmEngineModel:
         self._init_metrics()
         self._threads = [
             threading.Thread(target=self._dispatch, name="uip-llm-dispatch", daemon=True),
-            threading.Thread(target=self._metrics_loop, name="uip-llm-metrics", daemon=True),
         ]
         for t in self._threads:
             t.start()
+        self._stats.start(self._read_stats, METRICS_PERIOD_S, "uip-llm")
 
     # ----------------------------------------------------------------------------- requests
 
@@ -292,28 +292,23 @@ class LlmEngineModel:
         if result.is_final and stream.tokens > 1:
             self._tpot.observe((now - stream.first) / (stream.tokens - 1))
 
-    def _update_metrics(self) -> None:
+    def _read_stats(self):
+        """The engine's stats for `_stats` (its metrics thread); the step counters by path
+        (one series per path, made when first seen) follow them here."""
         s = self.engine.stats()
-        self._stats.update(s)
         for path, value in s.steps_by_path.items():
             metric, reported = self._steps.get(path) or (self._step_metric(path), 0)
             if value > reported:
                 metric.increment(float(value - reported))
             self._steps[path] = (metric, value)
-
-    def _metrics_loop(self) -> None:
-        while not self._closing.wait(METRICS_PERIOD_S):
-            try:
-                self._update_metrics()
-            except Exception:  # noqa: BLE001 - metrics must never take the model down
-                pb.log.exception("llm_engine: metrics update failed")
+        return s
 
     def finalize(self) -> None:
         self._closing.set()
         for t in self._threads:
             t.join(timeout=2)
-        self.engine.shutdown()
         self._stats.close()
+        self.engine.shutdown()
         self._steps = {}
         self._ttft = self._tpot = self._e2e = None
         self._families = []
