@@ -5,8 +5,9 @@
 At 512x512 the UNet's self-attention runs at 4,096 tokens with 8 heads of 40 (then 1,024 x
 80, 256 x 160, 64 x 160), and cross-attention at 77 text tokens. FlashAttention-2 pads a head
 of 40 to 64. For each shape and each backend forced alone (flash, cuDNN, memory-efficient, and
-math as the floor), this prints the time per call and the TFLOP/s on the real head size. A
-backend that cannot take the shape prints why instead of falling back. `SDPA_DEVICE=cpu` runs
+math as the floor) and FlexAttention under torch.compile (Inductor's Triton kernel), this
+prints the time per call and the TFLOP/s on the real head size. A backend that cannot take the
+shape prints why instead of falling back. `SDPA_DEVICE=cpu` runs
 a small smoke test.
 """
 
@@ -38,6 +39,22 @@ def time_ms(fn, reps: int) -> float:
     return (time.perf_counter() - t) * 1000
 
 
+def flex_fn():
+    """FlexAttention compiled (no mask, no score mod): Inductor's Triton attention kernel."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flash_impls() -> str:
+    """The FlashAttention implementations this torch can switch to (FA3 needs its package)."""
+    try:
+        from torch.nn.attention import list_flash_attention_impls
+    except ImportError:
+        return "torch has no list_flash_attention_impls"
+    return ", ".join(list_flash_attention_impls()) or "none registered"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=16, help="UNet rows (2 per CFG request)")
@@ -46,6 +63,8 @@ def main() -> None:
     rows, reps = (a.rows, 20) if CUDA else (1, 1)
     dtype = torch.float16 if CUDA else torch.float32
     out = []
+    print(f"flash attention implementations: {flash_impls()}")
+    flex = flex_fn() if CUDA else None
     print("| shape | backend | ms per call | TFLOP/s (real head size) |\n|---|---|---:|---:|")
     for label, nq, nk, heads, d in SHAPES:
         if not CUDA:
@@ -68,6 +87,17 @@ def main() -> None:
             except RuntimeError as exc:  # this backend cannot take the shape: say why
                 row["error"] = str(exc).splitlines()[0][:160]
                 print(f"| {label} | {name} | - | {row['error']} |")
+            out.append(row)
+        if flex is not None:
+            row = {"shape": label, "backend": "flex (compiled)", "rows": rows}
+            try:
+                row["max_abs_diff"] = float((flex(q, k, v) - ref).abs().max())
+                row["ms"] = time_ms(lambda q=q, k=k, v=v: flex(q, k, v), reps)
+                row["tflops"] = flop / row["ms"] / 1e9
+                print(f"| {label} | flex (compiled) | {row['ms']:.3f} | {row['tflops']:.0f} |")
+            except Exception as exc:  # noqa: BLE001 - Inductor cannot build it: say why
+                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:140]}"
+                print(f"| {label} | flex (compiled) | - | {row['error']} |")
             out.append(row)
     if a.json:
         with open(a.json, "w") as f:

@@ -7,13 +7,7 @@ set -uo pipefail
 T0=$(date +%s); END=$((T0 + ${BUDGET_S:-400}))
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
-if [ -f .devcarry/setup.sh ]; then
-  source .devcarry/setup.sh
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-  SP=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-  printf "/tmp/site\n$PWD/python_backends\n" > "$SP/uip-dev.pth"  # the stub ignores PYTHONPATH
-fi
-export PATH=/tmp/site/bin:$PATH UIP_ARTIFACTS=/tmp/art
+source benchmarks/gpu/device_env.sh
 [ -f .gpuwork/tok128k.tar.xz ] && tar -C /tmp -xJf .gpuwork/tok128k.tar.xz
 TOKENIZER=/tmp/tok128k STAGE=prepare OUT=$OUT bash benchmarks/gpu/run_llm.sh 2>&1 | tail -1
 echo "prepared at +$(( $(date +%s) - T0 )) s"

@@ -3,7 +3,8 @@
 # 50 DDIM steps, CFG 7.5. `uip bench sd` through Triton (one stable_diffusion instance, in-flight
 # step batching, co-located networks; STAGES picks the variants), then the compiled diffusers
 # anchor (../shared/anchors/sd_anchor.py, copied to .anchors/) in the same device call.
-# Results go to ${OUT:-benchmarks/results}; DEADLINE (epoch seconds) stops the anchor in time.
+# Results go to ${OUT:-benchmarks/results}; DEADLINE (epoch seconds) stops the anchor in time;
+# ANCHOR_BATCHES (default 1,8) are the batches it times.
 # SD_PARAMS="k=v k2=v2" adds spec parameters to every stage (e.g. "fuse_qkv=true").
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -35,5 +36,5 @@ for stage in $STAGES; do
 done
 if [ -f .anchors/sd_anchor.py ]; then
   python .anchors/sd_anchor.py "$UIP_ARTIFACTS/sd15-random" --deadline "$DEADLINE" \
-      --json "$OUT/sd-anchor.json" 2>&1 | grep -v "^WARNING" | tail -12 | tee "$OUT/sd-anchor.txt"
+      --batches "${ANCHOR_BATCHES:-1,8}" --json "$OUT/sd-anchor.json" 2>&1 | grep -v "^WARNING" | tail -12 | tee "$OUT/sd-anchor.txt"
 fi

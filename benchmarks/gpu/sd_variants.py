@@ -44,6 +44,9 @@ VARIANTS = {
     "compile-fuse-flags": dict(STATIC, fuse_qkv=True, inductor=FLAGS),
     "compile-fuse-flags-cudnn": dict(STATIC, fuse_qkv=True, inductor=FLAGS, sdpa="cudnn"),
     "compile-fuse-flags-bench": dict(STATIC, fuse_qkv=True, inductor=FLAGS, cudnn_benchmark=True),
+    "compile-fuse-flags-bench-cudnn": dict(STATIC, fuse_qkv=True, inductor=FLAGS,
+                                           cudnn_benchmark=True, sdpa="cudnn"),
+    "compile-cudnn-self": dict(STATIC, self_attention="cudnn"),  # uip.sd.attention
     "compile-fuse-flags-bench-freeze": dict(STATIC, fuse_qkv=True, cudnn_benchmark=True,
                                             inductor=(*FLAGS, ("freezing", "1"))),
     "autotune": dict(STATIC, fuse_qkv=True, inductor=FLAGS,

@@ -110,3 +110,37 @@ def test_cudnn_benchmark_is_read_and_set_by_prepare(monkeypatch):
     assert torch.backends.cudnn.benchmark is False
     a.prepare(torch.nn.Linear(2, 2), compile_it=False)
     assert torch.backends.cudnn.benchmark is True
+
+
+def test_self_attention_is_read_and_checked():
+    assert Acceleration.from_settings(_settings(), "cuda:0").self_attention == "sdpa"
+    a = Acceleration.from_settings(_settings(self_attention="cudnn"), "cuda:0")
+    assert a.self_attention == "cudnn"
+    with pytest.raises(ValueError, match="self_attention must be one of"):
+        Acceleration.from_settings(_settings(self_attention="flash3"), "cuda:0")
+    with pytest.raises(ValueError, match="self_attention cudnn needs a GPU"):
+        Acceleration.from_settings(_settings(self_attention="cudnn"), "cpu")
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_cudnn_self_attention_processor_equals_diffusers(sd_tiny_dir, fuse):
+    """The processor (its CPU path: SDPA on the contiguous q/k/v it gives cuDNN on the GPU)
+    serves only the UNet's self-attention layers and leaves the UNet's output as diffusers'
+    own processors give it, with and without fused q/k/v."""
+    from uip.sd.attention import CudnnSelfAttention
+    from uip.sd.models import UNet
+
+    ref, ours = (UNet(sd_tiny_dir) for _ in range(2))
+    if fuse:
+        ref.model.fuse_qkv_projections()
+    Acceleration(fuse_qkv=fuse, self_attention="cudnn").prepare(ours.model, compile_it=False)
+    kinds = {type(p).__name__ for p in ours.model.attn_processors.values()}
+    served = [n for n, p in ours.model.attn_processors.items()
+              if isinstance(p, CudnnSelfAttention)]
+    assert served and all(".attn1." in n for n in served) and len(kinds) == 2
+    g = torch.Generator().manual_seed(0)
+    config = ours.model.config
+    x = torch.randn(2, config.in_channels, config.sample_size, config.sample_size, generator=g)
+    h = torch.randn(2, 77, config.cross_attention_dim, generator=g)
+    t = torch.tensor([10.0, 500.0])
+    torch.testing.assert_close(ours(x, t, h), ref(x, t, h), rtol=1e-5, atol=1e-5)

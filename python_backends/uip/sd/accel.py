@@ -14,6 +14,9 @@ Spec parameters (of `sd_unet` / `sd_vae_decoder`, or of `stable_diffusion` when 
   "conv_1x1_as_mm=1,coordinate_descent_tuning=1,epilogue_fusion=0";
 - `cudnn_benchmark` (false): cuDNN times its convolution algorithms for each new shape and
   keeps the fastest (process-wide; shapes here are fixed per bucket);
+- `self_attention` ("sdpa"): "cudnn" gives the UNet's plain self-attention layers a processor
+  that calls cuDNN's fused attention on contiguous q/k/v (`uip.sd.attention`; GPU only; 2x
+  FlashAttention-2 at 4,096 tokens with heads of 40 on the H200);
 - `sdpa` ("auto"): the only fused SDPA backend allowed in this process, "flash", "cudnn" or
   "efficient" (the other fused ones are switched off; the math kernel stays on, so a shape the
   chosen one cannot take runs there, slowly; "auto" leaves torch's choice);
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from uip.core.settings import FALSE_WORDS, TRUE_WORDS
+from uip.sd.attention import use_cudnn_self_attention
 
 log = logging.getLogger("uip.sd")
 
@@ -49,6 +53,7 @@ class Acceleration:
     fuse_qkv: bool = False
     inductor: tuple[tuple[str, str], ...] = ()
     sdpa: str = "auto"
+    self_attention: str = "sdpa"
     cudnn_benchmark: bool = False
     cuda_graphs: bool = False
     graph_buckets: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -66,10 +71,16 @@ class Acceleration:
                   compile_cache_dir=p("compile_cache_dir", ""),
                   fuse_qkv=p("fuse_qkv", False, bool),
                   inductor=_flags(p("inductor", "")), sdpa=p("sdpa", "auto"),
+                  self_attention=p("self_attention", "sdpa"),
                   cudnn_benchmark=p("cudnn_benchmark", False, bool),
                   cuda_graphs=p("cuda_graphs", False, bool), graph_buckets=buckets)
         if out.cuda_graphs and not cuda:
             raise ValueError("cuda_graphs needs a GPU instance (instances: kind gpu)")
+        if out.self_attention not in SELF_ATTENTION:
+            raise ValueError(f"self_attention must be one of {list(SELF_ATTENTION)}, "
+                             f"got {out.self_attention!r}")
+        if out.self_attention == "cudnn" and not cuda:
+            raise ValueError("self_attention cudnn needs a GPU instance (instances: kind gpu)")
         if any(b < 1 for b in buckets):
             raise ValueError("graph_buckets must be positive batch sizes")
         if out.sdpa != "auto" and out.sdpa not in SDPA_BACKENDS:
@@ -85,6 +96,8 @@ class Acceleration:
             module.to(memory_format=torch.channels_last)
         if self.fuse_qkv and hasattr(module, "fuse_qkv_projections"):
             module.fuse_qkv_projections()
+        if self.self_attention == "cudnn" and hasattr(module, "attn_processors"):
+            log.info("sd: %d self-attention layers on cuDNN", use_cudnn_self_attention(module))
         self.select_sdpa()
         if self.cudnn_benchmark:
             torch.backends.cudnn.benchmark = True
@@ -111,6 +124,7 @@ class Acceleration:
                 enable(name == self.sdpa)
 
 
+SELF_ATTENTION = ("sdpa", "cudnn")
 SDPA_BACKENDS = {"flash": torch.backends.cuda.enable_flash_sdp,
                  "cudnn": torch.backends.cuda.enable_cudnn_sdp,
                  "efficient": torch.backends.cuda.enable_mem_efficient_sdp}
