@@ -15,7 +15,10 @@ request, from the deltas:
 - llm_engine's time to first token (its own execute -> first token sent) and llm_bls's time
   to first response (its execute -> first text sent to the client);
 - by Little's law over a window of constant concurrency: how many streams are outside each
-  model on average, and for how long per request (hops, queues, perf_analyzer).
+  model on average, and for how long per request (hops, queues, perf_analyzer);
+- the engine's own output tokens per second over the window (`window_tok_per_s`) and over
+  the whole perf_analyzer run (`run_tok_per_s`: ramp, trials and drain included), beside
+  perf_analyzer's `tok_per_s`.
 Prints one table; --json writes the numbers.
 """
 
@@ -103,6 +106,7 @@ def measure(repo: Path, name: str, concurrency: int, measurement_ms: int, texts:
     try:
         tokens = profile.calibrate(server.grpc_url, "llm_bls", texts=texts)
         result: list = []
+        t_run, at_run = time.monotonic(), scrape(server.metrics_url)
         bench = threading.Thread(target=lambda: result.append(run_perf(
             "llm_bls", server.grpc_url, [concurrency], log_dir / f"hops-{name}.perf.csv",
             profile.perf_args(texts=texts), measurement_ms=measurement_ms)[0]))
@@ -122,6 +126,7 @@ def measure(repo: Path, name: str, concurrency: int, measurement_ms: int, texts:
         row["streams_in_engine_sampled"] = sum(inside) / max(len(inside), 1)
         row["window_ok"] = bench.is_alive()  # else perf_analyzer ended inside the window
         bench.join()
+        run_s, at_end = time.monotonic() - t_run, scrape(server.metrics_url)
         perf = result[0]
     finally:
         server.stop()
@@ -132,6 +137,11 @@ def measure(repo: Path, name: str, concurrency: int, measurement_ms: int, texts:
                 os.environ[k] = v
     d = {k: after[k] - before.get(k, 0.0) for k in after}
     row.update(tok_per_s=perf.throughput * tokens, p50_ms=perf.p50_ms, tokens=tokens)
+    # The engine's own token count beside perf_analyzer's figure: over the metric window, and
+    # over the whole perf_analyzer run (its ramp, trials and drain included)
+    generated = ("uip_llm_tokens_generated_total", "llm_engine")
+    row["window_tok_per_s"] = d.get(generated, 0.0) / window_s
+    row["run_tok_per_s"] = (at_end.get(generated, 0.0) - at_run.get(generated, 0.0)) / run_s
     for m in MODELS:
         n = d.get(("nv_inference_request_success", m), 0.0)
         row[f"{m}_requests"] = n
@@ -160,7 +170,8 @@ def measure(repo: Path, name: str, concurrency: int, measurement_ms: int, texts:
     return row
 
 
-COLUMNS = ("variant", "tok_per_s", "p50_ms", "llm_bls_e2e_ms", "llm_engine_e2e_ms",
+COLUMNS = ("variant", "tok_per_s", "window_tok_per_s", "run_tok_per_s", "p50_ms",
+           "llm_bls_e2e_ms", "llm_engine_e2e_ms",
            "streams_outside_llm_bls", "streams_outside_llm_engine", "streams_in_engine_sampled",
            "outside_llm_bls_ms", "outside_llm_engine_ms",
            "llm_bls_queue_ms", "llm_engine_queue_ms", "llm_bls_execute_ms", "llm_engine_execute_ms",
