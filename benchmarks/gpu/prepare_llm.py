@@ -46,6 +46,9 @@ def main() -> None:
     p.add_argument("--max-requests", type=int, default=64, help="llm_engine's running sequences")
     p.add_argument("--bls-instances", type=int, default=1,
                    help="llm_bls stub processes (each with its own driver thread and GIL)")
+    p.add_argument("--colocated", action="store_true",
+                   help="llm_bls holds the engine (engine_transport: local, llm_engine's "
+                        "parameters on llm_bls, on the GPU); only llm_bls's spec is written")
     a = p.parse_args()
     dest = a.art / "llm-8b"
     dest.mkdir(parents=True, exist_ok=True)
@@ -74,6 +77,7 @@ def main() -> None:
     print(f"weights {weight_bytes / 1e9:.2f} GB; H100 HBM floor {floor_ms:.2f} ms/token "
           f"({1000 / floor_ms:.0f} tok/s at batch 1)")
     a.specs.mkdir(parents=True, exist_ok=True)
+    engine: dict = {}
     for name in ("llm", "llm_bls"):
         spec = yaml.safe_load(Path(f"specs/{name}.yaml").read_text())
         for m in spec["models"]:
@@ -85,9 +89,17 @@ def main() -> None:
                                        max_batch_tokens=a.max_batch_tokens, dtype="bfloat16",
                                        max_requests_per_batch=a.max_requests)
                 m["limits"]["max_context"] = 8192
+                engine = m
             if m["name"] == "llm_bls":
                 m["instances"] = [{"kind": "cpu", "count": a.bls_instances}]
-        (a.specs / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+                if a.colocated:
+                    m["instances"] = [{"kind": "gpu", "count": 1}]
+                    m["runtime"] = engine["runtime"]
+                    m["parameters"].update(engine["parameters"], engine_transport="local")
+                    m["limits"].update(max_context=8192,
+                                       max_inflight=engine["limits"]["max_inflight"])
+        if not (a.colocated and name == "llm"):
+            (a.specs / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
 if __name__ == "__main__":

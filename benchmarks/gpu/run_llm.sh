@@ -5,7 +5,8 @@
 # benchmarks/gpu/build_tokenizer.py, else llm-tiny's) and renders the repository; STAGE=bench
 # runs `uip bench` (perf_analyzer through Triton, then the same engine in-process with
 # llm_engine's spec parameters) on what prepare left in /tmp; STAGE=baseline times plain
-# transformers `generate`; STAGE=all (default) = prepare + bench.
+# transformers `generate`; STAGE=all (default) = prepare + bench. COLOCATED=1: llm_bls holds the
+# engine itself (engine_transport: local; prepare_llm.py --colocated), no llm_engine model.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
 LABEL=${LABEL:-h200}
@@ -18,7 +19,7 @@ mkdir -p "$OUT"
 uip() { python -c "from uip.cli import main; main()" "$@"; }
 if [ "$STAGE" = all ] || [ "$STAGE" = prepare ]; then
   python benchmarks/gpu/prepare_llm.py /tmp/art /tmp/llm-specs --num-blocks "${NUM_BLOCKS:-1024}" \
-    --max-batch-tokens "${MAX_BATCH_TOKENS:-256}" \
+    --max-batch-tokens "${MAX_BATCH_TOKENS:-256}" ${COLOCATED:+--colocated} \
     ${TOKENIZER:+--tokenizer "$TOKENIZER"} 2>&1 | tail -2 | tee "$OUT/llm-$LABEL.prepare.txt"
   uip repo build --specs /tmp/llm-specs --out /tmp/llm-repo
 fi

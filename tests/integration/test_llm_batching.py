@@ -11,11 +11,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
+from support.llm_reference import greedy_texts
+from support.server_metrics import assert_engine_at_rest
 from test_llm import metric
 
 from uip.clients.llm import GrpcStream, generate_grpc
-from uip.core.paths import artifacts_root
 
 N = 20
 PROMPTS = [f"request {i}: {w}" for i, w in enumerate(
@@ -24,18 +24,7 @@ PROMPTS = [f"request {i}: {w}" for i, w in enumerate(
 
 @pytest.fixture(scope="module")
 def greedy():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = artifacts_root() / "llm-tiny"
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    out = {}
-    with torch.no_grad():
-        for p in PROMPTS:
-            ids = tok(p)["input_ids"]
-            gen = model.generate(torch.tensor([ids]), max_new_tokens=N, do_sample=False)
-            out[p] = tok.decode(gen[0, len(ids):], skip_special_tokens=True)
-    return out
+    return greedy_texts(PROMPTS, N)
 
 
 def engine_stub(server) -> psutil.Process:
@@ -89,8 +78,4 @@ def test_64_streams_bounded_threads_and_metrics_back_to_zero(server):
         for s in streams:
             s.cancel()
             s.close()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and metric(server, "uip_llm_kv_blocks_used") > 0:
-        time.sleep(0.2)
-    assert metric(server, "uip_llm_kv_blocks_used") == 0
-    assert metric(server, "uip_llm_active_sequences") == 0
+    assert_engine_at_rest(lambda name: metric(server, name))

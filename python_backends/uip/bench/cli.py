@@ -58,8 +58,10 @@ def bench(
     server = None
     if not url:
         artifacts.ensure(needed(model_repository))
-        # Load only what this benchmark calls (the profile's LOAD list, or the model itself).
-        load = getattr(profile, "LOAD", {}).get(model, [model])
+        # Load only what this benchmark calls (the profile's LOAD list, or the model itself),
+        # of what the repository has (llm_bls with `engine_transport: local` has no llm_engine)
+        load = [m for m in getattr(profile, "LOAD", {}).get(model, [model])
+                if m == model or (model_repository / m).is_dir()]
         flags = ["--model-control-mode=explicit", *[f"--load-model={m}" for m in load]]
         # perf_analyzer reads the model config and the statistics and cannot send the admin
         # key over gRPC

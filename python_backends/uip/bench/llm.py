@@ -171,7 +171,8 @@ def _ttft_p50(grpc_url: str, model: str, clients: int, requests_per_client: int,
 
 def engine_config(model_repository: Path, device: str, **overrides):
     """llm_engine's PagedEngineConfig as the repository's rendered config gives it (the
-    in-process reference runs the engine Triton runs), on `device`; and its model folder."""
+    in-process reference runs the engine Triton runs), on `device`; and its model folder.
+    Without an llm_engine, llm_bls's (which then holds the engine: `engine_transport: local`)."""
     from dataclasses import replace
 
     from google.protobuf import json_format
@@ -180,8 +181,8 @@ def engine_config(model_repository: Path, device: str, **overrides):
     from uip.llm.paged_runtime import PagedEngineConfig
     from uip.repo.needed import read_config
 
-    config = json_format.MessageToDict(read_config(model_repository / "llm_engine" /
-                                                   "config.pbtxt"),
+    holder = "llm_engine" if (model_repository / "llm_engine").is_dir() else "llm_bls"
+    config = json_format.MessageToDict(read_config(model_repository / holder / "config.pbtxt"),
                                        preserving_proto_field_name=True)
     settings = ModelSettings.from_config(config)
     given = {k: v for k, v in overrides.items() if v is not None}

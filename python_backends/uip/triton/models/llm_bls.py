@@ -16,6 +16,10 @@ every `START_EVERY` deliveries, not after all of them), polls every client's
 `is_cancelled()` every `cancel_poll_s`, and sends the client responses. Threads: the stub's
 own, the driver, the mux's reader and gRPC's own (a fixed set; see `engine_streams`).
 
+`engine_transport: local` holds the engine in this stub (`uip.triton.engine_local`: the
+spec's runtime, checkpoint and engine parameters on llm_bls itself); the same driver serves it,
+without the hop through the server.
+
 `engine_transport: bls` uses a decoupled BLS call per request on a thread of its own (today's
 path, `orchestrate.run` over `BlsEngineStream`); Triton 2.51's stub makes it unsafe with
 several requests in flight, so it is not bounded and not the default.
@@ -46,6 +50,7 @@ from uip.llm.orchestrate import (
 from uip.llm.preprocess import Limits, LlmRequest, Preprocessor, model_max_positions
 from uip.llm.tokenizer import tokenizer_for
 from uip.triton import pb
+from uip.triton.engine_local import LocalEngineMux
 from uip.triton.engine_streams import BlsEngineStream, GrpcEngineMux, engine_url
 
 DRAIN_S = 30.0  # how long a stopped engine request may take to confirm its end
@@ -88,8 +93,8 @@ class LlmBlsModel:
         self.poll_s = self.settings.positive("cancel_poll_s", 0.05)
         self.drain_s = DRAIN_S
         self.transport = self.settings.param("engine_transport", "grpc")
-        if self.transport not in ("grpc", "bls"):
-            raise ValueError(f"llm_bls: engine_transport must be grpc or bls, not "
+        if self.transport not in ("grpc", "bls", "local"):
+            raise ValueError(f"llm_bls: engine_transport must be grpc, local or bls, not "
                              f"{self.transport!r}")
         self.engine_url = engine_url(self.settings.param("engine_url", ""))
         self._events: queue.Queue = queue.Queue()  # ("start", ...) and ("engine", tid, item)
@@ -106,10 +111,13 @@ class LlmBlsModel:
         labels = {"model": self.settings.name}
         self._ttfr = self._ttfr_family.Metric(labels=labels, buckets=pb.TTFT_BUCKETS_S)
         self._e2e = self._e2e_family.Metric(labels=labels, buckets=pb.E2E_BUCKETS_S)
-        self.mux: GrpcEngineMux | None = None
+        self.mux: GrpcEngineMux | LocalEngineMux | None = None
         self._driver: threading.Thread | None = None
-        if self.transport == "grpc":
+        if self.transport == "local":
+            self.mux = LocalEngineMux(self.settings, self._on_engine)
+        elif self.transport == "grpc":
             self.mux = GrpcEngineMux(self.engine_url, self.engine_model, self._on_engine)
+        if self.mux is not None:
             self._driver = threading.Thread(target=self._drive, name="uip-llm-bls-driver",
                                             daemon=True)
             self._driver.start()
