@@ -49,7 +49,15 @@ def main() -> None:
     p.add_argument("--colocated", action="store_true",
                    help="llm_bls holds the engine (engine_transport: local, llm_engine's "
                         "parameters on llm_bls, on the GPU); only llm_bls's spec is written")
+    p.add_argument("--specs-only", action="store_true",
+                   help="write the specs only (the model in ART_DIR/llm-8b is there already)")
     a = p.parse_args()
+    if not a.specs_only:
+        write_model(a)
+    write_specs(a)
+
+
+def write_model(a: argparse.Namespace) -> None:
     dest = a.art / "llm-8b"
     dest.mkdir(parents=True, exist_ok=True)
     if a.tokenizer:
@@ -76,6 +84,9 @@ def main() -> None:
         {"weight_bytes": weight_bytes, "hbm_floor_ms_per_token_h100": floor_ms}))
     print(f"weights {weight_bytes / 1e9:.2f} GB; H100 HBM floor {floor_ms:.2f} ms/token "
           f"({1000 / floor_ms:.0f} tok/s at batch 1)")
+
+
+def write_specs(a: argparse.Namespace) -> None:
     a.specs.mkdir(parents=True, exist_ok=True)
     engine: dict = {}
     for name in ("llm", "llm_bls"):
