@@ -4,6 +4,7 @@ and its steps by how they ran, updated on a thread of their own every `period_s`
 
 from __future__ import annotations
 
+from uip.llm.engine import Engine, EngineStats
 from uip.triton import pb
 from uip.triton.stats_metrics import Stat, StatsMetrics
 
@@ -28,7 +29,7 @@ COUNTERS = (
 
 
 class EngineMetrics:
-    def __init__(self, engine, labels: dict[str, str], period_s: float, name: str):
+    def __init__(self, engine: Engine, labels: dict[str, str], period_s: float, name: str):
         self.engine = engine
         family = pb.pb_utils.MetricFamily
         self._stats = StatsMetrics(labels, gauges=GAUGES, counters=COUNTERS)
@@ -40,7 +41,7 @@ class EngineMetrics:
         self._steps: dict[str, tuple[object, int]] = {}  # path -> (metric, reported)
         self._stats.start(self._read, period_s, name)
 
-    def _read(self):
+    def _read(self) -> EngineStats:
         """The engine's stats for the gauges and counters; the step counters by path (one
         series per path, made when first seen) follow them here."""
         s = self.engine.stats()
