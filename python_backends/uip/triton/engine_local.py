@@ -28,6 +28,7 @@ from uip.llm.engine import GenerationResult, coalesce
 from uip.llm.engine_tensors import EngineChunk
 from uip.llm.orchestrate import EngineStreamError
 from uip.triton import pb
+from uip.triton.engine_admission import client_error, compile_guide, enqueue_within
 from uip.triton.engine_metrics import EngineMetrics
 from uip.triton.runtimes import create_engine
 
@@ -39,6 +40,7 @@ class LocalEngineMux:
     def __init__(self, settings: ModelSettings,
                  on_event: Callable[[str, EngineChunk | EngineStreamError], None]):
         self.on_event = on_event
+        self.name = settings.name
         self.max_tokens = settings.limit("max_tokens", 1024)
         self.max_context = settings.limit("max_context", 2048)
         self.max_inflight = settings.limit("max_inflight", 512)
@@ -58,19 +60,17 @@ class LocalEngineMux:
         try:
             request = engine_tensors.decode_request(inputs, self.max_tokens,
                                                     self.max_context).request
-            guides = getattr(self.engine, "guides", None)  # the torch runtime's grammars
-            if request.guide is not None and guides is not None:
-                guides().compile(request.guide)
+            compile_guide(self.engine, request)
             with self._lock:  # registered before the reader can see the first result
                 if self._closing.is_set():
                     raise Unavailable("llm_bls is shutting down")
-                if len(self._rids) >= self.max_inflight:
-                    raise Unavailable(f"llm_bls has {len(self._rids)} requests in flight, its "
-                                      "limit (limits.max_inflight)")
-                rid = self.engine.enqueue(request)
+                rid = enqueue_within(self.engine, request, len(self._rids), self.max_inflight,
+                                     self.name)
                 self._rids[tid], self._tids[rid] = rid, tid
+        except InvalidInput:
+            raise
         except ValueError as exc:  # the engine refused the request (e.g. an unknown adapter)
-            raise exc if isinstance(exc, InvalidInput) else InvalidInput(str(exc)) from exc
+            raise client_error(exc) from exc
 
     def stop(self, tid: str, inputs: dict[str, np.ndarray] | None = None) -> None:
         with self._lock:

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field, replace
 
 from uip.core import hoptrace
 from uip.core.admin_key import check_admin_key
-from uip.core.faults import Unavailable
 from uip.core.gil import apply_switch_interval
 from uip.core.inputs import InvalidInput
 from uip.core.settings import ModelSettings
 from uip.llm import engine_tensors
 from uip.llm.engine import GenerationResult, coalesce
 from uip.triton import pb
+from uip.triton.engine_admission import client_error, compile_guide, enqueue_within
 from uip.triton.engine_metrics import EngineMetrics
 from uip.triton.runtimes import create_engine
 
@@ -108,14 +108,10 @@ class LlmEngineModel:
                     self._control(call.control)), final=True)
                 return
             tid = request.request_id()
-            guides = getattr(self.engine, "guides", None)  # the torch runtime's grammars
-            if call.request.guide is not None and guides is not None:
-                guides().compile(call.request.guide)  # outside the lock (cached after)
+            compile_guide(self.engine, call.request)
             with self._lock:  # registered before the dispatcher can see the first result
-                if len(self._streams) >= self.max_inflight:
-                    raise Unavailable(f"llm_engine has {len(self._streams)} requests in flight, "
-                                      "its limit (limits.max_inflight)")
-                rid = self.engine.enqueue(call.request)
+                rid = enqueue_within(self.engine, call.request, len(self._streams),
+                                     self.max_inflight, self.settings.name)
                 self._streams[rid] = _Stream(request, sender, tid, call.stream_key,
                                              call.request.streaming, time.monotonic(),
                                              frozenset(request.requested_output_names()))
@@ -124,9 +120,7 @@ class LlmEngineModel:
             hoptrace.mark(tid, "engine_execute", arrived)
             hoptrace.mark(tid, "engine_enqueued")
         except Exception as exc:  # noqa: BLE001 - becomes this request's error response
-            if isinstance(exc, ValueError) and not isinstance(exc, InvalidInput):
-                exc = InvalidInput(str(exc))
-            sender.send(pb.error_response(exc), flags=pb.final_flag())
+            sender.send(pb.error_response(client_error(exc)), flags=pb.final_flag())
 
     def _control(self, control: dict) -> dict:
         """A LoRA control request: list (what `uip lora list` prints), load, unload."""
