@@ -4,14 +4,12 @@ streams with a bounded number of threads; the engine's metrics return to zero af
 
 from __future__ import annotations
 
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 import pytest
-from support.llm_reference import greedy_texts
+from support.llm_reference import greedy_texts, with_late_joiners
 from support.server_metrics import assert_engine_at_rest
 from test_llm import metric
 
@@ -35,30 +33,11 @@ def engine_stub(server) -> psutil.Process:
 
 
 def test_32_in_flight_with_late_joiners_equal_generate(server, greedy):
-    decoding = threading.Semaphore(0)  # released once per early stream's first delta
-    joined = threading.Event()
+    def generate(prompt, on_delta):
+        return generate_grpc(server.grpc_url, "llm", prompt, on_delta=on_delta, max_tokens=N,
+                             request_id=f"batch-{prompt}").text
 
-    def one(prompt: str, late: bool) -> str:
-        if late:  # the second half joins while the first half is decoding
-            assert joined.wait(timeout=120)
-        first: list[str] = []
-
-        def on_delta(delta: str) -> None:
-            if not late and not first:
-                first.append(delta)
-                decoding.release()
-
-        gen = generate_grpc(server.grpc_url, "llm", prompt, on_delta=on_delta, max_tokens=N,
-                            request_id=f"batch-{prompt}")
-        return gen.text
-
-    with ThreadPoolExecutor(len(PROMPTS)) as pool:
-        early = [pool.submit(one, p, False) for p in PROMPTS[:16]]
-        late = [pool.submit(one, p, True) for p in PROMPTS[16:]]
-        for _ in range(8):  # half of the early ones stream already
-            assert decoding.acquire(timeout=120)
-        joined.set()
-        texts = [f.result(timeout=300) for f in early + late]
+    texts = with_late_joiners(PROMPTS, generate)
     for prompt, text in zip(PROMPTS, texts, strict=True):
         assert text == greedy[prompt], prompt
 

@@ -9,13 +9,11 @@ healthy."""
 from __future__ import annotations
 
 import copy
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import start_test_server
-from support.llm_reference import greedy_texts
+from support.llm_reference import greedy_texts, with_late_joiners
 from support.server_metrics import assert_engine_at_rest
 
 from uip.clients import metrics
@@ -56,29 +54,11 @@ def engine_metric(srv, name: str) -> float:
 
 
 def test_concurrent_streams_with_late_joiners_equal_generate(local, greedy):
-    started = threading.Semaphore(0)
-    joined = threading.Event()
-
-    def one(prompt: str, late: bool) -> str:
-        if late:
-            assert joined.wait(timeout=120)
-        seen: list[str] = []
-
-        def on_delta(delta: str) -> None:
-            if not late and not seen:
-                seen.append(delta)
-                started.release()
-
+    def generate(prompt, on_delta):
         return generate_grpc(local.grpc_url, "llm_bls", prompt, on_delta=on_delta,
                              max_tokens=N).text
 
-    with ThreadPoolExecutor(len(PROMPTS)) as pool:
-        early = [pool.submit(one, p, False) for p in PROMPTS[:8]]
-        late = [pool.submit(one, p, True) for p in PROMPTS[8:]]
-        for _ in range(4):
-            assert started.acquire(timeout=120)
-        joined.set()
-        texts = [f.result(timeout=300) for f in early + late]
+    texts = with_late_joiners(PROMPTS, generate)
     for prompt, text in zip(PROMPTS, texts, strict=True):
         assert text == greedy[prompt], prompt
     deadline = time.monotonic() + 10  # the engine's counters follow it every 0.1 s
