@@ -118,6 +118,6 @@ def coalesce(results: list[GenerationResult]) -> list[GenerationResult]:
                                        r.finish_reason)
         else:
             out.append(r)
-    ends = [g for g in groups.values() if any(r.is_final or r.error is not None for r in g)]
-    rest = [g for g in groups.values() if not any(r.is_final or r.error is not None for r in g)]
-    return [r for g in ends + rest for r in g]
+    ordered = sorted(groups.values(),  # stable: ending requests first, otherwise as they came
+                     key=lambda g: not any(r.is_final or r.error is not None for r in g))
+    return [r for g in ordered for r in g]
