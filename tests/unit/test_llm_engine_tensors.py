@@ -128,3 +128,28 @@ def test_coalesce_merges_per_request_and_puts_the_ending_requests_first():
     err = R(3, [], True, "error", "boom")
     assert coalesce([R(1, [1], False), R(3, [2], False), err]) == [
         R(3, [2], False), err, R(1, [1], False)]  # its own order kept, before the others
+
+
+def test_control_request_for_either_engine_model():
+    """`uip lora`: llm_engine's placeholders are ids, llm_bls's (holding the engine) an empty
+    text_input; both decode to the same control, which decode_request carries too."""
+    from uip.llm.engine_tensors import (
+        decode_control,
+        decode_control_response,
+        encode_control,
+        encode_control_response,
+        encode_control_status,
+    )
+
+    engine, text = encode_control("load", "a", "k"), encode_control("load", "a", "k", text=True)
+    assert set(engine) == {"input_ids", "request_output_len", "lora_control"}
+    assert set(text) == {"text_input", "lora_control"}
+    want = {"op": "load", "name": "a", "key": "k"}
+    assert decode_control(engine) == decode_control(text) == want
+    assert decode_request(engine, max_tokens=8).control == want
+    assert decode_control(base()) is None
+    with pytest.raises(InvalidInput, match="needs a string 'name'"):
+        decode_control(encode_control("unload"))
+    status = {"enabled": True, "loaded": []}
+    assert set(encode_control_status(status)) == {"lora_status"}
+    assert decode_control_response(encode_control_response(status)["lora_status"]) == status

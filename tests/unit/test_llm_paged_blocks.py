@@ -37,8 +37,10 @@ def test_full_prompt_blocks_are_shared_by_hash():
 
 def test_last_token_is_never_taken_from_the_cache():
     bm = BlockManager(num_blocks=4, block_size=4)
-    filled(bm, list(range(8)))
-    assert filled(bm, list(range(8))).cached == 4  # 8 tokens: the 2nd block is recomputed
+    a = filled(bm, list(range(8)))
+    b = filled(bm, list(range(8)))  # both blocks found: only the 8th token is recomputed
+    assert b.cached == 7 and b.blocks == a.blocks and len(b.hashes) == 2
+    assert filled(bm, list(range(9))).cached == 8  # its 9th token is in a block of its own
 
 
 def test_freed_blocks_stay_cached_until_reused_lru():

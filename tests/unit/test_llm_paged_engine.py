@@ -182,6 +182,28 @@ def test_shared_prefixes_equal_generate(model_dir, reference, prompts, prefix_ca
         eng.shutdown()
 
 
+def test_whole_prompt_in_the_cache_recomputes_its_last_token_only(model_dir, reference,
+                                                                  prompts):
+    """A prompt of whole blocks found again: its last token runs alone (one row, not a
+    block), its K/V goes to the scratch slot, and the shared cached blocks are not written."""
+    whole = (prompts[4] * 8)[:32]  # two blocks of 16
+    eng = make(model_dir)
+    try:
+        assert tokens_of(run(eng, whole)) == generate(reference, whole, N)
+        hits = eng.stats().prefix_cache_hits
+        cached = list(eng.blocks._cached.values())
+        before = [(k[cached].clone(), v[cached].clone()) for k, v in eng.cache]
+        reqs = [GenerationRequest(input_ids=p, max_new_tokens=N) for p in [whole] * 3]
+        for r in run_concurrently(eng, reqs):
+            assert tokens_of(r) == generate(reference, whole, N)
+        assert eng.stats().prefix_cache_hits == hits + 3 * 2
+        for (k, v), (k0, v0) in zip(eng.cache, before, strict=True):
+            assert torch.equal(k[cached], k0) and torch.equal(v[cached], v0)
+        wait_idle(eng)
+    finally:
+        eng.shutdown()
+
+
 @pytest.mark.parametrize("prefix_caching", [True, False])
 def test_preemption_keeps_outputs_exact(model_dir, reference, prompts, prefix_caching):
     # 14 blocks of 8 tokens = 112 slots; 8 requests need ~ 8 x 4 blocks: preemption

@@ -63,3 +63,28 @@ def test_check_reports_a_difference(tmp_path):
     diff = diff_repository(specs, tmp_path)
     assert "-max_batch_size: 9" in diff and "+max_batch_size: 8" in diff
     assert "stray/config.pbtxt" in diff
+
+
+def test_llm_bls_holding_the_engine_takes_its_control_request():
+    """engine_transport local: llm_engine's lora_control input (optional) and lora_status
+    output are rendered on llm_bls (once, even when its spec declares them); not by default."""
+    from uip.repo.render import ENGINE_CONTROL_INPUT, ENGINE_CONTROL_OUTPUT, model_config
+    from uip.spec.schema import load_spec
+
+    (bls,) = load_spec(DEFAULT_SPECS / "llm_bls.yaml").models
+
+    def tensors(m):
+        cfg = model_config(m)
+        return [t.name for t in cfg.input], [t.name for t in cfg.output], cfg
+
+    ins, outs, _ = tensors(bls)
+    assert "lora_control" not in ins and "lora_status" not in outs
+    local = bls.model_copy(update={"parameters": {**bls.parameters,
+                                                  "engine_transport": "local"}})
+    ins, outs, cfg = tensors(local)
+    assert ins == [t.name for t in bls.inputs] + ["lora_control"]
+    assert outs == [t.name for t in bls.outputs] + ["lora_status"]
+    assert cfg.input[-1].optional and cfg.output[-1].data_type == cfg.input[-1].data_type
+    declared = local.model_copy(update={"inputs": [*bls.inputs, ENGINE_CONTROL_INPUT],
+                                        "outputs": [*bls.outputs, ENGINE_CONTROL_OUTPUT]})
+    assert tensors(declared)[:2] == (ins, outs)

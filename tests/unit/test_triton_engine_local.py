@@ -100,3 +100,32 @@ def test_close_shuts_the_engine_down(make):
     assert engine.shutdowns == 1
     with pytest.raises(Unavailable, match="shutting down"):
         mux.submit("late", inputs())
+
+
+def test_control_answers_as_llm_engine_does(make, monkeypatch):
+    """`uip lora --model llm_bls`: the admin key, list / load / unload, INVALID_ARG errors."""
+    from test_triton_llm_engine import LoraEngine
+
+    mux, _ = make(LoraEngine())
+    monkeypatch.delenv("UIP_ADMIN_KEY", raising=False)
+    with pytest.raises(InvalidInput, match="no admin key"):
+        mux.control({"op": "list", "key": "k"})
+    monkeypatch.setenv("UIP_ADMIN_KEY", "k")
+    with pytest.raises(InvalidInput, match="admin key is missing or wrong"):
+        mux.control({"op": "load", "name": "a", "key": "wrong"})
+    assert mux.control({"op": "list", "key": "k"})["loaded"] == []
+    assert mux.control({"op": "load", "name": "a", "key": "k"})["loaded"] == [{"name": "a"}]
+    assert mux.control({"op": "unload", "name": "a", "key": "k"})["loaded"] == []
+    with pytest.raises(InvalidInput, match="'a' is not loaded"):
+        mux.control({"op": "unload", "name": "a", "key": "k"})
+    class Refusing(LoraEngine):
+        def load_adapter(self, name):
+            raise ValueError(f"rank of {name} is above lora_max_rank")
+
+    mux2, _ = make(Refusing())
+    with pytest.raises(InvalidInput, match="rank of b"):
+        mux2.control({"op": "load", "name": "b", "key": "k"})
+    mux3, _ = make(ScriptedEngine([]))
+    with pytest.raises(InvalidInput, match="torch runtime manages no LoRA adapters through "
+                                           "llm_bls"):
+        mux3.control({"op": "list", "key": "k"})

@@ -663,3 +663,55 @@ def test_the_driver_watches_the_engine_stub(model):
     """A dead llm_engine stub never answers in Triton 2.51: the driver asks the mux to check
     for one every poll (the mux then fails the requests in flight with UNAVAILABLE)."""
     wait_until(lambda: model.mux.engine_checks >= 3)
+
+
+# --- LoRA control requests (`uip lora --model llm_bls`): engine_transport local only ------
+
+
+def test_control_request_without_a_local_engine_is_invalid_arg(model, monkeypatch):
+    from uip.llm.engine_tensors import encode_control
+
+    monkeypatch.setenv("UIP_ADMIN_KEY", "k")
+    request = pbu.Request(encode_control("list", key="k", text=True))
+    model.execute([request])
+    got = only_error(request)
+    assert got.code() == pbu.TritonError.INVALID_ARG
+    assert "holds no engine (engine_transport grpc)" in got.message()
+    assert "llm_engine" in got.message() and model.mux.submitted == {}
+
+
+def test_local_engine_answers_control_requests(bls_config, monkeypatch):
+    import json
+
+    from test_triton_llm_engine import LoraEngine
+
+    from uip.llm.engine_tensors import encode_control
+    from uip.triton import engine_local
+
+    engine = LoraEngine()
+    monkeypatch.setattr(engine_local, "create_engine", lambda settings: engine)
+    monkeypatch.setenv("UIP_ADMIN_KEY", "k")
+    config = {**bls_config, "parameters": {**bls_config["parameters"],
+                                           "engine_transport": {"string_value": "local"}}}
+    m = LlmBlsModel()
+    m.initialize(pbu.model_args(config))
+    try:
+        def control(op, name=None, key="k"):
+            return pbu.Request(encode_control(op, name, key, text=True))
+
+        request = control("load", "a")
+        m.execute([request])
+        (resp, flags), = finished(request)
+        assert flags == FINAL and list(resp.outputs()) == ["lora_status"]
+        assert json.loads(resp.outputs()["lora_status"][0, 0])["loaded"] == [{"name": "a"}]
+        not_json = pbu.Request({"text_input": np.array([[b""]], dtype=object),
+                                "lora_control": np.array([[b"{"]], dtype=object)})
+        for request, message in [(control("list", key="wrong"), "admin key"),
+                                 (control("unload", "b"), "'b' is not loaded"),
+                                 (not_json, "not JSON")]:
+            m.execute([request])
+            got = only_error(request)
+            assert got.code() == pbu.TritonError.INVALID_ARG and message in got.message()
+        assert engine.requests == {}
+    finally:
+        m.finalize()

@@ -1,18 +1,25 @@
-"""`uip lora list|load|unload`: LoRA control requests to the running server's llm_engine.
+"""`uip lora list|load|unload`: LoRA control requests to the running server's engine model.
 
-A control request is an inference request on llm_engine's gRPC stream (its input
-`lora_control`, see uip.llm.engine_tensors) carrying the admin key, which llm_engine checks
-against the key `uip serve` put behind Triton's restricted APIs.
+A control request is an inference request on the engine model's gRPC stream (its input
+`lora_control`, see uip.llm.engine_tensors) carrying the admin key, which the model checks
+against the key `uip serve` put behind Triton's restricted APIs. The engine model is
+llm_engine, or llm_bls where it holds the engine itself (`engine_transport: local`, no
+llm_engine): `--model llm_bls`. The model's metadata says which placeholders it needs beside
+`lora_control` (llm_engine's ids, or llm_bls's `text_input`).
 """
 
 from __future__ import annotations
 
 import queue
+from typing import TYPE_CHECKING
 
 import typer
 
 from uip.clients.tensors import grpc_inputs
 from uip.llm import engine_tensors
+
+if TYPE_CHECKING:
+    import tritonclient.grpc as grpcclient
 
 
 class LoraControlError(RuntimeError):
@@ -28,8 +35,9 @@ def lora_control(url: str, op: str, name: str | None = None, key: str | None = N
     events: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(url)
     try:
+        inputs = _control_inputs(client, model, op, name, key)
         client.start_stream(callback=lambda result, error: events.put((result, error)))
-        client.async_stream_infer(model, grpc_inputs(engine_tensors.encode_control(op, name, key)))
+        client.async_stream_infer(model, grpc_inputs(inputs))
         try:
             result, error = events.get(timeout=timeout)
         except queue.Empty:
@@ -40,6 +48,21 @@ def lora_control(url: str, op: str, name: str | None = None, key: str | None = N
     finally:
         client.stop_stream()
         client.close()
+
+
+def _control_inputs(client: grpcclient.InferenceServerClient, model: str, op: str,
+                    name: str | None, key: str | None) -> dict:
+    """The control request's tensors for `model`, as its metadata says (see the module)."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        names = {t.name for t in client.get_model_metadata(model).inputs}
+    except InferenceServerException as e:
+        raise LoraControlError(str(e)) from None
+    if "lora_control" not in names:
+        raise LoraControlError(f"{model} takes no LoRA control requests: the engine model is "
+                               "llm_engine, or llm_bls with engine_transport: local")
+    return engine_tensors.encode_control(op, name, key, text="input_ids" not in names)
 
 
 def _run(op: str, name: str | None, url: str, key: str | None, model: str) -> None:
@@ -62,7 +85,8 @@ def _run(op: str, name: str | None, url: str, key: str | None, model: str) -> No
 
 _URL = typer.Option("localhost:8001", help="the server's gRPC host:port")
 _KEY = typer.Option(None, envvar="UIP_ADMIN_KEY", help="the server's admin key")
-_MODEL = typer.Option("llm_engine", help="the engine model")
+_MODEL = typer.Option("llm_engine", help="the model holding the engine: llm_engine, or llm_bls "
+                      "with engine_transport: local")
 
 
 def lora_list(url: str = _URL, admin_key: str = _KEY, model: str = _MODEL) -> None:
@@ -83,7 +107,8 @@ def lora_unload(name: str = typer.Argument(...), url: str = _URL, admin_key: str
 
 
 def register(app: typer.Typer) -> None:
-    lora_app = typer.Typer(help="LoRA adapters of the running server's llm_engine.",
+    lora_app = typer.Typer(help="LoRA adapters of the running server's llm_engine (--model "
+                           "llm_bls where llm_bls holds the engine: engine_transport local).",
                            no_args_is_help=True)
     lora_app.command("list")(lora_list)
     lora_app.command("load")(lora_load)

@@ -15,7 +15,9 @@ opaque id echoed as `stream_key_out` on every response, for the `llm` ensemble's
 `lora_name` BYTES [1] (optional: a LoRA adapter of the deployment; empty or absent: the base
 model). A control request carries `lora_control` BYTES [1] instead (JSON `{"op": "list" |
 "load" | "unload", "name": ..., "key": <the admin key>}`, `uip lora`) and gets one final
-response whose `lora_status` BYTES [1] is the JSON answer.
+response whose `lora_status` BYTES [1] is the JSON answer. llm_bls holding the engine
+(`engine_transport: local`) takes the same request beside an empty `text_input` (its one
+required input) and answers `lora_status` alone.
 Outputs: `output_ids` INT32 [1, n] (beam dimension 1; only generated tokens: the new ones
 when streaming, one step's or, when the relay fell behind, several steps' at once; all of
 them otherwise), `sequence_length` INT32 [1] (n) and `finish_reason`
@@ -133,9 +135,9 @@ def decode_request(inputs: Mapping[str, np.ndarray], max_tokens: int,
     """Validate one request's inputs against the contract and the spec's limits."""
     if Scalar("stop", bool, default=False).read(inputs):
         return EngineCall(None, stop=True)
-    control = Scalar("lora_control", str).read(inputs)
+    control = decode_control(inputs)
     if control is not None:
-        return EngineCall(None, control=_control(control))
+        return EngineCall(None, control=control)
     ids = _ids(inputs)
     out_len = Scalar("request_output_len", int).read(inputs)
     if out_len is None:
@@ -163,7 +165,12 @@ def decode_request(inputs: Mapping[str, np.ndarray], max_tokens: int,
 CONTROL_OPS = ("list", "load", "unload")
 
 
-def _control(text: str) -> dict:
+def decode_control(inputs: Mapping[str, np.ndarray]) -> dict | None:
+    """The LoRA control request in `lora_control` (`{"op", "name", "key"}`), None without one;
+    InvalidInput when it is not a valid one."""
+    text = Scalar("lora_control", str).read(inputs)
+    if text is None:
+        return None
     try:
         control = json.loads(text)
     except ValueError as e:
@@ -175,15 +182,18 @@ def _control(text: str) -> dict:
     return control
 
 
-def encode_control(op: str, name: str | None = None, key: str | None = None
-                   ) -> dict[str, np.ndarray]:
-    """A LoRA control request (`uip lora`): placeholder ids, the JSON in `lora_control`."""
+def encode_control(op: str, name: str | None = None, key: str | None = None,
+                   text: bool = False) -> dict[str, np.ndarray]:
+    """A LoRA control request (`uip lora`): the JSON in `lora_control` beside placeholders for
+    the model's required inputs: llm_engine's ids, or (`text`: llm_bls holding the engine) an
+    empty `text_input`."""
     body = {"op": op, "name": name, "key": key}
-    return {
+    placeholders = ({"text_input": np.array([[b""]], dtype=object)} if text else {
         "input_ids": np.zeros((1, 1), dtype=np.int32),
         "request_output_len": np.array([[1]], dtype=np.int32),
-        "lora_control": np.array([[json.dumps(body).encode()]], dtype=object),
-    }
+    })
+    return {**placeholders,
+            "lora_control": np.array([[json.dumps(body).encode()]], dtype=object)}
 
 
 def encode_request(req: GenerationRequest, given_sampling: Mapping[str, float | int] | None = None
@@ -237,11 +247,14 @@ def encode_response(tokens: list[int], finish_reason: str | None = None,
     return out
 
 
+def encode_control_status(status: dict) -> dict[str, np.ndarray]:
+    """The JSON answer of a LoRA control request, `lora_status` alone (llm_bls's response)."""
+    return {"lora_status": np.array([[json.dumps(status).encode()]], dtype=object)}
+
+
 def encode_control_response(status: dict) -> dict[str, np.ndarray]:
-    """The one final response of a LoRA control request."""
-    out = encode_response([], "control")
-    out["lora_status"] = np.array([[json.dumps(status).encode()]], dtype=object)
-    return out
+    """llm_engine's one final response to a LoRA control request."""
+    return {**encode_response([], "control"), **encode_control_status(status)}
 
 
 def decode_control_response(lora_status: np.ndarray) -> dict:

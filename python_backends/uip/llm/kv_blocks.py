@@ -75,13 +75,15 @@ class BlockManager:
 
     def match_prefix(self, table: BlockTable, tokens: list[int]) -> int:
         """Attach the cached full blocks that start `tokens` to an empty table; returns the
-        number of tokens covered. The last token is never covered (its logits are needed)."""
+        number of tokens covered. The last token is never covered (its logits are needed):
+        when the whole prompt is found, it is recomputed alone, its K/V already in the
+        cache (the runtime writes it to its scratch slot: a hashed block is never written)."""
         assert not table.blocks, "match_prefix needs an empty block table"
         if not self.prefix_caching:
             return 0
         bs = self.block_size
         parent: bytes | None = table.salt
-        for i in range((len(tokens) - 1) // bs):
+        for i in range(len(tokens) // bs):
             h = chain_hash(parent, tokens[i * bs:(i + 1) * bs])
             self.prefix_stats.queries += 1
             block = self._cached.get(h)
@@ -92,7 +94,7 @@ class BlockManager:
             table.blocks.append(block)
             table.hashes.append(h)
             parent = h
-        return len(table.blocks) * bs
+        return min(len(table.blocks) * bs, len(tokens) - 1)
 
     def register_full_blocks(self, table: BlockTable, tokens: list[int], num_computed: int
                              ) -> None:

@@ -202,8 +202,10 @@ class PagedEngine(Engine):
         num_blocks = self._num_blocks()
         self.block_size = cfg.page_size
         use_graphs = cfg.cuda_graphs and self.runner.device.type == "cuda"
-        # with graphs, one block more: the scratch block that padding rows write to
-        self.cache = self.runner.allocate_cache(num_blocks + use_graphs, cfg.page_size)
+        # one block more, the scratch block: graphs' padding rows write to it, and so does a
+        # token whose K/V is already in a (shared, hashed) cached block
+        self.cache = self.runner.allocate_cache(num_blocks + 1, cfg.page_size)
+        self._scratch_slot = num_blocks * cfg.page_size
         self.blocks = BlockManager(num_blocks, cfg.page_size, cfg.prefix_caching)
         max_running = cfg.max_requests_per_batch or 256
         self.scheduler = Scheduler(self.blocks, cfg.max_batch_tokens, max_running)
@@ -544,7 +546,9 @@ class PagedEngine(Engine):
             ids += seq.tokens[c.start:c.start + c.length]
             lora_rows += [seq.owner.lora_slot] * c.length
             positions += span
-            slots += [table[p // bs] * bs + p % bs for p in span]
+            hashed = len(seq.table.hashes) * bs  # positions below it are in cached blocks
+            slots += [table[p // bs] * bs + p % bs if p >= hashed else self._scratch_slot
+                      for p in span]
             if c.samples:
                 rows_out.append(len(ids) - 1)
         t1 = time.perf_counter()

@@ -36,6 +36,25 @@ def _tensor(msg, t: TensorSpec) -> None:
         msg.optional = True
 
 
+# A model holding the LLM engine itself (llm_bls with engine_transport: local; no llm_engine)
+# takes llm_engine's LoRA control request (`uip lora --model llm_bls`) too: rendered only then,
+# so the default (grpc) llm_bls keeps the `llm` contract's tensors alone.
+ENGINE_CONTROL_INPUT = TensorSpec(name="lora_control", dtype="BYTES", dims=[1], optional=True)
+ENGINE_CONTROL_OUTPUT = TensorSpec(name="lora_status", dtype="BYTES", dims=[1])
+
+
+def _tensors(m: ModelSpec) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The spec's inputs and outputs, plus the engine's control tensors where `m` holds the
+    engine (unless its spec declares them already)."""
+    inputs, outputs = list(m.inputs), list(m.outputs)
+    if m.parameters.get("engine_transport") == "local":
+        if ENGINE_CONTROL_INPUT.name not in {t.name for t in inputs}:
+            inputs.append(ENGINE_CONTROL_INPUT)
+        if ENGINE_CONTROL_OUTPUT.name not in {t.name for t in outputs}:
+            outputs.append(ENGINE_CONTROL_OUTPUT)
+    return inputs, outputs
+
+
 def _scalar(v: str | int | float | bool) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -49,9 +68,10 @@ def model_config(m: ModelSpec) -> mc.ModelConfig:
         cfg.platform = "ensemble"
     else:
         cfg.backend = "python"
-    for t in m.inputs:
+    inputs, outputs = _tensors(m)
+    for t in inputs:
         _tensor(cfg.input.add(), t)
-    for t in m.outputs:
+    for t in outputs:
         _tensor(cfg.output.add(), t)
     if m.decoupled:
         cfg.model_transaction_policy.decoupled = True

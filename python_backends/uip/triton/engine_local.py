@@ -11,6 +11,8 @@ name. `LocalEngineMux` has `GrpcEngineMux`'s interface, so llm_bls's one driver 
 both the same way: `submit`, `stop` (cancels the engine request, which then ends with its
 final `cancelled` result), `finish`; one reader thread turns the engine's results
 (`Engine.await_any`, merged per request) into `on_event(tid, EngineChunk | EngineStreamError)`.
+`control` answers a LoRA control request (`uip lora --model llm_bls`) as llm_engine does
+(`engine_admission.lora_control`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ from uip.llm.engine import GenerationResult, coalesce
 from uip.llm.engine_tensors import EngineChunk
 from uip.llm.orchestrate import EngineStreamError
 from uip.triton import pb
-from uip.triton.engine_admission import client_error, compile_guide, enqueue_within
+from uip.triton.engine_admission import (
+    client_error,
+    compile_guide,
+    enqueue_within,
+    lora_control,
+)
 from uip.triton.engine_metrics import EngineMetrics
 from uip.triton.runtimes import create_engine
 
@@ -40,7 +47,7 @@ class LocalEngineMux:
     def __init__(self, settings: ModelSettings,
                  on_event: Callable[[str, EngineChunk | EngineStreamError], None]):
         self.on_event = on_event
-        self.name = settings.name
+        self.name, self.runtime = settings.name, settings.runtime
         self.max_tokens = settings.limit("max_tokens", 1024)
         self.max_context = settings.limit("max_context", 2048)
         self.max_inflight = settings.limit("max_inflight", 512)
@@ -71,6 +78,10 @@ class LocalEngineMux:
             raise
         except ValueError as exc:  # the engine refused the request (e.g. an unknown adapter)
             raise client_error(exc) from exc
+
+    def control(self, control: dict) -> dict:
+        """A LoRA control request (admin key, list / load / unload): the engine's adapters."""
+        return lora_control(self.engine, control, self.name, self.runtime)
 
     def stop(self, tid: str, inputs: dict[str, np.ndarray] | None = None) -> None:
         with self._lock:

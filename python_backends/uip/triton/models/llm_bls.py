@@ -18,7 +18,9 @@ own, the driver, the mux's reader and gRPC's own (a fixed set; see `engine_strea
 
 `engine_transport: local` holds the engine in this stub (`uip.triton.engine_local`: the
 spec's runtime, checkpoint and engine parameters on llm_bls itself); the same driver serves it,
-without the hop through the server.
+without the hop through the server. There llm_bls also answers llm_engine's LoRA control
+request (`lora_control` beside an empty `text_input`, rendered only for this transport; `uip
+lora --model llm_bls`), in `execute`, with one final `lora_status` response.
 
 `engine_transport: bls` uses a decoupled BLS call per request on a thread of its own (today's
 path, `orchestrate.run` over `BlsEngineStream`); Triton 2.51's stub makes it unsafe with
@@ -37,7 +39,9 @@ import numpy as np
 
 from uip.core import hoptrace
 from uip.core.gil import apply_switch_interval
+from uip.core.inputs import InvalidInput
 from uip.core.settings import ModelSettings
+from uip.llm import engine_tensors
 from uip.llm.engine_tensors import EngineChunk
 from uip.llm.orchestrate import (
     ClientResponse,
@@ -132,7 +136,13 @@ class LlmBlsModel:
             arrived = time.monotonic()
             sender = request.get_response_sender()
             try:
-                req = self.pre.parse(pb.inputs_of(request))
+                given = pb.inputs_of(request)
+                control = engine_tensors.decode_control(given)
+                if control is not None:
+                    pb.send(sender, engine_tensors.encode_control_status(self._control(control)),
+                            final=True)
+                    continue
+                req = self.pre.parse(given)
                 inputs = self.pre.engine_inputs(req, streaming=True, stop_words=False)
             except Exception as exc:  # noqa: BLE001 - becomes this request's error
                 sender.send(pb.error_response(exc), flags=pb.final_flag())
@@ -143,6 +153,13 @@ class LlmBlsModel:
             else:
                 self._events.put(("start", sender, req, inputs, arrived))
         return None
+
+    def _control(self, control: dict) -> dict:
+        """A LoRA control request: the engine's answer when this stub holds it."""
+        if not isinstance(self.mux, LocalEngineMux):
+            raise InvalidInput(f"llm_bls holds no engine (engine_transport {self.transport}): "
+                               f"send LoRA control requests to {self.engine_model}")
+        return self.mux.control(control)
 
     # ---------------------------------------------------------- grpc: the one driver thread
 

@@ -24,14 +24,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
 from uip.core import hoptrace
-from uip.core.admin_key import check_admin_key
 from uip.core.gil import apply_switch_interval
 from uip.core.inputs import InvalidInput
 from uip.core.settings import ModelSettings
 from uip.llm import engine_tensors
 from uip.llm.engine import GenerationResult, coalesce
 from uip.triton import pb
-from uip.triton.engine_admission import client_error, compile_guide, enqueue_within
+from uip.triton.engine_admission import (
+    client_error,
+    compile_guide,
+    enqueue_within,
+    lora_control,
+)
 from uip.triton.engine_metrics import EngineMetrics
 from uip.triton.runtimes import create_engine
 
@@ -104,8 +108,9 @@ class LlmEngineModel:
                 pb.send(sender, engine_tensors.encode_response([], "cancelled"), final=True)
                 return
             if call.control is not None:
-                pb.send(sender, engine_tensors.encode_control_response(
-                    self._control(call.control)), final=True)
+                status = lora_control(self.engine, call.control, self.settings.name,
+                                      self.settings.runtime)
+                pb.send(sender, engine_tensors.encode_control_response(status), final=True)
                 return
             tid = request.request_id()
             compile_guide(self.engine, call.request)
@@ -121,19 +126,6 @@ class LlmEngineModel:
             hoptrace.mark(tid, "engine_enqueued")
         except Exception as exc:  # noqa: BLE001 - becomes this request's error response
             sender.send(pb.error_response(client_error(exc)), flags=pb.final_flag())
-
-    def _control(self, control: dict) -> dict:
-        """A LoRA control request: list (what `uip lora list` prints), load, unload."""
-        check_admin_key(control.get("key"))
-        engine, op, name = self.engine, control["op"], control.get("name")
-        if not hasattr(engine, "adapters"):
-            raise InvalidInput(f"the {self.settings.runtime} runtime manages no LoRA adapters "
-                               "through llm_engine")
-        if op == "load":
-            engine.load_adapter(name)
-        elif op == "unload" and not engine.unload_adapter(name):
-            raise InvalidInput(f"LoRA adapter {name!r} is not loaded")
-        return engine.adapters()
 
     def _dispatch(self) -> None:
         """The one thread that relays every request's results and polls for cancels."""
