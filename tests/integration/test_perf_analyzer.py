@@ -24,3 +24,16 @@ def test_perf_analyzer_runs_against_embedding(server, tmp_path):
     assert row.concurrency == 2
     assert row.throughput > 0
     assert 0 < row.p50_ms <= row.p99_ms
+
+
+def test_run_perf_keeps_perf_analyzers_report(server, tmp_path):
+    """`uip bench`'s driver: one row per level, and perf_analyzer's own report (client and
+    server counts of its windows) kept beside the CSV."""
+    from uip.bench.perf import run_perf
+
+    (header,) = (f"{k}:{v}" for k, v in server.admin_headers().items())
+    (row,) = run_perf("embedding", server.http_url, [2], tmp_path / "e.perf.csv",
+                      ["-H", header, *PERF_ARGS], protocol="http", measurement_ms=500)
+    assert row.concurrency == 2 and row.throughput > 0
+    report = (tmp_path / "e.perf.c2.log").read_text()
+    assert "Request concurrency: 2" in report and "Server:" in report, report

@@ -54,19 +54,31 @@ def parse_csv(path: Path) -> list[PerfRow]:
 
 def run_perf(model: str, url: str, concurrency: list[int], csv_path: Path, extra: list[str],
              protocol: str = "grpc", measurement_ms: int = 3000) -> list[PerfRow]:
-    """Run one perf_analyzer per concurrency level (levels need not be evenly spaced)."""
+    """Run one perf_analyzer per concurrency level (levels need not be evenly spaced). Its
+    report (client and server counts per window) is printed and kept beside `csv_path`, as
+    `<stem>.c<N>.log`."""
     rows: list[PerfRow] = []
     for c in concurrency:
         part = csv_path.with_suffix(f".c{c}.csv")
         cmd = perf_command(model, url, [c], part, extra, protocol, measurement_ms)
         print("+", " ".join(cmd), file=sys.stderr)
-        if subprocess.run(cmd, env=dict(os.environ)).returncode != 0:
+        if _run_logged(cmd, part.with_suffix(".log")) != 0:
             # A busy machine may never give 3 windows within 50 %: take the last windows
             # anyway, and say so.
             print(f"perf_analyzer: no stable measurement at concurrency {c}; retrying and "
                   "accepting any spread", file=sys.stderr)
             cmd = perf_command(model, url, [c], part, extra, protocol, measurement_ms, 1000)
-            subprocess.run(cmd, check=True, env=dict(os.environ))
+            if _run_logged(cmd, part.with_suffix(".log")) != 0:
+                raise RuntimeError(f"perf_analyzer failed at concurrency {c}: see "
+                                   f"{part.with_suffix('.log')}")
         rows.extend(parse_csv(part))
         part.unlink()
     return rows
+
+
+def _run_logged(cmd: list[str], log: Path) -> int:
+    done = subprocess.run(cmd, env=dict(os.environ), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    sys.stdout.write(done.stdout)
+    log.write_text(done.stdout)
+    return done.returncode
