@@ -101,7 +101,8 @@ class LlmBlsModel:
             raise ValueError(f"llm_bls: engine_transport must be grpc, local or bls, not "
                              f"{self.transport!r}")
         self.engine_url = engine_url(self.settings.param("engine_url", ""))
-        self._events: queue.Queue = queue.Queue()  # ("start", ...) and ("engine", tid, item)
+        # ("start", ...), ("reply", sender, answer) and ("engine", tid, item)
+        self._events: queue.Queue = queue.Queue()
         self._active: dict[str, _Active] = {}  # Triton request id -> request (driver only)
         self._closing = threading.Event()
         family = pb.pb_utils.MetricFamily
@@ -139,13 +140,13 @@ class LlmBlsModel:
                 given = pb.inputs_of(request)
                 control = engine_tensors.decode_control(given)
                 if control is not None:
-                    pb.send(sender, engine_tensors.encode_control_status(self._control(control)),
-                            final=True)
+                    self._reply(sender,
+                                engine_tensors.encode_control_status(self._control(control)))
                     continue
                 req = self.pre.parse(given)
                 inputs = self.pre.engine_inputs(req, streaming=True, stop_words=False)
             except Exception as exc:  # noqa: BLE001 - becomes this request's error
-                sender.send(pb.error_response(exc), flags=pb.final_flag())
+                self._reply(sender, exc)
                 continue
             if self.mux is None:
                 threading.Thread(target=self._serve, args=(sender, req, inputs, arrived),
@@ -153,6 +154,15 @@ class LlmBlsModel:
             else:
                 self._events.put(("start", sender, req, inputs, arrived))
         return None
+
+    def _reply(self, sender, answer: dict | Exception) -> None:
+        """A request's one final response (outputs, or its error). With a driver, the driver
+        sends it: Triton 2.51's server does not survive sends from several stub threads at
+        once (docs/benchmarks.md, eighth session)."""
+        if self._driver is not None:
+            self._events.put(("reply", sender, answer))
+        else:
+            _send_final(sender, answer)
 
     def _control(self, control: dict) -> dict:
         """A LoRA control request: the engine's answer when this stub holds it."""
@@ -201,6 +211,9 @@ class LlmBlsModel:
             if event[0] == "start":
                 self._start(*event[1:])
                 continue
+            if event[0] == "reply":
+                _send_final(*event[1:])
+                continue
             _, tid, item = event
             if isinstance(item, EngineChunk):
                 prev = pending.get(tid)
@@ -227,6 +240,8 @@ class LlmBlsModel:
                 event = self._events.get_nowait()
                 if event[0] == "start":
                     self._start(*event[1:])
+                elif event[0] == "reply":
+                    _send_final(*event[1:])
                 else:
                     other.append(event)
         except queue.Empty:
@@ -364,3 +379,13 @@ class LlmBlsModel:
                 self._fail(tid, active, active.sender, RuntimeError("llm_bls is shutting down"))
         self.pre = None
         self._ttfr = self._e2e = self._ttfr_family = self._e2e_family = None
+
+
+def _send_final(sender, answer: dict | Exception) -> None:
+    try:
+        if isinstance(answer, Exception):
+            sender.send(pb.error_response(answer), flags=pb.final_flag())
+        else:
+            pb.send(sender, answer, final=True)
+    except Exception:  # noqa: BLE001 - the client is gone; the driver goes on
+        pb.log.exception("llm_bls: sending a final response failed")
