@@ -26,7 +26,7 @@ from uip.core.faults import Unavailable
 from uip.core.inputs import InvalidInput
 from uip.core.settings import ModelSettings
 from uip.llm import engine_tensors
-from uip.llm.engine import GenerationResult, coalesce
+from uip.llm.engine import GenerationResult
 from uip.llm.engine_tensors import EngineChunk
 from uip.llm.orchestrate import EngineStreamError
 from uip.triton import pb
@@ -37,6 +37,7 @@ from uip.triton.engine_admission import (
     lora_control,
 )
 from uip.triton.engine_metrics import EngineMetrics
+from uip.triton.engine_results import relay_results
 from uip.triton.runtimes import create_engine
 
 READ_TIMEOUT_S = 0.05  # how long the reader waits for results before looking at `close`
@@ -103,19 +104,14 @@ class LocalEngineMux:
             return len(self._rids)
 
     def _read(self) -> None:
-        while not self._closing.is_set():
-            try:
-                results = self.engine.await_any(timeout=READ_TIMEOUT_S)
-            except Exception as exc:  # noqa: BLE001 - the requests in flight fail, not the model
-                pb.log.exception("llm_bls: reading the engine's results failed")
-                self._fail_all(f"the engine failed: {exc}")
-                self._closing.wait(READ_TIMEOUT_S)
-                continue
-            for result in coalesce(results):
-                with self._lock:
-                    tid = self._tids.get(result.request_id)
-                if tid is not None:
-                    self.on_event(tid, _item(result))
+        relay_results(self.engine, self._closing, READ_TIMEOUT_S, self._relay,
+                      lambda exc: self._fail_all(f"the engine failed: {exc}"), "llm_bls")
+
+    def _relay(self, result: GenerationResult) -> None:
+        with self._lock:
+            tid = self._tids.get(result.request_id)
+        if tid is not None:
+            self.on_event(tid, _item(result))
 
     def _fail_all(self, message: str) -> None:
         with self._lock:

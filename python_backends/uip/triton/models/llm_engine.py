@@ -28,7 +28,7 @@ from uip.core.gil import apply_switch_interval
 from uip.core.inputs import InvalidInput
 from uip.core.settings import ModelSettings
 from uip.llm import engine_tensors
-from uip.llm.engine import GenerationResult, coalesce
+from uip.llm.engine import GenerationResult
 from uip.triton import pb
 from uip.triton.engine_admission import (
     client_error,
@@ -37,6 +37,7 @@ from uip.triton.engine_admission import (
     lora_control,
 )
 from uip.triton.engine_metrics import EngineMetrics
+from uip.triton.engine_results import relay_results
 from uip.triton.runtimes import create_engine
 
 CANCEL_POLL_S = 0.05  # default of cancel_poll_s: how often the dispatcher asks which clients left
@@ -129,21 +130,16 @@ class LlmEngineModel:
 
     def _dispatch(self) -> None:
         """The one thread that relays every request's results and polls for cancels."""
-        last_poll = 0.0
-        while not self._closing.is_set():
-            try:
-                results = self.engine.await_any(timeout=self.poll_s)
-            except Exception as exc:  # noqa: BLE001 - the requests in flight fail, not the model
-                pb.log.exception("llm_engine: reading the engine's results failed")
-                self._fail_all(exc)
-                self._closing.wait(self.poll_s)
-                continue
-            for result in coalesce(results):
-                self._relay(result)
+        last_poll = [0.0]
+
+        def poll() -> None:
             now = time.monotonic()
-            if now - last_poll >= self.poll_s:
-                last_poll = now
+            if now - last_poll[0] >= self.poll_s:
+                last_poll[0] = now
                 self._poll_cancels()
+
+        relay_results(self.engine, self._closing, self.poll_s, self._relay, self._fail_all,
+                      "llm_engine", poll)
 
     def _relay(self, result: GenerationResult) -> None:
         with self._lock:
