@@ -18,7 +18,8 @@ request, from the deltas:
   model on average, and for how long per request (hops, queues, perf_analyzer);
 - the engine's own output tokens per second over the window (`window_tok_per_s`) and over
   the whole perf_analyzer run (`run_tok_per_s`: ramp, trials and drain included), beside
-  perf_analyzer's `tok_per_s`.
+  perf_analyzer's `tok_per_s` and Triton's own count over perf_analyzer's windows
+  (`server_tok_per_s`, from its report).
 Prints one table; --json writes the numbers.
 """
 
@@ -136,7 +137,9 @@ def measure(repo: Path, name: str, concurrency: int, measurement_ms: int, texts:
             else:
                 os.environ[k] = v
     d = {k: after[k] - before.get(k, 0.0) for k in after}
-    row.update(tok_per_s=perf.throughput * tokens, p50_ms=perf.p50_ms, tokens=tokens)
+    row.update(tok_per_s=perf.throughput * tokens, p50_ms=perf.p50_ms, tokens=tokens,
+               server_tok_per_s=(float("nan") if perf.server_throughput is None
+                                 else perf.server_throughput * tokens))
     # The engine's own token count beside perf_analyzer's figure: over the metric window, and
     # over the whole perf_analyzer run (its ramp, trials and drain included)
     generated = ("uip_llm_tokens_generated_total", "llm_engine")
@@ -170,7 +173,8 @@ def measure(repo: Path, name: str, concurrency: int, measurement_ms: int, texts:
     return row
 
 
-COLUMNS = ("variant", "tok_per_s", "window_tok_per_s", "run_tok_per_s", "p50_ms",
+COLUMNS = ("variant", "tok_per_s", "server_tok_per_s", "window_tok_per_s", "run_tok_per_s",
+           "p50_ms",
            "llm_bls_e2e_ms", "llm_engine_e2e_ms",
            "streams_outside_llm_bls", "streams_outside_llm_engine", "streams_in_engine_sampled",
            "outside_llm_bls_ms", "outside_llm_engine_ms",

@@ -104,6 +104,9 @@ def result_row(p, per_request: float, ref: float | dict[str, float],
         f"triton_{unit}per_s": p.throughput * per_request,
         f"inprocess_{unit}per_s": rate,
         "triton/inprocess": p.throughput * per_request / rate,
+        # Triton's own count over perf_analyzer's windows, beside perf_analyzer's
+        f"triton_server_{unit}per_s": (float("nan") if p.server_throughput is None
+                                       else p.server_throughput * per_request),
         "p50_ms": p.p50_ms,
         "p90_ms": p.p90_ms,
         "p99_ms": p.p99_ms,

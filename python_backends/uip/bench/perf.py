@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,9 @@ class PerfRow:
     p50_ms: float
     p90_ms: float
     p99_ms: float
+    # the server's own rate over perf_analyzer's windows: Triton's count of the model's
+    # successful requests in them (its report's "Server:" part); None where it has none
+    server_throughput: float | None = None
 
 
 def perf_analyzer_path() -> str:
@@ -71,9 +75,23 @@ def run_perf(model: str, url: str, concurrency: list[int], csv_path: Path, extra
             if _run_logged(cmd, part.with_suffix(".log")) != 0:
                 raise RuntimeError(f"perf_analyzer failed at concurrency {c}: see "
                                    f"{part.with_suffix('.log')}")
-        rows.extend(parse_csv(part))
+        (row,) = parse_csv(part)
+        row.server_throughput = server_throughput(part.with_suffix(".log").read_text())
+        rows.append(row)
         part.unlink()
     return rows
+
+
+def server_throughput(report: str) -> float | None:
+    """perf_analyzer's report (the last level in it) -> the server's requests/s over the same
+    windows: its successful request count x the client's throughput / the client's count."""
+    last = report.rsplit("Request concurrency:", 1)[-1]
+    client = re.search(r"Client:.*?Request count: (\d+).*?Throughput: ([\d.]+) infer/sec", last,
+                       re.S)
+    server = re.search(r"Server:.*?Successful request count: (\d+)", last, re.S)
+    if client is None or server is None or not int(client.group(1)):
+        return None
+    return int(server.group(1)) * float(client.group(2)) / int(client.group(1))
 
 
 def _run_logged(cmd: list[str], log: Path) -> int:
