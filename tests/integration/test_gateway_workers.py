@@ -1,7 +1,8 @@
 """`uip gateway --workers 2` over the real tritonserver: connections are spread over both
 worker processes (each binds the port with SO_REUSEPORT), both write usage rows to one SQLite
 database, a key's rpm and tpm hold across the workers (the supervisor keeps the window), and
-streaming and the disconnect that frees the engine slot work on each worker.
+streaming and the disconnect that frees the engine slot work on each worker; a file ingestion
+whose worker is killed fails at once (SQLite and PostgreSQL), and a replacement worker serves.
 
 Which worker holds a connection is read from the workers' sockets (psutil), matched by the
 client's local port; an httpx client keeps its connection, so later requests stay on it.
@@ -9,16 +10,29 @@ client's local port; an httpx client keeps its connection, so later requests sta
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
+import psutil
 import pytest
 from conftest import poll
-from support.gateway_fixtures import engine_idle, make_key, metric, start_gateway
+from support.gateway_fixtures import (  # noqa: F401
+    DATABASES,
+    database_url,
+    engine_idle,
+    make_key,
+    metric,
+    postgres,
+    start_gateway,
+)
 
+from uip.gateway.rag_store import rag_of
 from uip.gateway.store import Store
+from uip.gateway.workers import STARTING_S
 
 MESSAGES = [{"role": "user", "content": "Hello world"}]
 CHAT = {"model": "llm_bls", "messages": MESSAGES, "max_tokens": 4}
@@ -140,3 +154,71 @@ def test_rate_limits_hold_across_workers(keyed_gw):
     assert r.status_code == 429 and "5 tokens per minute" in r.json()["error"]["message"]
     a.close()
     b.close()
+
+
+@pytest.fixture(params=DATABASES)
+def rag_gw(request, server, tmp_path):
+    proc = start_gateway(server, tmp_path, database_url(request, tmp_path), workers=2)
+    yield proc
+    proc.stop()
+
+
+def big_text(paragraphs: int = 1200) -> bytes:
+    """About 260 chunks of the default chunking (200 tokens, 50 overlap): 9 embedding batches,
+    10-20 s of ingestion on a CPU (the test kills its worker once the first batch is in)."""
+    return "\n\n".join(f"Paragraph {i}: the {i % 7}th lighthouse keeper logged tide {i * 3} "
+                       f"and wind {i % 11} knots before the ferry number {i % 13} left the "
+                       f"harbour with {i % 17} crates of apples and {i % 5} goats."
+                       for i in range(paragraphs)).encode()
+
+
+def test_ingestion_fails_when_its_worker_is_killed(rag_gw):
+    gw = rag_gw
+    store = Store.open(gw.database_url, migrate=False)
+    rags = rag_of(store)
+    client = openai.OpenAI(base_url=gw.base_url, api_key="none", max_retries=0, timeout=60)
+    f = client.files.create(file=("harbour.txt", big_text()), purpose="assistants")
+    vs = client.vector_stores.create(name="harbour")
+    # a worker that exits in its first STARTING_S stops the gateway: let both grow older
+    before = gw.worker_pids()
+    newest = max(psutil.Process(p).create_time() for p in before)
+    time.sleep(max(0.0, newest + STARTING_S + 1 - time.time()))
+    attached = client.vector_stores.files.create(vector_store_id=vs.id, file_id=f.id)
+    assert attached.status == "in_progress"
+    owner = rags.get_store_file(vs.id, f.id).owner
+    assert owner in before
+    # under way: its first chunks are in the store
+    poll(lambda: rags.chunk_count(vs.id), bool, timeout=60, interval=0.02)
+    os.kill(owner, signal.SIGKILL)
+    t0 = time.monotonic()
+    row = poll(lambda: rags.get_store_file(vs.id, f.id), lambda r: r.status != "in_progress",
+               timeout=5, interval=0.05)
+    failed_after = time.monotonic() - t0
+    assert row.status == "failed", "the ingestion completed before its worker was killed"
+    assert row.owner is None and rags.chunk_count(vs.id) == 0  # partial chunks removed
+    client.close()  # its connection may be the dead worker's
+    client = openai.OpenAI(base_url=gw.base_url, api_key="none", max_retries=0, timeout=120)
+    got = client.vector_stores.files.retrieve(f.id, vector_store_id=vs.id)
+    assert got.status == "failed" and got.last_error.code == "server_error"
+    assert got.last_error.message == f"the gateway worker (pid {owner}) stopped during ingestion"
+    assert client.vector_stores.retrieve(vs.id).file_counts.failed == 1
+    assert failed_after < 5
+
+    pids = poll(gw.worker_pids, lambda p: len(p) == 2 and owner not in p, timeout=60)
+    assert gw.proc.poll() is None  # the supervisor goes on
+    (new,) = pids - before
+    held = client_per_worker(gw)
+    replacement = openai.OpenAI(base_url=gw.base_url, api_key="none", max_retries=0,
+                                http_client=held[new])
+    assert replacement.chat.completions.create(**CHAT).choices[0].message.content
+    assert replacement.files.retrieve(f.id).filename == "harbour.txt"
+    for http in held.values():
+        http.close()
+
+    client.vector_stores.files.delete(f.id, vector_store_id=vs.id)
+    done = client.vector_stores.files.create_and_poll(vector_store_id=vs.id, file_id=f.id,
+                                                      poll_interval_ms=200)
+    assert done.status == "completed" and done.last_error is None
+    assert rags.chunk_count(vs.id) > 100 and rags.get_store_file(vs.id, f.id).owner is None
+    client.close()
+    store.close()

@@ -5,6 +5,8 @@ deletions reach the index. Text extraction and token chunking with overlap."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from support.documents import CHESS, VOLCANO, tiny_pdf
@@ -114,3 +116,31 @@ def test_unfinished_ingestion_fails_at_start(store):
     assert rags.chunk_count(vs.id) == 0
     page, more = rags.list_files(None, 1, "desc", None)
     assert [p.id for p in page] == [f.id] and not more
+
+
+def test_fail_unfinished_of_one_owner(store):
+    """A dead worker's ingestions fail (its supervisor asks); the others' go on."""
+    rags = rag_of(store)
+    vs = rags.create_vector_store(None, {})
+    mine, theirs, done = (rags.create_file(f"{n}.txt", "assistants", b"abc")
+                          for n in ("mine", "theirs", "done"))
+    for f, owner in ((mine, 101), (theirs, 202), (done, 101)):
+        row, _ = rags.attach(vs.id, f.id, {}, {}, owner=owner)
+        assert row.owner == owner
+        rags.add_chunks(vs.id, f.id, 0, ["partial"], _vectors(1))
+    rags.finish(vs.id, done.id, None)
+    assert rags.get_store_file(vs.id, done.id).owner is None  # finished: no owner
+    assert rags.fail_unfinished(owner=303) == 0
+    assert rags.fail_unfinished(owner=101) == 1
+    row = rags.get_store_file(vs.id, mine.id)
+    assert row.status == "failed" and row.owner is None
+    assert row.last_error == {"code": "server_error", "message":
+                              "the gateway worker (pid 101) stopped during ingestion"}
+    assert rags.get_store_file(vs.id, theirs.id).status == "in_progress"
+    assert rags.get_store_file(vs.id, done.id).status == "completed"
+    assert rags.chunk_count(vs.id) == 2  # the failed one's partial chunk is gone
+    assert rags.attach(vs.id, rags.create_file("x.txt", "assistants", b"x").id, {},
+                       {})[0].owner == os.getpid()  # default: this process
+    assert rags.fail_unfinished() == 2  # at start-up: every unfinished one, whoever owns it
+    assert rags.get_store_file(vs.id, theirs.id).last_error["message"] == \
+        "the gateway stopped during ingestion"

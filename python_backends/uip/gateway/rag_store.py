@@ -4,6 +4,7 @@ the app runs these in worker threads (`await store.run(...)`)."""
 
 from __future__ import annotations
 
+import os
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -161,8 +162,10 @@ class RagStore:
     # ------------------------------------------------------------------ files of a store
 
     def attach(self, store_id: str, file_id: str, chunking: dict[str, Any],
-               attributes: dict[str, Any]) -> tuple[VectorStoreFile, bool]:
-        """The store's file row (in_progress when new), and whether it is new."""
+               attributes: dict[str, Any], owner: int | None = None
+               ) -> tuple[VectorStoreFile, bool]:
+        """The store's file row (in_progress when new), and whether it is new. A new row's
+        `owner` is the process that will ingest it (default: this one, `os.getpid()`)."""
         with self.session() as s, s.begin():
             row = s.get(VectorStoreFile, (store_id, file_id))
             if row is not None:
@@ -170,7 +173,7 @@ class RagStore:
             row = VectorStoreFile(vector_store_id=store_id, file_id=file_id,
                                   created_at=time.time(), status="in_progress",
                                   last_error=None, chunking=chunking, attributes=attributes,
-                                  usage_bytes=0)
+                                  usage_bytes=0, owner=os.getpid() if owner is None else owner)
             s.add(row)
             s.execute(update(VectorStore).where(VectorStore.id == store_id)
                       .values(last_active_at=time.time()))
@@ -208,16 +211,24 @@ class RagStore:
                 VectorStoreFile.vector_store_id == store_id,
                 VectorStoreFile.file_id == file_id).values(
                     status="failed" if error else "completed", last_error=error,
-                    usage_bytes=int(used or 0)))
+                    usage_bytes=int(used or 0), owner=None))
 
-    def fail_unfinished(self) -> int:
-        """Ingestions cut short by a restart: failed (their partial chunks removed)."""
+    def fail_unfinished(self, owner: int | None = None) -> int:
+        """Ingestions cut short: failed, their partial chunks removed. All of them (at start-up,
+        before any worker runs: an earlier run stopped during them), or those of the process
+        `owner` (a worker of `uip gateway --workers N` that died; its supervisor calls this).
+        How many."""
+        q = select(VectorStoreFile.vector_store_id, VectorStoreFile.file_id).where(
+            VectorStoreFile.status == "in_progress")
+        if owner is None:
+            message = "the gateway stopped during ingestion"
+        else:
+            q = q.where(VectorStoreFile.owner == owner)
+            message = f"the gateway worker (pid {owner}) stopped during ingestion"
         with self.session() as s:
-            rows = s.execute(select(VectorStoreFile.vector_store_id, VectorStoreFile.file_id)
-                             .where(VectorStoreFile.status == "in_progress")).all()
+            rows = s.execute(q).all()
         for store_id, file_id in rows:
-            self.finish(store_id, file_id, {"code": "server_error",
-                                            "message": "the gateway stopped during ingestion"})
+            self.finish(store_id, file_id, {"code": "server_error", "message": message})
         return len(rows)
 
     # ----------------------------------------------------------------------------- chunks

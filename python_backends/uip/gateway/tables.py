@@ -91,6 +91,7 @@ class VectorStoreFile(Base):
     chunking: Mapped[dict[str, Any]] = mapped_column(JSON)  # OpenAI's chunking_strategy
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
     usage_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    owner: Mapped[int | None] = mapped_column(Integer)  # pid of the ingesting process; None after
 
 
 class Chunk(Base):

@@ -8,8 +8,9 @@ opened at once went to one worker when tried. A connection stays with its worker
 The supervisor (this process) migrates the database and fails the ingestions an earlier run
 left unfinished once, before any worker starts; serves the per-key limits to all workers
 (uip.gateway.limits.LimiterServer); restarts a worker that dies, unless it dies while starting
-(then the others are stopped and the gateway exits 1); and on SIGTERM or SIGINT stops them
-all. A worker gets SIGTERM when the supervisor dies, even by SIGKILL.
+(then the others are stopped and the gateway exits 1), and fails the ingestions the dead worker
+left in progress (a vector store file's `owner` is the pid of the worker ingesting it); and on
+SIGTERM or SIGINT stops them all. A worker gets SIGTERM when the supervisor dies, even by SIGKILL.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def supervise(workers: int, triton_grpc: str, host: str, port: int, spec_path: P
                 for i, (proc, started) in enumerate(procs):
                     if proc.poll() is None or stop:
                         continue
+                    fail_ingestions(database_url, proc.pid)
                     if time.monotonic() - started < STARTING_S:
                         log.error("gateway worker %d exited %d while starting: stopping",
                                   proc.pid, proc.returncode)
@@ -77,6 +79,26 @@ def supervise(workers: int, triton_grpc: str, host: str, port: int, spec_path: P
     finally:
         _stop([p for p, _ in procs])
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def fail_ingestions(database_url: str, pid: int) -> None:
+    """Mark failed the ingestions that the worker `pid`, which exited, left in progress (they
+    would stay `in_progress` forever: no other worker resumes them)."""
+    from uip.gateway.rag_store import rag_of
+    from uip.gateway.store import Store
+
+    try:
+        store = Store.open(database_url, migrate=False)
+        try:
+            failed = rag_of(store).fail_unfinished(owner=pid)
+        finally:
+            store.close()
+    except Exception:  # noqa: BLE001 - a database fault must not stop the supervisor
+        log.exception("failing the ingestions of gateway worker %d", pid)
+        return
+    if failed:
+        log.warning("gateway worker %d stopped during %d ingestion(s): marked failed", pid,
+                    failed)
 
 
 def _stop(procs: list[subprocess.Popen], timeout_s: float = 30.0) -> None:
