@@ -64,19 +64,21 @@ def run_perf(model: str, url: str, concurrency: list[int], csv_path: Path, extra
     rows: list[PerfRow] = []
     for c in concurrency:
         part = csv_path.with_suffix(f".c{c}.csv")
+        log = part.with_suffix(".log")
         cmd = perf_command(model, url, [c], part, extra, protocol, measurement_ms)
         print("+", " ".join(cmd), file=sys.stderr)
-        if _run_logged(cmd, part.with_suffix(".log")) != 0:
+        rc, report = _run_logged(cmd, log)
+        if rc != 0:
             # A busy machine may never give 3 windows within 50 %: take the last windows
             # anyway, and say so.
             print(f"perf_analyzer: no stable measurement at concurrency {c}; retrying and "
                   "accepting any spread", file=sys.stderr)
             cmd = perf_command(model, url, [c], part, extra, protocol, measurement_ms, 1000)
-            if _run_logged(cmd, part.with_suffix(".log")) != 0:
-                raise RuntimeError(f"perf_analyzer failed at concurrency {c}: see "
-                                   f"{part.with_suffix('.log')}")
+            rc, report = _run_logged(cmd, log)
+            if rc != 0:
+                raise RuntimeError(f"perf_analyzer failed at concurrency {c}: see {log}")
         (row,) = parse_csv(part)
-        row.server_throughput = server_throughput(part.with_suffix(".log").read_text())
+        row.server_throughput = server_throughput(report)
         rows.append(row)
         part.unlink()
     return rows
@@ -94,9 +96,10 @@ def server_throughput(report: str) -> float | None:
     return int(server.group(1)) * float(client.group(2)) / int(client.group(1))
 
 
-def _run_logged(cmd: list[str], log: Path) -> int:
+def _run_logged(cmd: list[str], log: Path) -> tuple[int, str]:
+    """Run perf_analyzer: its exit status and report (printed, and written to `log`)."""
     done = subprocess.run(cmd, env=dict(os.environ), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
     sys.stdout.write(done.stdout)
     log.write_text(done.stdout)
-    return done.returncode
+    return done.returncode, done.stdout

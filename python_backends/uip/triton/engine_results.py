@@ -6,6 +6,7 @@ yet goes out as one result)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from uip.llm.engine import Engine, GenerationResult, coalesce
@@ -15,9 +16,11 @@ from uip.triton import pb
 def relay_results(engine: Engine, closing: threading.Event, timeout_s: float,
                   relay: Callable[[GenerationResult], None],
                   fail_all: Callable[[Exception], None], who: str,
-                  each_round: Callable[[], None] | None = None) -> None:
-    """Until `closing`: hand each merged result to `relay`, then call `each_round`. A read
-    that fails fails the requests in flight (`fail_all`), not the model: the loop goes on."""
+                  periodic: Callable[[], None] | None = None) -> None:
+    """Until `closing`: hand each merged result to `relay`; between reads, `periodic` at most
+    once per `timeout_s`. A read that fails fails the requests in flight (`fail_all`), not
+    the model: the loop goes on."""
+    last = 0.0
     while not closing.is_set():
         try:
             results = engine.await_any(timeout=timeout_s)
@@ -28,5 +31,7 @@ def relay_results(engine: Engine, closing: threading.Event, timeout_s: float,
             continue
         for result in coalesce(results):
             relay(result)
-        if each_round is not None:
-            each_round()
+        now = time.monotonic()
+        if periodic is not None and now - last >= timeout_s:
+            last = now
+            periodic()

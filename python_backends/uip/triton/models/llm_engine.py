@@ -130,16 +130,8 @@ class LlmEngineModel:
 
     def _dispatch(self) -> None:
         """The one thread that relays every request's results and polls for cancels."""
-        last_poll = [0.0]
-
-        def poll() -> None:
-            now = time.monotonic()
-            if now - last_poll[0] >= self.poll_s:
-                last_poll[0] = now
-                self._poll_cancels()
-
         relay_results(self.engine, self._closing, self.poll_s, self._relay, self._fail_all,
-                      "llm_engine", poll)
+                      "llm_engine", self._poll_cancels)
 
     def _relay(self, result: GenerationResult) -> None:
         with self._lock:
